@@ -1,0 +1,51 @@
+// Activations and SE gates, one definition for every kernel (CPU and CUDA).
+// NaN propagates as in PyTorch: comparisons are written so that a NaN input
+// falls through unchanged.
+#pragma once
+
+#include "macros.h"
+
+#include <math.h>
+
+namespace mnv3 {
+
+// The integer codes are part of the contract with mnv3_kernels/ops.py
+// (ACTIVATIONS / GATES); change both together.
+enum class Activation : int { Identity = 0, ReLU = 1, ReLU6 = 2, HardSwish = 3 };
+enum class Gate : int { HardSigmoid = 0, Sigmoid = 1 };
+
+MNV3_HD float relu(float v) { return v < 0.f ? 0.f : v; }
+
+MNV3_HD float relu6(float v) { return v < 0.f ? 0.f : (v > 6.f ? 6.f : v); }
+
+// torch: x * min(max(x + 3, 0), 6) / 6
+MNV3_HD float hardswish(float v) { return v * relu6(v + 3.f) / 6.f; }
+
+// torch: min(max(x + 3, 0), 6) / 6
+MNV3_HD float hardsigmoid(float v) { return relu6(v + 3.f) / 6.f; }
+
+MNV3_HD float sigmoid(float v) { return 1.f / (1.f + expf(-v)); }
+
+template <Activation A>
+MNV3_HD float activate(float v) {
+  if constexpr (A == Activation::ReLU) {
+    return relu(v);
+  } else if constexpr (A == Activation::ReLU6) {
+    return relu6(v);
+  } else if constexpr (A == Activation::HardSwish) {
+    return hardswish(v);
+  } else {
+    return v;
+  }
+}
+
+template <Gate G>
+MNV3_HD float apply_gate(float v) {
+  if constexpr (G == Gate::Sigmoid) {
+    return sigmoid(v);
+  } else {
+    return hardsigmoid(v);
+  }
+}
+
+}  // namespace mnv3

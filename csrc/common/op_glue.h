@@ -1,0 +1,196 @@
+// Host-side glue shared by the CPU and CUDA op implementations: argument
+// checks, output allocation and dtype dispatch on the LibTorch stable ABI.
+//
+// The Python layer (mnv3_kernels/ops.py) validates arguments first and
+// raises errors that name the argument; the checks here repeat the ones a
+// kernel's memory safety depends on, so a direct torch.ops.mnv3.* call with
+// bad input raises instead of reading out of bounds.
+#pragma once
+
+#include "activation.h"
+#include "dwconv.h"
+
+#include <torch/csrc/stable/library.h>
+#include <torch/csrc/stable/ops.h>
+#include <torch/csrc/stable/tensor.h>
+#include <torch/headeronly/core/ScalarType.h>
+#include <torch/headeronly/util/BFloat16.h>
+#include <torch/headeronly/util/Half.h>
+
+#include <string>
+#include <tuple>
+#include <vector>
+
+namespace mnv3 {
+
+using torch::stable::Tensor;
+using torch::headeronly::ScalarType;
+
+inline Activation parse_activation(const std::string& name) {
+  if (name == "identity") return Activation::Identity;
+  if (name == "relu") return Activation::ReLU;
+  if (name == "relu6") return Activation::ReLU6;
+  if (name == "hardswish") return Activation::HardSwish;
+  STD_TORCH_CHECK(false, "activation must be one of identity, relu, relu6, hardswish; got '", name,
+                  "'");
+  return Activation::Identity;
+}
+
+inline Gate parse_gate(const std::string& name) {
+  if (name == "hardsigmoid") return Gate::HardSigmoid;
+  if (name == "sigmoid") return Gate::Sigmoid;
+  STD_TORCH_CHECK(false, "gate must be one of hardsigmoid, sigmoid; got '", name, "'");
+  return Gate::HardSigmoid;
+}
+
+// True when a 4-d tensor is densely packed in channels-last order with
+// exactly the strides torch.empty(..., memory_format=torch.channels_last)
+// gives.  ops.py (_is_nhwc_dense) states the same rule for the fake kernels.
+inline bool is_nhwc_dense(const Tensor& t) {
+  if (t.dim() != 4) return false;
+  const int64_t C = t.size(1), H = t.size(2), W = t.size(3);
+  return t.stride(1) == 1 && t.stride(3) == C && t.stride(2) == W * C &&
+         t.stride(0) == H * W * C;
+}
+
+// The output of an op whose result has the layout of its input: channels-last
+// when the input is channels-last dense, else contiguous NCHW.
+inline Tensor empty_4d(int64_t N, int64_t C, int64_t H, int64_t W, bool nhwc, ScalarType dtype,
+                       const Tensor& like) {
+  std::vector<int64_t> sizes{N, C, H, W};
+  std::optional<torch::headeronly::MemoryFormat> fmt =
+      nhwc ? torch::headeronly::MemoryFormat::ChannelsLast
+           : torch::headeronly::MemoryFormat::Contiguous;
+  return torch::stable::empty(sizes, dtype, std::nullopt, like.device(), std::nullopt, fmt);
+}
+
+inline Tensor empty_2d(int64_t rows, int64_t cols, ScalarType dtype, const Tensor& like) {
+  std::vector<int64_t> sizes{rows, cols};
+  return torch::stable::empty(sizes, dtype, std::nullopt, like.device());
+}
+
+inline bool is_supported_dtype(ScalarType t) {
+  return t == ScalarType::Float || t == ScalarType::Half || t == ScalarType::BFloat16;
+}
+
+inline void check_same_device(const Tensor& a, const char* a_name, const Tensor& b,
+                              const char* b_name) {
+  STD_TORCH_CHECK(a.get_device_index() == b.get_device_index() && a.is_cuda() == b.is_cuda(),
+                  b_name, " must be on the same device as ", a_name);
+}
+
+// Validates the arguments of mnv3::dwconv_bias_act and returns its geometry.
+inline DwGeometry check_dwconv_args(const Tensor& x, const Tensor& weight, const Tensor& bias,
+                                    const std::vector<int64_t>& stride,
+                                    const std::vector<int64_t>& padding,
+                                    const std::vector<int64_t>& dilation) {
+  STD_TORCH_CHECK(x.dim() == 4, "x must be a 4-d tensor [N, C, H, W], got ", x.dim(), " dims");
+  STD_TORCH_CHECK(is_supported_dtype(x.scalar_type()), "x must be float32, float16 or bfloat16");
+  STD_TORCH_CHECK(weight.scalar_type() == x.scalar_type(), "weight must have the dtype of x");
+  STD_TORCH_CHECK(bias.scalar_type() == x.scalar_type(), "bias must have the dtype of x");
+  check_same_device(x, "x", weight, "weight");
+  check_same_device(x, "x", bias, "bias");
+  STD_TORCH_CHECK(stride.size() == 2 && padding.size() == 2 && dilation.size() == 2,
+                  "stride, padding and dilation must have 2 elements each");
+  const int64_t C = x.size(1);
+  STD_TORCH_CHECK(weight.dim() == 4 && weight.size(0) == C && weight.size(1) == 1,
+                  "weight must have shape [C, 1, kh, kw] with C = ", C);
+  STD_TORCH_CHECK(bias.dim() == 1 && bias.size(0) == C, "bias must have shape [C] with C = ", C);
+  DwGeometry g{};
+  g.N = x.size(0);
+  g.C = C;
+  g.H = x.size(2);
+  g.W = x.size(3);
+  g.kh = weight.size(2);
+  g.kw = weight.size(3);
+  g.sh = stride[0];
+  g.sw = stride[1];
+  g.ph = padding[0];
+  g.pw = padding[1];
+  g.dh = dilation[0];
+  g.dw = dilation[1];
+  STD_TORCH_CHECK(g.kh >= 1 && g.kw >= 1, "kernel size must be positive");
+  STD_TORCH_CHECK(g.sh >= 1 && g.sw >= 1, "stride must be positive");
+  STD_TORCH_CHECK(g.dh >= 1 && g.dw >= 1, "dilation must be positive");
+  STD_TORCH_CHECK(g.ph >= 0 && g.pw >= 0, "padding must be non-negative");
+  g.OH = conv_out_size(g.H, g.kh, g.sh, g.ph, g.dh);
+  g.OW = conv_out_size(g.W, g.kw, g.sw, g.pw, g.dw);
+  STD_TORCH_CHECK(g.OH >= 1 && g.OW >= 1, "the output would be empty: input ", g.H, "x", g.W,
+                  " is smaller than the dilated kernel");
+  return g;
+}
+
+// Validates the arguments of mnv3::se_excite_scale; returns the squeeze width Cr.
+inline int64_t check_se_args(const Tensor& x, const Tensor& pooled, const Tensor& w1,
+                             const Tensor& b1, const Tensor& w2, const Tensor& b2) {
+  STD_TORCH_CHECK(x.dim() == 4, "x must be a 4-d tensor [N, C, H, W], got ", x.dim(), " dims");
+  STD_TORCH_CHECK(is_supported_dtype(x.scalar_type()), "x must be float32, float16 or bfloat16");
+  const int64_t N = x.size(0), C = x.size(1);
+  STD_TORCH_CHECK(pooled.dim() == 2 && pooled.size(0) == N && pooled.size(1) == C,
+                  "pooled must have shape [N, C] = [", N, ", ", C, "]");
+  STD_TORCH_CHECK(pooled.scalar_type() == ScalarType::Float || pooled.scalar_type() == x.scalar_type(),
+                  "pooled must be float32 or have the dtype of x");
+  STD_TORCH_CHECK(w1.dim() == 2 && w1.size(1) == C, "w1 must have shape [Cr, C] with C = ", C);
+  const int64_t Cr = w1.size(0);
+  STD_TORCH_CHECK(b1.dim() == 1 && b1.size(0) == Cr, "b1 must have shape [Cr] with Cr = ", Cr);
+  STD_TORCH_CHECK(w2.dim() == 2 && w2.size(0) == C && w2.size(1) == Cr,
+                  "w2 must have shape [C, Cr] = [", C, ", ", Cr, "]");
+  STD_TORCH_CHECK(b2.dim() == 1 && b2.size(0) == C, "b2 must have shape [C] with C = ", C);
+  for (const Tensor* t : {&w1, &b1, &w2, &b2}) {
+    STD_TORCH_CHECK(t->scalar_type() == x.scalar_type(), "SE weights must have the dtype of x");
+  }
+  check_same_device(x, "x", pooled, "pooled");
+  check_same_device(x, "x", w1, "w1");
+  check_same_device(x, "x", b1, "b1");
+  check_same_device(x, "x", w2, "w2");
+  check_same_device(x, "x", b2, "b2");
+  return Cr;
+}
+
+// Calls fn(T{}) with T the C++ element type of `dtype` (float, Half, BFloat16).
+template <typename Fn>
+void dispatch_float_types(ScalarType dtype, Fn&& fn) {
+  switch (dtype) {
+    case ScalarType::Float:
+      fn(float{});
+      break;
+    case ScalarType::Half:
+      fn(c10::Half{});
+      break;
+    case ScalarType::BFloat16:
+      fn(c10::BFloat16{});
+      break;
+    default:
+      STD_TORCH_CHECK(false, "unsupported dtype: expected float32, float16 or bfloat16");
+  }
+}
+
+// Calls fn(std::integral_constant<Activation, A>{}) for the runtime value.
+template <typename Fn>
+void dispatch_activation(Activation act, Fn&& fn) {
+  switch (act) {
+    case Activation::Identity:
+      fn(std::integral_constant<Activation, Activation::Identity>{});
+      break;
+    case Activation::ReLU:
+      fn(std::integral_constant<Activation, Activation::ReLU>{});
+      break;
+    case Activation::ReLU6:
+      fn(std::integral_constant<Activation, Activation::ReLU6>{});
+      break;
+    case Activation::HardSwish:
+      fn(std::integral_constant<Activation, Activation::HardSwish>{});
+      break;
+  }
+}
+
+template <typename Fn>
+void dispatch_gate(Gate gate, Fn&& fn) {
+  if (gate == Gate::Sigmoid) {
+    fn(std::integral_constant<Gate, Gate::Sigmoid>{});
+  } else {
+    fn(std::integral_constant<Gate, Gate::HardSigmoid>{});
+  }
+}
+
+}  // namespace mnv3

@@ -1,0 +1,97 @@
+// CPU kernel of mnv3::se_excite_scale: the SE gate from the pooled means
+// (fc1 -> relu -> fc2 -> hardsigmoid | sigmoid, csrc/common/se.h) and the
+// channel scale y = x * gate, one pass over x.
+#include "cpu_utils.h"
+#include "../common/se.h"
+
+#include <torch/csrc/stable/ops.h>
+
+#include <algorithm>
+#include <vector>
+
+namespace mnv3 {
+namespace {
+
+// gates[n, c] for every sample.
+template <Gate G>
+std::vector<float> se_gates(const std::vector<float>& pooled, const std::vector<float>& w1,
+                            const std::vector<float>& b1, const std::vector<float>& w2,
+                            const std::vector<float>& b2, int64_t N, int64_t C, int64_t Cr) {
+  std::vector<float> gates(static_cast<size_t>(N * C));
+  torch::stable::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> hidden(static_cast<size_t>(Cr));
+    for (int64_t n = begin; n < end; ++n) {
+      const float* pn = pooled.data() + n * C;
+      for (int64_t j = 0; j < Cr; ++j) hidden[j] = se_hidden_unit(pn, w1.data() + j * C, b1[j], C);
+      for (int64_t c = 0; c < C; ++c)
+        gates[n * C + c] = se_gate_unit<G>(hidden.data(), w2.data() + c * Cr, b2[c], Cr);
+    }
+  });
+  return gates;
+}
+
+template <typename T>
+void scale_channels(const Tensor& x, const float* gates, Tensor& y, bool nhwc) {
+  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+  const T* xp = static_cast<const T*>(x.const_data_ptr());
+  T* yp = static_cast<T*>(y.mutable_data_ptr());
+  if (nhwc) {
+    const int64_t HW = H * W;
+    torch::stable::parallel_for(0, N * HW, grain_for(C),
+                                [&](int64_t begin, int64_t end) {
+      for (int64_t p = begin; p < end; ++p) {
+        const float* g = gates + (p / HW) * C;
+        const T* xs = xp + p * C;
+        T* ys = yp + p * C;
+        for (int64_t c = 0; c < C; ++c) ys[c] = static_cast<T>(static_cast<float>(xs[c]) * g[c]);
+      }
+    });
+  } else {
+    const int64_t sN = x.stride(0), sC = x.stride(1), sH = x.stride(2), sW = x.stride(3);
+    torch::stable::parallel_for(0, N * C, grain_for(H * W),
+                                [&](int64_t begin, int64_t end) {
+      for (int64_t p = begin; p < end; ++p) {
+        const int64_t n = p / C, c = p % C;
+        const float g = gates[p];
+        const T* xs = xp + n * sN + c * sC;
+        T* ys = yp + p * H * W;
+        for (int64_t h = 0; h < H; ++h)
+          for (int64_t w = 0; w < W; ++w)
+            ys[h * W + w] = static_cast<T>(static_cast<float>(xs[h * sH + w * sW]) * g);
+      }
+    });
+  }
+}
+
+Tensor se_excite_scale_cpu(const Tensor& x, const Tensor& pooled, const Tensor& w1, const Tensor& b1,
+                           const Tensor& w2, const Tensor& b2, const std::string& gate) {
+  STD_TORCH_CHECK(x.is_cpu(), "mnv3::se_excite_scale (CPU kernel): x must be a CPU tensor");
+  const int64_t Cr = check_se_args(x, pooled, w1, b1, w2, b2);
+  const Gate gate_kind = parse_gate(gate);
+  const int64_t N = x.size(0), C = x.size(1);
+  const bool nhwc = is_nhwc_dense(x);
+  Tensor y = empty_4d(N, C, x.size(2), x.size(3), nhwc, x.scalar_type(), x);
+  if (x.numel() == 0) return y;
+
+  dispatch_float_types(x.scalar_type(), [&](auto tag) {
+    using T = decltype(tag);
+    std::vector<float> pooled_f = pooled.scalar_type() == ScalarType::Float
+                                      ? matrix_to_float<float>(pooled)
+                                      : matrix_to_float<T>(pooled);
+    const auto w1f = matrix_to_float<T>(w1), w2f = matrix_to_float<T>(w2);
+    const auto b1f = vector_to_float<T>(b1), b2f = vector_to_float<T>(b2);
+    std::vector<float> gates;
+    dispatch_gate(gate_kind, [&](auto gate_tag) {
+      gates = se_gates<decltype(gate_tag)::value>(pooled_f, w1f, b1f, w2f, b2f, N, C, Cr);
+    });
+    scale_channels<T>(x, gates.data(), y, nhwc);
+  });
+  return y;
+}
+
+}  // namespace
+}  // namespace mnv3
+
+STABLE_TORCH_LIBRARY_IMPL(mnv3, CPU, m) {
+  m.impl("se_excite_scale", TORCH_BOX(&mnv3::se_excite_scale_cpu));
+}

@@ -1,0 +1,62 @@
+"""Loads the compiled extensions and remembers why one is missing.
+
+Importing an extension module runs its static registrations: the CPU or CUDA
+implementations of the ops that ops.py defines.  A missing or broken build is
+not an error here: backends.py falls back and `python -m mnv3_kernels.info`
+says why.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import warnings
+from dataclasses import dataclass
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+@dataclass(frozen=True)
+class ExtensionStatus:
+    loaded: bool
+    reason: str
+
+
+def build_info() -> dict:
+    """What setup.py recorded: the torch, CUDA and archs the extensions were built with."""
+    path = os.path.join(_HERE, "_build_info.json")
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return {}
+
+
+def _load(module: str, what: str, not_built_reason: str) -> ExtensionStatus:
+    try:
+        importlib.import_module(f"mnv3_kernels.{module}")
+    except ModuleNotFoundError as e:
+        if e.name != f"mnv3_kernels.{module}":
+            raise
+        return ExtensionStatus(False, not_built_reason)
+    except (ImportError, OSError) as e:  # built, but does not load under this torch
+        built_with = build_info().get("torch", "an unknown torch")
+        import torch
+
+        msg = (
+            f"mnv3_kernels: the {what} extension was built with torch {built_with} and does not load "
+            f"under torch {torch.__version__}: {e}. Rebuild with `pip install --no-build-isolation .`; "
+            "until then other backends are used."
+        )
+        warnings.warn(msg, RuntimeWarning, stacklevel=3)
+        return ExtensionStatus(False, msg)
+    return ExtensionStatus(True, "loaded")
+
+
+def load_extensions() -> dict[str, ExtensionStatus]:
+    info = build_info()
+    status = {"cpu": _load("_C", "CPU", "the CPU extension was not built (pip install . builds it)")}
+    cuda_reason = info.get("cuda_reason") or "the CUDA extension was not built"
+    status["cuda"] = _load("_C_cuda", "CUDA", f"not built: {cuda_reason}")
+    return status

@@ -1,0 +1,2 @@
+def fuse(model, inplace=False):
+    raise NotImplementedError

@@ -1,0 +1,54 @@
+"""`python -m mnv3_kernels.info`: what was built, with what, and which backend
+is available for each device, and why not."""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+
+from . import __version__, backends
+from ._extension import build_info
+
+
+def report() -> str:
+    info = build_info()
+    lines = [f"mnv3_kernels {__version__}", ""]
+    lines.append("build:")
+    if not info:
+        lines.append("  no build record (_build_info.json missing): the extensions were not built")
+    else:
+        lines.append(f"  built with torch {info.get('torch')} (stable ABI target {info.get('torch_target_version')}), "
+                     f"python {info.get('python')}")
+        if info.get("cuda_built"):
+            lines.append(f"  CUDA extension: CUDA {info.get('cuda')}, archs {info.get('cuda_arch_list')}")
+        else:
+            lines.append(f"  CUDA extension: not built ({info.get('cuda_reason')})")
+    lines.append("")
+    lines.append("runtime:")
+    lines.append(f"  torch {torch.__version__}, CUDA runtime {torch.version.cuda}, python {sys.version.split()[0]}")
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none visible"
+    lines.append(f"  GPU: {gpu}")
+    lines.append(f"  requested backend: {backends.requested_backend().value} ({backends.ENV_VAR} / set_backend)")
+    lines.append("")
+    lines.append("backends:")
+    for device_type in ("cpu", "cuda"):
+        for backend in (backends.Backend.NATIVE, backends.Backend.TRITON, backends.Backend.REFERENCE):
+            ok, why = backends.availability(backend, device_type)
+            mark = "available" if ok else "unavailable"
+            lines.append(f"  {device_type:4s} {backend.value:9s} {mark:11s} {why}")
+    for device_type in ("cpu", "cuda"):
+        try:
+            chosen = backends.resolve(device_type).value
+        except RuntimeError as e:
+            chosen = f"error: {e}"
+        lines.append(f"  -> {device_type} ops run on: {chosen}")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    print(report())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,227 @@
+"""The mnv3 custom ops: schemas (defined once, here), argument checks, fake
+kernels, and the public functional API.
+
+Schemas are defined in Python so the ops exist even when no extension was
+built; the C++ extensions only register implementations for them.
+
+    mnv3::dwconv_bias_act(x, weight, bias, stride, padding, dilation, activation, with_mean)
+        -> (y, mean)
+      y = act(depthwise_conv2d(x, weight) + bias), dtype and layout of x
+      (channels-last out iff x is channels-last dense, see layout.py);
+      mean = y's spatial mean per (n, c) in fp32, shape [N, C] when with_mean,
+      else an empty [0] tensor.  BatchNorm is folded into weight/bias by the caller.
+    mnv3::se_excite_scale(x, pooled, w1, b1, w2, b2, gate) -> y
+      y = x * gate(w2 @ relu(w1 @ pooled + b1) + b2), dtype and layout of x.
+
+Both are inference ops: their backward raises.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from . import layout
+
+ACTIVATIONS = ("identity", "relu", "relu6", "hardswish")  # codes 0..3 in csrc/common/activation.h
+GATES = ("hardsigmoid", "sigmoid")
+SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+DWCONV_SCHEMA = (
+    "(Tensor x, Tensor weight, Tensor bias, int[2] stride, int[2] padding, int[2] dilation, "
+    "str activation, bool with_mean) -> (Tensor, Tensor)"
+)
+SE_SCHEMA = "(Tensor x, Tensor pooled, Tensor w1, Tensor b1, Tensor w2, Tensor b2, str gate) -> Tensor"
+
+_lib = torch.library.Library("mnv3", "DEF")  # noqa: TOR901 - kept alive for the process
+_lib.define("dwconv_bias_act" + DWCONV_SCHEMA)
+_lib.define("se_excite_scale" + SE_SCHEMA)
+
+
+# --------------------------------------------------------------------------- checks
+def _shape(t: torch.Tensor) -> list[int]:
+    return list(t.shape)
+
+
+def _check_float_tensor(name: str, t, dtype: torch.dtype | None = None) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if dtype is None and t.dtype not in SUPPORTED_DTYPES:
+        raise TypeError(f"{name} must be float32, float16 or bfloat16, got {t.dtype}")
+    if dtype is not None and t.dtype != dtype:
+        raise TypeError(f"{name} must have the dtype of x ({dtype}), got {t.dtype}")
+
+
+def _check_device(name: str, t: torch.Tensor, x: torch.Tensor) -> None:
+    if t.device != x.device:
+        raise ValueError(f"{name} must be on the device of x ({x.device}), got {t.device}")
+
+
+def _pair(name: str, v) -> list[int]:
+    if isinstance(v, int):
+        return [v, v]
+    if isinstance(v, Sequence) and len(v) == 2 and all(isinstance(e, int) for e in v):
+        return [int(v[0]), int(v[1])]
+    raise TypeError(f"{name} must be an int or a pair of ints, got {v!r}")
+
+
+def conv_out_size(size, k: int, s: int, p: int, d: int):
+    return (size + 2 * p - d * (k - 1) - 1) // s + 1
+
+
+def check_dwconv_args(x, weight, bias, stride, padding, dilation, activation) -> tuple:
+    """Raises a clear error for bad arguments; returns the output shape [N, C, OH, OW]."""
+    _check_float_tensor("x", x)
+    if x.dim() != 4:
+        raise ValueError(f"x must be a 4-d tensor [N, C, H, W], got shape {_shape(x)}")
+    n, c, h, w = x.shape
+    _check_float_tensor("weight", weight, x.dtype)
+    _check_float_tensor("bias", bias, x.dtype)
+    _check_device("weight", weight, x)
+    _check_device("bias", bias, x)
+    if weight.dim() != 4 or weight.shape[0] != c or weight.shape[1] != 1:
+        raise ValueError(f"weight must have shape [C, 1, kh, kw] with C = {c}, got {_shape(weight)}")
+    if bias.dim() != 1 or bias.shape[0] != c:
+        raise ValueError(f"bias must have shape [C] with C = {c}, got {_shape(bias)}")
+    kh, kw = weight.shape[2], weight.shape[3]
+    if kh < 1 or kw < 1:
+        raise ValueError(f"weight must have a non-empty kernel, got {_shape(weight)}")
+    if len(stride) != 2 or min(stride) < 1:
+        raise ValueError(f"stride must be positive, got {stride}")
+    if len(padding) != 2 or min(padding) < 0:
+        raise ValueError(f"padding must be non-negative, got {padding}")
+    if len(dilation) != 2 or min(dilation) < 1:
+        raise ValueError(f"dilation must be positive, got {dilation}")
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+    oh = conv_out_size(h, kh, stride[0], padding[0], dilation[0])
+    ow = conv_out_size(w, kw, stride[1], padding[1], dilation[1])
+    if oh < 1 or ow < 1:
+        raise ValueError(
+            f"x of spatial size {h}x{w} is smaller than the dilated kernel "
+            f"({kh}x{kw}, dilation {dilation}, padding {padding}): the output would be empty"
+        )
+    return (n, c, oh, ow)
+
+
+def check_se_args(x, pooled, w1, b1, w2, b2, gate) -> None:
+    _check_float_tensor("x", x)
+    if x.dim() != 4:
+        raise ValueError(f"x must be a 4-d tensor [N, C, H, W], got shape {_shape(x)}")
+    n, c = x.shape[0], x.shape[1]
+    if not isinstance(pooled, torch.Tensor):
+        raise TypeError(f"pooled must be a torch.Tensor, got {type(pooled).__name__}")
+    if pooled.dtype not in (torch.float32, x.dtype):
+        raise TypeError(f"pooled must be float32 or have the dtype of x ({x.dtype}), got {pooled.dtype}")
+    if pooled.dim() != 2 or pooled.shape[0] != n or pooled.shape[1] != c:
+        raise ValueError(f"pooled must have shape [N, C] = [{n}, {c}], got {_shape(pooled)}")
+    for name, t in (("w1", w1), ("b1", b1), ("w2", w2), ("b2", b2)):
+        _check_float_tensor(name, t, x.dtype)
+    if w1.dim() != 2 or w1.shape[1] != c:
+        raise ValueError(f"w1 must have shape [Cr, C] with C = {c}, got {_shape(w1)}")
+    cr = w1.shape[0]
+    if b1.dim() != 1 or b1.shape[0] != cr:
+        raise ValueError(f"b1 must have shape [Cr] with Cr = {cr}, got {_shape(b1)}")
+    if w2.dim() != 2 or w2.shape[0] != c or w2.shape[1] != cr:
+        raise ValueError(f"w2 must have shape [C, Cr] = [{c}, {cr}], got {_shape(w2)}")
+    if b2.dim() != 1 or b2.shape[0] != c:
+        raise ValueError(f"b2 must have shape [C] with C = {c}, got {_shape(b2)}")
+    for name, t in (("pooled", pooled), ("w1", w1), ("b1", b1), ("w2", w2), ("b2", b2)):
+        _check_device(name, t, x)
+    if gate not in GATES:
+        raise ValueError(f"gate must be one of {GATES}, got {gate!r}")
+
+
+# --------------------------------------------------------------------------- fake kernels
+@torch.library.register_fake("mnv3::dwconv_bias_act")
+def _dwconv_bias_act_fake(x, weight, bias, stride, padding, dilation, activation, with_mean):
+    out_shape = check_dwconv_args(x, weight, bias, stride, padding, dilation, activation)
+    y = layout.empty_4d(x, out_shape)
+    mean_shape = (x.shape[0], x.shape[1]) if with_mean else (0,)
+    return y, x.new_empty(mean_shape, dtype=torch.float32)
+
+
+@torch.library.register_fake("mnv3::se_excite_scale")
+def _se_excite_scale_fake(x, pooled, w1, b1, w2, b2, gate):
+    check_se_args(x, pooled, w1, b1, w2, b2, gate)
+    return layout.empty_4d(x, x.shape)
+
+
+def _inference_only(op_name: str):
+    def backward(ctx, *grads):
+        raise RuntimeError(
+            f"mnv3::{op_name} is an inference op and has no backward. To train or take gradients, "
+            "run the model in train() mode, or in eval() mode with autograd enabled: the mnv3_kernels "
+            "models then run their ordinary (unfused) modules."
+        )
+
+    def setup_context(ctx, inputs, output):
+        pass
+
+    torch.library.register_autograd(f"mnv3::{op_name}", backward, setup_context=setup_context)
+
+
+_inference_only("dwconv_bias_act")
+_inference_only("se_excite_scale")
+
+
+# --------------------------------------------------------------------------- functional API
+def dwconv_bias_act(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    stride: int | Sequence[int] = 1,
+    padding: int | Sequence[int] = 0,
+    dilation: int | Sequence[int] = 1,
+    activation: str = "identity",
+    with_mean: bool = False,
+):
+    """Depthwise conv + bias + activation in one pass (BatchNorm folded into weight/bias).
+
+    Returns y, or (y, mean) with mean the fp32 [N, C] spatial mean of y when
+    with_mean=True (the SE squeeze, computed in the same pass).  Runs on the
+    backend that mnv3_kernels.backends selects for x's device.
+    """
+    from . import backends
+
+    stride, padding, dilation = _pair("stride", stride), _pair("padding", padding), _pair("dilation", dilation)
+    if bias is None:
+        _check_float_tensor("x", x)
+        bias = torch.zeros(x.shape[1] if x.dim() > 1 else 0, dtype=x.dtype, device=x.device)
+    check_dwconv_args(x, weight, bias, stride, padding, dilation, activation)
+    impl = backends.implementation("dwconv_bias_act", x.device)
+    y, mean = impl(x, weight, bias, stride, padding, dilation, activation, bool(with_mean))
+    return (y, mean) if with_mean else y
+
+
+def se_excite_scale(
+    x: torch.Tensor,
+    pooled: torch.Tensor,
+    w1: torch.Tensor,
+    b1: torch.Tensor,
+    w2: torch.Tensor,
+    b2: torch.Tensor,
+    gate: str = "hardsigmoid",
+) -> torch.Tensor:
+    """y = x * gate(w2 @ relu(w1 @ pooled + b1) + b2), the SE excite and scale in one op.
+
+    pooled is the [N, C] spatial mean of x (fp32 or x's dtype), e.g. the second
+    output of dwconv_bias_act(..., with_mean=True).  w1 [Cr, C] and w2 [C, Cr]
+    may also be given as 1x1 conv weights [Cr, C, 1, 1] / [C, Cr, 1, 1].
+    """
+    from . import backends
+
+    w1 = _squeeze_1x1("w1", w1)
+    w2 = _squeeze_1x1("w2", w2)
+    check_se_args(x, pooled, w1, b1, w2, b2, gate)
+    impl = backends.implementation("se_excite_scale", x.device)
+    return impl(x, pooled, w1, b1, w2, b2, gate)
+
+
+def _squeeze_1x1(name: str, w):
+    if isinstance(w, torch.Tensor) and w.dim() == 4:
+        if w.shape[2] != 1 or w.shape[3] != 1:
+            raise ValueError(f"{name} given as a conv weight must be 1x1, got {_shape(w)}")
+        return w.flatten(1)
+    return w

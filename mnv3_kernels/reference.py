@@ -1,0 +1,86 @@
+"""Pure-PyTorch reference of every mnv3 op: the ground truth of the tests and
+the fallback backend.
+
+Each function computes what the eager PyTorch decomposition computes, in the
+input's dtype, and returns outputs with the dtype and layout the op's schema
+promises (see ops.py).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .layout import is_nhwc_dense
+
+ACTIVATION_FNS = {
+    "identity": lambda t: t,
+    "relu": F.relu,
+    "relu6": F.relu6,
+    "hardswish": F.hardswish,
+}
+GATE_FNS = {"hardsigmoid": F.hardsigmoid, "sigmoid": torch.sigmoid}
+
+
+def _as_layout_of(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    fmt = torch.channels_last if is_nhwc_dense(x) else torch.contiguous_format
+    return y.contiguous(memory_format=fmt)
+
+
+def dwconv_bias_act(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    stride: list[int],
+    padding: list[int],
+    dilation: list[int],
+    activation: str,
+    with_mean: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    y = F.conv2d(x, weight, bias, stride, padding, dilation, groups=x.shape[1])
+    y = _as_layout_of(ACTIVATION_FNS[activation](y), x)
+    if with_mean:
+        mean = y.mean(dim=(2, 3), dtype=torch.float32)
+    else:
+        mean = x.new_empty((0,), dtype=torch.float32)
+    return y, mean
+
+
+def se_excite_scale(
+    x: torch.Tensor,
+    pooled: torch.Tensor,
+    w1: torch.Tensor,
+    b1: torch.Tensor,
+    w2: torch.Tensor,
+    b2: torch.Tensor,
+    gate: str,
+) -> torch.Tensor:
+    hidden = F.relu(F.linear(pooled.to(x.dtype), w1, b1))
+    g = GATE_FNS[gate](F.linear(hidden, w2, b2))
+    return _as_layout_of(x * g[:, :, None, None], x)
+
+
+def fold_batchnorm(
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    bn_weight: torch.Tensor | None,
+    bn_bias: torch.Tensor | None,
+    running_mean: torch.Tensor,
+    running_var: torch.Tensor,
+    eps: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Folds an inference BatchNorm into the conv (or linear) before it.
+
+    w' = w * g / sqrt(v + eps), b' = (b - m) * g / sqrt(v + eps) + beta, computed
+    in fp32 (at least) and returned in the weight's dtype.  Output channels are
+    dim 0 of `weight`.
+    """
+    dtype = torch.promote_types(weight.dtype, torch.float32)
+    inv_std = torch.rsqrt(running_var.to(dtype) + eps)
+    scale = inv_std if bn_weight is None else bn_weight.to(dtype) * inv_std
+    b = torch.zeros_like(running_mean, dtype=dtype) if bias is None else bias.to(dtype)
+    shift = (b - running_mean.to(dtype)) * scale
+    if bn_bias is not None:
+        shift = shift + bn_bias.to(dtype)
+    w = weight.to(dtype) * scale.reshape((-1,) + (1,) * (weight.dim() - 1))
+    return w.to(weight.dtype), shift.to(weight.dtype)

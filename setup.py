@@ -1,0 +1,142 @@
+"""Build of mnv3_kernels: the CPU extension always, the CUDA extension when
+nvcc and a CUDA build of torch exist (no GPU needed to build it).
+
+Both extensions use only the LibTorch stable ABI (TORCH_TARGET_VERSION 2.10)
+and the CPython limited API, so one build loads under every torch >= 2.10.
+
+Environment switches:
+  MNV3_SKIP_CUDA=1        never build the CUDA extension
+  MNV3_FORCE_CUDA=1       fail the build instead of skipping CUDA when nvcc or a CUDA torch is missing
+  CUDA_HOME               CUDA toolkit root (else found from nvcc on PATH, else /usr/local/cuda)
+  TORCH_CUDA_ARCH_LIST    GPU archs to build for; default: the visible GPUs, or
+                          DEFAULT_ARCH_LIST below when none is visible
+  MAX_JOBS                parallel compile jobs (ninja)
+  MNV3_DEBUG=1            -O0 -g builds
+"""
+
+import glob
+import json
+import os
+import shutil
+import sys
+
+from setuptools import find_packages, setup
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+PACKAGE = "mnv3_kernels"
+# Ampere and Hopper; +PTX lets newer GPUs JIT the Hopper code.
+DEFAULT_ARCH_LIST = "8.0;9.0+PTX"
+# Oldest torch whose stable ABI the extensions use (2.10.0), as TORCH_TARGET_VERSION.
+TORCH_TARGET_VERSION = "0x020a000000000000"
+
+
+def _env_flag(name):
+    return os.environ.get(name, "0").lower() in ("1", "true", "yes", "on")
+
+
+def _find_cuda_home():
+    """CUDA_HOME, else the toolkit that holds the nvcc on PATH, else /usr/local/cuda.
+
+    torch's own guess follows a symlinked /usr/local/bin/nvcc to /usr/local,
+    which has no CUDA headers; resolving the link finds the real toolkit.
+    """
+    for var in ("CUDA_HOME", "CUDA_PATH"):
+        if os.environ.get(var):
+            return os.environ[var]
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        return os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))
+    if os.path.exists("/usr/local/cuda/bin/nvcc"):
+        return "/usr/local/cuda"
+    return None
+
+
+_cuda_home = _find_cuda_home()
+if _cuda_home:
+    # torch.utils.cpp_extension reads CUDA_HOME once, at import.
+    os.environ["CUDA_HOME"] = _cuda_home
+
+import torch  # noqa: E402
+from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension  # noqa: E402
+
+
+def _cuda_decision():
+    """(build_cuda, reason). Decided from nvcc + torch.version.cuda, never from a visible GPU."""
+    if _env_flag("MNV3_SKIP_CUDA"):
+        return False, "MNV3_SKIP_CUDA=1 was set at build time"
+    if torch.version.cuda is None:
+        return False, f"torch {torch.__version__} is not a CUDA build"
+    if not _cuda_home or not os.path.exists(os.path.join(_cuda_home, "bin", "nvcc")):
+        return False, "nvcc not found (set CUDA_HOME or put nvcc on PATH)"
+    return True, f"built with nvcc from {_cuda_home}"
+
+
+def _arch_list():
+    if os.environ.get("TORCH_CUDA_ARCH_LIST"):
+        return os.environ["TORCH_CUDA_ARCH_LIST"]
+    if torch.cuda.is_available():  # only chooses archs; never decides whether to build
+        caps = sorted({torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())})
+        return ";".join(f"{a}.{b}" for a, b in caps) + "+PTX"
+    return DEFAULT_ARCH_LIST
+
+
+def _write_build_info(info):
+    with open(os.path.join(ROOT, PACKAGE, "_build_info.json"), "w") as f:
+        json.dump(info, f, indent=2, sort_keys=True)
+        f.write("\n")
+
+
+def get_extensions():
+    debug = _env_flag("MNV3_DEBUG")
+    opt = ["-O0", "-g"] if debug else ["-O3"]
+    common = ["-std=c++17", f"-DTORCH_TARGET_VERSION={TORCH_TARGET_VERSION}"]
+    cxx = opt + common + ["-fdiagnostics-color=always"]
+
+    extensions = [
+        CppExtension(
+            f"{PACKAGE}._C",
+            sorted(glob.glob(os.path.join("csrc", "cpu", "*.cpp"))),
+            extra_compile_args={"cxx": cxx},
+            py_limited_api=True,
+        )
+    ]
+    info = {
+        "torch": torch.__version__,
+        "torch_target_version": "2.10",
+        "python": sys.version.split()[0],
+        "cuda_built": False,
+        "cuda_reason": "",
+        "cuda": None,
+        "cuda_arch_list": None,
+    }
+    build_cuda, reason = _cuda_decision()
+    if not build_cuda and _env_flag("MNV3_FORCE_CUDA"):
+        raise RuntimeError(f"MNV3_FORCE_CUDA=1 but the CUDA extension cannot be built: {reason}")
+    info["cuda_built"], info["cuda_reason"] = build_cuda, reason
+    if build_cuda:
+        arch_list = _arch_list()
+        os.environ["TORCH_CUDA_ARCH_LIST"] = arch_list
+        info["cuda"], info["cuda_arch_list"] = torch.version.cuda, arch_list
+        # USE_CUDA exposes the CUDA entry points of the C shim (the current stream).
+        nvcc = opt + common + ["-DUSE_CUDA", "--expt-relaxed-constexpr", "-lineinfo"]
+        extensions.append(
+            CUDAExtension(
+                f"{PACKAGE}._C_cuda",
+                sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
+                + sorted(glob.glob(os.path.join("csrc", "cuda", "*.cpp"))),
+                extra_compile_args={"cxx": cxx + ["-DUSE_CUDA"], "nvcc": nvcc},
+                py_limited_api=True,
+            )
+        )
+    print(f"mnv3_kernels: CUDA extension: {reason}", file=sys.stderr)
+    _write_build_info(info)
+    return extensions
+
+
+setup(
+    packages=find_packages(include=[PACKAGE, f"{PACKAGE}.*"]),
+    package_data={PACKAGE: ["_build_info.json"]},
+    ext_modules=get_extensions(),
+    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=shutil.which("ninja") is not None)},
+    options={"bdist_wheel": {"py_limited_api": "cp310"}},
+)
