@@ -147,9 +147,19 @@ def _warn_once(device_type: str, message: str) -> None:
         warnings.warn(message, RuntimeWarning, stacklevel=4)
 
 
+@torch.compiler.assume_constant_result
+def _resolve_for_trace(device_type: str) -> str:
+    # torch.compile runs this once while tracing and bakes the answer into the
+    # graph (availability checks query the dispatcher, which Dynamo cannot trace).
+    return resolve(device_type).value
+
+
 def implementation(op: str, device) -> Callable:
     """The callable that runs `op` (with the op schema's arguments) for `device`."""
-    backend = resolve(device)
+    if torch.compiler.is_compiling():
+        backend = Backend(_resolve_for_trace(device.type))
+    else:
+        backend = resolve(device)
     if backend is Backend.NATIVE:
         return getattr(torch.ops.mnv3, op).default
     if backend is Backend.TRITON:

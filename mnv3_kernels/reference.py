@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .layout import is_nhwc_dense
+from .layout import empty_4d
 
 ACTIVATION_FNS = {
     "identity": lambda t: t,
@@ -23,8 +23,9 @@ GATE_FNS = {"hardsigmoid": F.hardsigmoid, "sigmoid": torch.sigmoid}
 
 
 def _as_layout_of(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    fmt = torch.channels_last if is_nhwc_dense(x) else torch.contiguous_format
-    return y.contiguous(memory_format=fmt)
+    # Exactly the strides of the other backends, size-1 dimensions included
+    # (Tensor.contiguous would keep y's strides when they are already valid).
+    return empty_4d(x, y.shape).copy_(y)
 
 
 def dwconv_bias_act(

@@ -1,3 +1,266 @@
-class MobileNetV3: pass
-def mobilenet_v3_large(): pass
-def mobilenet_v3_small(): pass
+"""Drop-in MobileNetV3 Large / Small whose eval forward runs the mnv3 ops.
+
+Same constructor arguments, module tree and state_dict as
+torchvision.models.mobilenet_v3_large / mobilenet_v3_small, so torchvision
+weights load with strict=True and the logits match torchvision's.  Outputs are
+logits (no softmax).  Note: the seed blog's hand-written model differs from
+the paper and torchvision (softmax head, a 1x1 conv shortcut on every stride-1
+block, BatchNorm inside SE, sigmoid gate); this follows torchvision.
+
+The fused path runs in eval() mode without autograd (torch.inference_mode() or
+torch.no_grad()); see fused_layers.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from functools import partial
+from typing import Any
+
+import torch
+from torch import nn
+
+from .fused_layers import Conv2dNormActivation, SqueezeExcitation, fused_active
+
+
+def _make_divisible(v: float, divisor: int, min_value: int | None = None) -> int:
+    """Channel rounding of the TF reference implementation (as torchvision)."""
+    if min_value is None:
+        min_value = divisor
+    new_v = max(min_value, int(v + divisor / 2) // divisor * divisor)
+    if new_v < 0.9 * v:  # do not round down by more than 10%
+        new_v += divisor
+    return new_v
+
+
+class InvertedResidualConfig:
+    def __init__(self, input_channels: int, kernel: int, expanded_channels: int, out_channels: int,
+                 use_se: bool, activation: str, stride: int, dilation: int, width_mult: float):
+        self.input_channels = self.adjust_channels(input_channels, width_mult)
+        self.kernel = kernel
+        self.expanded_channels = self.adjust_channels(expanded_channels, width_mult)
+        self.out_channels = self.adjust_channels(out_channels, width_mult)
+        self.use_se = use_se
+        self.use_hs = activation == "HS"
+        self.stride = stride
+        self.dilation = dilation
+
+    @staticmethod
+    def adjust_channels(channels: int, width_mult: float) -> int:
+        return _make_divisible(channels * width_mult, 8)
+
+
+class InvertedResidual(nn.Module):
+    """expand 1x1 -> depthwise kxk -> [SE] -> project 1x1 (+ residual), as torchvision's.
+
+    Fused: the depthwise layer computes the SE squeeze in the same pass and the
+    SE layer consumes it (no separate pooling read of the activation).
+    """
+
+    def __init__(self, cnf: InvertedResidualConfig, norm_layer: Callable[..., nn.Module],
+                 se_layer: Callable[..., nn.Module] = partial(SqueezeExcitation,
+                                                             scale_activation=nn.Hardsigmoid)):
+        super().__init__()
+        if not (1 <= cnf.stride <= 2):
+            raise ValueError(f"stride must be 1 or 2, got {cnf.stride}")
+        self.use_res_connect = cnf.stride == 1 and cnf.input_channels == cnf.out_channels
+        activation_layer = nn.Hardswish if cnf.use_hs else nn.ReLU
+        layers: list[nn.Module] = []
+        if cnf.expanded_channels != cnf.input_channels:
+            layers.append(Conv2dNormActivation(cnf.input_channels, cnf.expanded_channels, kernel_size=1,
+                                               norm_layer=norm_layer, activation_layer=activation_layer))
+        stride = 1 if cnf.dilation > 1 else cnf.stride
+        layers.append(Conv2dNormActivation(cnf.expanded_channels, cnf.expanded_channels,
+                                           kernel_size=cnf.kernel, stride=stride, dilation=cnf.dilation,
+                                           groups=cnf.expanded_channels, norm_layer=norm_layer,
+                                           activation_layer=activation_layer))
+        if cnf.use_se:
+            squeeze_channels = _make_divisible(cnf.expanded_channels // 4, 8)
+            layers.append(se_layer(cnf.expanded_channels, squeeze_channels))
+        layers.append(Conv2dNormActivation(cnf.expanded_channels, cnf.out_channels, kernel_size=1,
+                                           norm_layer=norm_layer, activation_layer=None))
+        self.block = nn.Sequential(*layers)
+        self.out_channels = cnf.out_channels
+        self._is_cn = cnf.stride > 1
+
+    @classmethod
+    def from_parts(cls, block: nn.Sequential, use_res_connect: bool, out_channels: int,
+                   is_cn: bool, training: bool) -> "InvertedResidual":
+        new = cls.__new__(cls)
+        nn.Module.__init__(new)
+        new.block = block
+        new.use_res_connect = use_res_connect
+        new.out_channels = out_channels
+        new._is_cn = is_cn
+        new.train(training)
+        return new
+
+    def _fused_forward(self, x: torch.Tensor) -> torch.Tensor:
+        layers = list(self.block)
+        y, mean = x, None
+        for i, layer in enumerate(layers):
+            if isinstance(layer, SqueezeExcitation):
+                y, mean = layer.fused(y, mean), None
+            elif isinstance(layer, Conv2dNormActivation):
+                want_mean = i + 1 < len(layers) and isinstance(layers[i + 1], SqueezeExcitation)
+                y, mean = layer.fused(y, want_mean)
+            else:
+                y, mean = layer(y), None
+        return y + x if self.use_res_connect else y
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if fused_active(self, x):
+            return self._fused_forward(x)
+        result = self.block(x)
+        if self.use_res_connect:
+            result = result + x
+        return result
+
+
+class MobileNetV3(nn.Module):
+    def __init__(self, inverted_residual_setting: list[InvertedResidualConfig], last_channel: int,
+                 num_classes: int = 1000, block: Callable[..., nn.Module] | None = None,
+                 norm_layer: Callable[..., nn.Module] | None = None, dropout: float = 0.2,
+                 **kwargs: Any) -> None:
+        super().__init__()
+        if not inverted_residual_setting:
+            raise ValueError("inverted_residual_setting must not be empty")
+        if not (isinstance(inverted_residual_setting, Sequence)
+                and all(isinstance(s, InvertedResidualConfig) for s in inverted_residual_setting)):
+            raise TypeError("inverted_residual_setting must be a list of InvertedResidualConfig")
+        block = block or InvertedResidual
+        norm_layer = norm_layer or partial(nn.BatchNorm2d, eps=0.001, momentum=0.01)
+
+        layers: list[nn.Module] = []
+        first_out = inverted_residual_setting[0].input_channels
+        layers.append(Conv2dNormActivation(3, first_out, kernel_size=3, stride=2, norm_layer=norm_layer,
+                                           activation_layer=nn.Hardswish))
+        for cnf in inverted_residual_setting:
+            layers.append(block(cnf, norm_layer))
+        last_in = inverted_residual_setting[-1].out_channels
+        last_out = 6 * last_in
+        layers.append(Conv2dNormActivation(last_in, last_out, kernel_size=1, norm_layer=norm_layer,
+                                           activation_layer=nn.Hardswish))
+        self.features = nn.Sequential(*layers)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Sequential(
+            nn.Linear(last_out, last_channel),
+            nn.Hardswish(inplace=True),
+            nn.Dropout(p=dropout, inplace=True),
+            nn.Linear(last_channel, num_classes),
+        )
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, 0, 0.01)
+                nn.init.zeros_(m.bias)
+
+    @classmethod
+    def from_parts(cls, features: nn.Module, avgpool: nn.Module, classifier: nn.Module,
+                   training: bool) -> "MobileNetV3":
+        new = cls.__new__(cls)
+        nn.Module.__init__(new)
+        new.features, new.avgpool, new.classifier = features, avgpool, classifier
+        new.train(training)
+        return new
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if fused_active(self, x) and x.dim() == 4:
+            # The fused kernels' fast layout; every op preserves it.
+            x = x.contiguous(memory_format=torch.channels_last)
+        x = self.features(x)
+        x = self.avgpool(x)
+        x = torch.flatten(x, 1)
+        return self.classifier(x)
+
+
+def _mobilenet_v3_conf(arch: str, width_mult: float = 1.0, reduced_tail: bool = False,
+                       dilated: bool = False, **kwargs: Any):
+    reduce_divider = 2 if reduced_tail else 1
+    dilation = 2 if dilated else 1
+    bneck_conf = partial(InvertedResidualConfig, width_mult=width_mult)
+    adjust_channels = partial(InvertedResidualConfig.adjust_channels, width_mult=width_mult)
+    rd = reduce_divider
+    if arch == "mobilenet_v3_large":
+        setting = [
+            bneck_conf(16, 3, 16, 16, False, "RE", 1, 1),
+            bneck_conf(16, 3, 64, 24, False, "RE", 2, 1),  # C1
+            bneck_conf(24, 3, 72, 24, False, "RE", 1, 1),
+            bneck_conf(24, 5, 72, 40, True, "RE", 2, 1),  # C2
+            bneck_conf(40, 5, 120, 40, True, "RE", 1, 1),
+            bneck_conf(40, 5, 120, 40, True, "RE", 1, 1),
+            bneck_conf(40, 3, 240, 80, False, "HS", 2, 1),  # C3
+            bneck_conf(80, 3, 200, 80, False, "HS", 1, 1),
+            bneck_conf(80, 3, 184, 80, False, "HS", 1, 1),
+            bneck_conf(80, 3, 184, 80, False, "HS", 1, 1),
+            bneck_conf(80, 3, 480, 112, True, "HS", 1, 1),
+            bneck_conf(112, 3, 672, 112, True, "HS", 1, 1),
+            bneck_conf(112, 5, 672, 160 // rd, True, "HS", 2, dilation),  # C4
+            bneck_conf(160 // rd, 5, 960 // rd, 160 // rd, True, "HS", 1, dilation),
+            bneck_conf(160 // rd, 5, 960 // rd, 160 // rd, True, "HS", 1, dilation),
+        ]
+        last_channel = adjust_channels(1280 // rd)  # C5
+    elif arch == "mobilenet_v3_small":
+        setting = [
+            bneck_conf(16, 3, 16, 16, True, "RE", 2, 1),  # C1
+            bneck_conf(16, 3, 72, 24, False, "RE", 2, 1),  # C2
+            bneck_conf(24, 3, 88, 24, False, "RE", 1, 1),
+            bneck_conf(24, 5, 96, 40, True, "HS", 2, 1),  # C3
+            bneck_conf(40, 5, 240, 40, True, "HS", 1, 1),
+            bneck_conf(40, 5, 240, 40, True, "HS", 1, 1),
+            bneck_conf(40, 5, 120, 48, True, "HS", 1, 1),
+            bneck_conf(48, 5, 144, 48, True, "HS", 1, 1),
+            bneck_conf(48, 5, 288, 96 // rd, True, "HS", 2, dilation),  # C4
+            bneck_conf(96 // rd, 5, 576 // rd, 96 // rd, True, "HS", 1, dilation),
+            bneck_conf(96 // rd, 5, 576 // rd, 96 // rd, True, "HS", 1, dilation),
+        ]
+        last_channel = adjust_channels(1024 // rd)  # C5
+    else:
+        raise ValueError(f"arch must be mobilenet_v3_large or mobilenet_v3_small, got {arch!r}")
+    return setting, last_channel
+
+
+def _load_torchvision_weights(arch: str, weights, progress: bool, kwargs: dict):
+    """Resolves a torchvision weights enum (or its name); returns the state_dict to load."""
+    try:
+        from torchvision import models as tv_models
+    except ImportError as e:
+        raise ImportError(f"weights={weights!r} needs torchvision to resolve and download them") from e
+    enum_cls = {"mobilenet_v3_large": tv_models.MobileNet_V3_Large_Weights,
+                "mobilenet_v3_small": tv_models.MobileNet_V3_Small_Weights}[arch]
+    weights = enum_cls.verify(weights)
+    num_classes = len(weights.meta["categories"])
+    if kwargs.get("num_classes", num_classes) != num_classes:
+        raise ValueError(f"num_classes={kwargs['num_classes']} does not match the {num_classes} "
+                         f"classes of weights {weights}")
+    kwargs["num_classes"] = num_classes
+    return weights.get_state_dict(progress=progress, check_hash=True)
+
+
+def _mobilenet_v3(arch: str, weights, progress: bool, **kwargs: Any) -> MobileNetV3:
+    state_dict = _load_torchvision_weights(arch, weights, progress, kwargs) if weights is not None else None
+    setting, last_channel = _mobilenet_v3_conf(arch, **kwargs)
+    for k in ("width_mult", "reduced_tail", "dilated"):
+        kwargs.pop(k, None)
+    model = MobileNetV3(setting, last_channel, **kwargs)
+    if state_dict is not None:
+        model.load_state_dict(state_dict)
+    return model
+
+
+def mobilenet_v3_large(*, weights=None, progress: bool = True, **kwargs: Any) -> MobileNetV3:
+    """MobileNetV3-Large, as torchvision.models.mobilenet_v3_large (same arguments:
+    weights, progress, num_classes, width_mult, reduced_tail, dilated, dropout,
+    norm_layer, block)."""
+    return _mobilenet_v3("mobilenet_v3_large", weights, progress, **kwargs)
+
+
+def mobilenet_v3_small(*, weights=None, progress: bool = True, **kwargs: Any) -> MobileNetV3:
+    """MobileNetV3-Small, as torchvision.models.mobilenet_v3_small."""
+    return _mobilenet_v3("mobilenet_v3_small", weights, progress, **kwargs)

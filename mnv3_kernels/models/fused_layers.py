@@ -1,0 +1,304 @@
+"""torchvision-compatible building blocks whose eval forward runs the mnv3 ops.
+
+Each layer keeps torchvision's submodules and attribute names, so state_dicts
+match key for key.  In train() mode, and in eval() mode while autograd needs
+gradients, they run their ordinary modules (the exact torchvision math, so
+fine-tuning and gradients work).  Otherwise (eval() under torch.no_grad() or
+torch.inference_mode()) they run the fused path: BatchNorm folded once into
+the conv weights and cached; depthwise conv + bias + activation (+ the SE
+squeeze) and SE excite + scale as single ops.
+
+The fold cache is dropped on train()/eval(), on load_state_dict, and whenever
+a parameter or buffer of the layer changes (in-place update, replacement,
+dtype or device move): its key holds each tensor's identity, version counter
+and data pointer.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import ops
+from ..reference import fold_batchnorm
+
+_ACTIVATIONS = (  # (module type, op activation name); ReLU6 before its base Hardtanh
+    (nn.ReLU, "relu"),
+    (nn.ReLU6, "relu6"),
+    (nn.Hardswish, "hardswish"),
+    (nn.Identity, "identity"),
+)
+_GATES = ((nn.Hardsigmoid, "hardsigmoid"), (nn.Sigmoid, "sigmoid"))
+_grad_warning_shown = False
+
+
+def activation_name(module: nn.Module | None) -> str | None:
+    """The op name of an activation module, 'identity' for None, None if unsupported."""
+    if module is None:
+        return "identity"
+    for cls, name in _ACTIVATIONS:
+        if type(module) is cls:
+            return name
+    return None
+
+
+def gate_name(module: nn.Module) -> str | None:
+    for cls, name in _GATES:
+        if type(module) is cls:
+            return name
+    return None
+
+
+def fused_active(module: nn.Module, x: torch.Tensor) -> bool:
+    """Whether `module` runs its fused path for input x (see the module docstring)."""
+    if module.training:
+        return False
+    if not torch.is_grad_enabled():
+        return True
+    if x.requires_grad or any(p.requires_grad for p in module.parameters()):
+        global _grad_warning_shown
+        if not _grad_warning_shown:
+            _grad_warning_shown = True
+            warnings.warn(
+                "mnv3_kernels: eval-mode forward with autograd enabled runs the unfused modules so "
+                "gradients stay correct; run inference under torch.inference_mode() or torch.no_grad() "
+                "(or call model.requires_grad_(False)) to use the fused kernels.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        return False
+    return True
+
+
+def _state_key(module: nn.Module) -> tuple:
+    return tuple(
+        (id(t), t._version, t.data_ptr())
+        for t in (*module.parameters(), *module.buffers())
+    )
+
+
+class FoldCacheMixin:
+    """Caches self._fold() (folded weights) until the layer's state changes."""
+
+    def _fold(self):
+        raise NotImplementedError
+
+    def folded(self):
+        if torch.compiler.is_compiling():  # traced into the graph; freezing constant-folds it
+            return self._fold()
+        key = _state_key(self)
+        cache = self.__dict__.get("_mnv3_fold_cache")
+        if cache is None or cache[0] != key:
+            with torch.no_grad():
+                cache = (key, self._fold())
+            self.__dict__["_mnv3_fold_cache"] = cache
+        return cache[1]
+
+    def clear_fold_cache(self) -> None:
+        self.__dict__["_mnv3_fold_cache"] = None
+
+    def train(self, mode: bool = True):
+        self.clear_fold_cache()
+        return super().train(mode)
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self.clear_fold_cache()
+        return super()._load_from_state_dict(*args, **kwargs)
+
+
+@dataclass(frozen=True)
+class FoldedConv:
+    weight: torch.Tensor
+    bias: torch.Tensor
+    stride: tuple
+    padding: tuple
+    dilation: tuple
+    groups: int
+    activation: str
+    depthwise: bool  # runs as mnv3::dwconv_bias_act
+
+
+def _foldable_bn(bn: nn.Module | None) -> bool:
+    return bn is None or (
+        type(bn) is nn.BatchNorm2d and bn.running_mean is not None and bn.running_var is not None
+    )
+
+
+class Conv2dNormActivation(FoldCacheMixin, nn.Sequential):
+    """Conv2d -> [BatchNorm2d] -> [activation], as torchvision.ops.Conv2dNormActivation."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size=3,
+        stride=1,
+        padding=None,
+        groups: int = 1,
+        norm_layer=nn.BatchNorm2d,
+        activation_layer=nn.ReLU,
+        dilation=1,
+        inplace: bool | None = True,
+        bias: bool | None = None,
+    ) -> None:
+        if padding is None:
+            k = (kernel_size, kernel_size) if isinstance(kernel_size, int) else tuple(kernel_size)
+            d = (dilation, dilation) if isinstance(dilation, int) else tuple(dilation)
+            padding = tuple((k[i] - 1) // 2 * d[i] for i in range(2))
+            if isinstance(kernel_size, int) and isinstance(dilation, int):
+                padding = padding[0]
+        if bias is None:
+            bias = norm_layer is None
+        layers = [
+            nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, dilation=dilation,
+                      groups=groups, bias=bias)
+        ]
+        if norm_layer is not None:
+            layers.append(norm_layer(out_channels))
+        if activation_layer is not None:
+            params = {} if inplace is None else {"inplace": inplace}
+            layers.append(activation_layer(**params))
+        super().__init__(*layers)
+        self.out_channels = out_channels
+
+    @classmethod
+    def from_sequential(cls, seq: nn.Sequential) -> "Conv2dNormActivation":
+        """Wraps the same submodules (same parameters, same state_dict keys)."""
+        new = cls.__new__(cls)
+        nn.Sequential.__init__(new)
+        for name, child in seq.named_children():
+            new.add_module(name, child)
+        new.out_channels = getattr(seq, "out_channels", seq[0].out_channels)
+        new.train(seq.training)
+        return new
+
+    def _parts(self):
+        """(conv, bn or None, activation name) or None when this layer cannot be fused."""
+        mods = list(self.children())
+        if not mods or type(mods[0]) is not nn.Conv2d or len(mods) > 3:
+            return None
+        conv, rest = mods[0], mods[1:]
+        bn = rest.pop(0) if rest and isinstance(rest[0], nn.modules.batchnorm._BatchNorm) else None
+        act = activation_name(rest[0]) if rest else "identity"
+        if len(rest) > 1 or act is None or not _foldable_bn(bn):
+            return None
+        if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
+            return None
+        return conv, bn, act
+
+    def _fold(self) -> FoldedConv | None:
+        parts = self._parts()
+        if parts is None:
+            return None
+        conv, bn, act = parts
+        if bn is None:
+            w = conv.weight.detach()
+            b = conv.bias.detach() if conv.bias is not None else torch.zeros_like(w[:, 0, 0, 0])
+        else:
+            w, b = fold_batchnorm(conv.weight.detach(), None if conv.bias is None else conv.bias.detach(),
+                                  None if bn.weight is None else bn.weight.detach(),
+                                  None if bn.bias is None else bn.bias.detach(),
+                                  bn.running_mean, bn.running_var, bn.eps)
+        depthwise = conv.groups == conv.in_channels == conv.out_channels and conv.groups > 1
+        if not depthwise:
+            w = w.contiguous(memory_format=torch.channels_last)
+        return FoldedConv(w, b, tuple(conv.stride), tuple(conv.padding), tuple(conv.dilation),
+                          conv.groups, act, depthwise)
+
+    def fused(self, x: torch.Tensor, want_mean: bool = False):
+        """(y, mean or None): the fused computation; mean is the fp32 [N, C] SE squeeze."""
+        f = self.folded()
+        if f is None:  # e.g. a norm layer we cannot fold: the ordinary modules
+            y = nn.Sequential.forward(self, x)
+            return y, (y.mean(dim=(2, 3), dtype=torch.float32) if want_mean else None)
+        if f.depthwise and x.dtype in ops.SUPPORTED_DTYPES:
+            if want_mean:
+                return ops.dwconv_bias_act(x, f.weight, f.bias, f.stride, f.padding, f.dilation,
+                                           f.activation, with_mean=True)
+            return ops.dwconv_bias_act(x, f.weight, f.bias, f.stride, f.padding, f.dilation,
+                                       f.activation), None
+        y = F.conv2d(x, f.weight, f.bias, f.stride, f.padding, f.dilation, f.groups)
+        y = _apply_activation(y, f.activation)
+        return y, (y.mean(dim=(2, 3), dtype=torch.float32) if want_mean else None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if fused_active(self, x):
+            return self.fused(x)[0]
+        return nn.Sequential.forward(self, x)
+
+
+def _apply_activation(y: torch.Tensor, name: str) -> torch.Tensor:
+    if name == "relu":
+        return F.relu(y)
+    if name == "relu6":
+        return F.relu6(y)
+    if name == "hardswish":
+        return F.hardswish(y)
+    return y
+
+
+@dataclass(frozen=True)
+class FoldedSE:
+    w1: torch.Tensor
+    b1: torch.Tensor
+    w2: torch.Tensor
+    b2: torch.Tensor
+    gate: str
+
+
+class SqueezeExcitation(FoldCacheMixin, nn.Module):
+    """avgpool -> fc1 -> activation -> fc2 -> scale_activation -> x * scale,
+    as torchvision.ops.SqueezeExcitation (same attribute names)."""
+
+    def __init__(self, input_channels: int, squeeze_channels: int, activation=nn.ReLU,
+                 scale_activation=nn.Sigmoid) -> None:
+        super().__init__()
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc1 = nn.Conv2d(input_channels, squeeze_channels, 1)
+        self.fc2 = nn.Conv2d(squeeze_channels, input_channels, 1)
+        self.activation = activation()
+        self.scale_activation = scale_activation()
+
+    @classmethod
+    def from_module(cls, se: nn.Module) -> "SqueezeExcitation":
+        new = cls.__new__(cls)
+        nn.Module.__init__(new)
+        for name in ("avgpool", "fc1", "fc2", "activation", "scale_activation"):
+            new.add_module(name, getattr(se, name))
+        new.train(se.training)
+        return new
+
+    def _scale(self, x: torch.Tensor) -> torch.Tensor:
+        scale = self.avgpool(x)
+        scale = self.fc1(scale)
+        scale = self.activation(scale)
+        scale = self.fc2(scale)
+        return self.scale_activation(scale)
+
+    def _fold(self) -> FoldedSE | None:
+        gate = gate_name(self.scale_activation)
+        fc1, fc2 = self.fc1, self.fc2
+        if (gate is None or type(self.activation) is not nn.ReLU or type(fc1) is not nn.Conv2d
+                or type(fc2) is not nn.Conv2d or fc1.bias is None or fc2.bias is None
+                or fc1.kernel_size != (1, 1) or fc2.kernel_size != (1, 1)
+                or fc1.groups != 1 or fc2.groups != 1):
+            return None
+        return FoldedSE(fc1.weight.detach().flatten(1), fc1.bias.detach(),
+                        fc2.weight.detach().flatten(1), fc2.bias.detach(), gate)
+
+    def fused(self, x: torch.Tensor, pooled: torch.Tensor | None = None) -> torch.Tensor:
+        f = self.folded()
+        if f is None or x.dtype not in ops.SUPPORTED_DTYPES:
+            return self._scale(x) * x
+        if pooled is None:
+            pooled = x.mean(dim=(2, 3), dtype=torch.float32)
+        return ops.se_excite_scale(x, pooled, f.w1, f.b1, f.w2, f.b2, f.gate)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if fused_active(self, x):
+            return self.fused(x)
+        return self._scale(x) * x
