@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from mnv3_kernels.testing import randomize_batchnorm, randomize_classifier  # noqa: F401  (re-exported)
+
 LAYOUTS = ("nchw", "nhwc", "view")
 
 
@@ -21,27 +23,6 @@ def to_layout(x: torch.Tensor, layout: str) -> torch.Tensor:
         view = big[:, 1 : c + 1, 1 : h + 1, 2 : w + 2]
         return view
     raise ValueError(layout)
-
-
-def randomize_batchnorm(model: torch.nn.Module, generator: torch.Generator | None = None) -> None:
-    """Random affine params and running stats in every BatchNorm, so folding is not a no-op."""
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.normal_(0.0, 0.1, generator=generator)
-                m.running_var.uniform_(0.5, 2.0, generator=generator)
-                m.weight.uniform_(0.5, 1.5, generator=generator)
-                m.bias.normal_(0.0, 0.1, generator=generator)
-
-
-def randomize_classifier(model: torch.nn.Module, generator: torch.Generator | None = None) -> None:
-    """torchvision initializes Linear layers with std 0.01, which makes logits ~1e-2;
-    a wider init gives logits of O(1), so absolute and relative errors both mean something."""
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.Linear):
-                m.weight.normal_(0.0, 1.0 / m.in_features**0.5, generator=generator)
-                m.bias.normal_(0.0, 0.1, generator=generator)
 
 
 @pytest.fixture(autouse=True)
