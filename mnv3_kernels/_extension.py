@@ -56,7 +56,15 @@ def _load(module: str, what: str, not_built_reason: str) -> ExtensionStatus:
 
 def load_extensions() -> dict[str, ExtensionStatus]:
     info = build_info()
-    status = {"cpu": _load("_C", "CPU", "the CPU extension was not built (pip install . builds it)")}
-    cuda_reason = info.get("cuda_reason") or "the CUDA extension was not built"
-    status["cuda"] = _load("_C_cuda", "CUDA", f"not built: {cuda_reason}")
+    # A source checkout imported without an in-place build has the build record
+    # (setup.py writes it there) but not the modules: say where we looked.
+    missing = (f"mnv3_kernels._C{{}} is missing from {_HERE} (a source tree that was not built in place? "
+               "use `pip install --no-build-isolation -e .`, or run from outside the checkout)")
+    status = {"cpu": _load("_C", "CPU", missing.format("") if info else
+                           "the CPU extension was not built (pip install . builds it)")}
+    if info.get("cuda_built"):
+        cuda_reason = missing.format("_cuda")
+    else:
+        cuda_reason = "not built: " + (info.get("cuda_reason") or "no build record")
+    status["cuda"] = _load("_C_cuda", "CUDA", cuda_reason)
     return status

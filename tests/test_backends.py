@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -83,9 +85,11 @@ def test_backends_agree_on_the_model():
     torch.testing.assert_close(native, ref, rtol=1e-5, atol=1e-5)
 
 
-def test_info_reports_build_and_backends():
+def test_info_reports_build_and_backends(tmp_path):
+    # The same mnv3_kernels as this process imported, whatever the working directory.
+    env = {**os.environ, "PYTHONPATH": str(Path(mk.__file__).resolve().parent.parent)}
     out = subprocess.run([sys.executable, "-m", "mnv3_kernels.info"], capture_output=True, text=True, check=True,
-                         timeout=120).stdout
+                         timeout=120, cwd=tmp_path, env=env).stdout
     assert "built with torch" in out or "no build record" in out
     for device_type in ("cpu", "cuda"):
         for name in ("native", "triton", "reference"):
