@@ -15,17 +15,13 @@ defined (in practice: before triton is imported).  Tests:
 
 from __future__ import annotations
 
-import importlib
 import os
 import sys
 
 import torch
 
-_KERNEL_MODULES = {
-    "dwconv_bias_act": "mnv3_kernels.triton.dwconv_bias_act_triton",
-    "se_excite_scale": "mnv3_kernels.triton.se_excite_scale_triton",
-}
 _TUNING_MODULE = "mnv3_kernels.triton.tuning"
+_registered = False
 
 
 def _triton_import_error() -> str | None:
@@ -71,9 +67,18 @@ def availability(device_type: str) -> tuple[bool, str]:
     return False, f"no Triton kernels for {device_type} tensors"
 
 
+def register() -> None:
+    """Defines the kernels and registers the two triton_ops (imports triton).
+    Runs on first use; call it before torch.compile traces a first call."""
+    global _registered
+    if not _registered:
+        from . import dwconv_bias_act_triton, se_excite_scale_triton  # noqa: F401
+
+        _registered = True
+
+
 def _op(name: str):
-    """The triton_op for `name`, registering it on first use."""
-    importlib.import_module(_KERNEL_MODULES[name])
+    register()  # a flag test once registered, so torch.compile traces through it
     return getattr(torch.ops.mnv3, f"{name}_triton").default
 
 

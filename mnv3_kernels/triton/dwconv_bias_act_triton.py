@@ -21,7 +21,7 @@ import triton
 import triton.language as tl
 
 from .. import layout, ops
-from .tuning import autotuned, check_int32_span
+from .tuning import autotuned, check_int32_span, launchable, register_op
 
 ACTIVATION_CODES = {name: code for code, name in enumerate(ops.ACTIVATIONS)}
 
@@ -119,7 +119,25 @@ def _spatial_tile(oh: int, ow: int, channels_contiguous: bool) -> tuple[int, int
     return block_h, block_w
 
 
-@torch.library.triton_op("mnv3::dwconv_bias_act_triton", mutates_args=(), schema=ops.DWCONV_SCHEMA)
+def _outputs(x, weight, bias, stride, padding, dilation, activation, with_mean):
+    """y, the squeeze partials, and the spatial tile: all the launch allocates."""
+    n, c, oh, ow = ops.check_dwconv_args(x, weight, bias, stride, padding, dilation, activation)
+    y = layout.empty_4d(x, (n, c, oh, ow))
+    check_int32_span("x", x)
+    check_int32_span("y", y)
+    block_h, block_w = _spatial_tile(oh, ow, channels_contiguous=x.stride(1) == 1)
+    tiles = triton.cdiv(oh, block_h) * triton.cdiv(ow, block_w)
+    if with_mean:
+        partials = torch.empty((n, tiles, c), dtype=torch.float32, device=x.device)
+    else:
+        partials = x.new_empty((0,), dtype=torch.float32)
+    return y, partials, (block_h, block_w)
+
+
+def _mean(partials: torch.Tensor, with_mean: bool) -> torch.Tensor:
+    return partials.sum(dim=1) if with_mean else partials
+
+
 def dwconv_bias_act_triton(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -130,38 +148,33 @@ def dwconv_bias_act_triton(
     activation: str,
     with_mean: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    n, c, oh, ow = ops.check_dwconv_args(x, weight, bias, stride, padding, dilation, activation)
-    h, w = x.shape[2], x.shape[3]
-    kh, kw = weight.shape[2], weight.shape[3]
-    y = layout.empty_4d(x, (n, c, oh, ow))
-    check_int32_span("x", x)
-    check_int32_span("y", y)
-
-    channels_contiguous = x.stride(1) == 1
-    block_h, block_w = _spatial_tile(oh, ow, channels_contiguous)
+    y, partials, (block_h, block_w) = _outputs(x, weight, bias, stride, padding, dilation, activation, with_mean)
+    n, c, oh, ow = y.shape
+    kernel = _dwconv_channels_last if x.stride(1) == 1 else _dwconv_rows
     tiles_w = triton.cdiv(ow, block_w)
     tiles = triton.cdiv(oh, block_h) * tiles_w
-    if with_mean:
-        partials = torch.empty((n, tiles, c), dtype=torch.float32, device=x.device)
-    else:
-        partials = x.new_empty((0,), dtype=torch.float32)
-
-    kernel = _dwconv_channels_last if channels_contiguous else _dwconv_rows
 
     def grid(meta):
         return (n * tiles, triton.cdiv(c, meta["BLOCK_C"]))
 
-    torch.library.wrap_triton(kernel)[grid](
+    launchable(kernel)[grid](
         x, weight, bias, y, partials,
-        c, h, w, oh, ow, tiles_w, tiles,
+        c, x.shape[2], x.shape[3], oh, ow, tiles_w, tiles,
         *x.stride(),
         weight.stride(0), weight.stride(2), weight.stride(3), bias.stride(0),
         *y.stride(),
         1.0 / (oh * ow),
-        KH=kh, KW=kw, SH=stride[0], SW=stride[1],
+        KH=weight.shape[2], KW=weight.shape[3], SH=stride[0], SW=stride[1],
         PH=padding[0], PW=padding[1], DH=dilation[0], DW=dilation[1],
         ACT=ACTIVATION_CODES[activation], WITH_MEAN=with_mean,
         BLOCK_H=block_h, BLOCK_W=block_w,
     )  # fmt: skip
-    mean = partials.sum(dim=1) if with_mean else partials
-    return y, mean
+    return y, _mean(partials, with_mean)
+
+
+def _dwconv_bias_act_fake(x, weight, bias, stride, padding, dilation, activation, with_mean):
+    y, partials, _ = _outputs(x, weight, bias, stride, padding, dilation, activation, with_mean)
+    return y, _mean(partials, with_mean)
+
+
+register_op("mnv3::dwconv_bias_act_triton", ops.DWCONV_SCHEMA, dwconv_bias_act_triton, _dwconv_bias_act_fake)

@@ -14,7 +14,7 @@ import triton
 import triton.language as tl
 
 from .. import layout, ops
-from .tuning import autotuned, check_int32_span
+from .tuning import autotuned, check_int32_span, launchable, register_op
 
 GATE_CODES = {name: code for code, name in enumerate(ops.GATES)}
 
@@ -108,7 +108,14 @@ _scale_rows = autotuned(
 _GATE_BLOCKS = {"BLOCK_C": 32, "BLOCK_R": 32, "BLOCK_K": 64}
 
 
-@torch.library.triton_op("mnv3::se_excite_scale_triton", mutates_args=(), schema=ops.SE_SCHEMA)
+def _output(x, pooled, w1, b1, w2, b2, gate):
+    ops.check_se_args(x, pooled, w1, b1, w2, b2, gate)
+    y = layout.empty_4d(x, x.shape)
+    check_int32_span("x", x)
+    check_int32_span("y", y)
+    return y
+
+
 def se_excite_scale_triton(
     x: torch.Tensor,
     pooled: torch.Tensor,
@@ -118,17 +125,12 @@ def se_excite_scale_triton(
     b2: torch.Tensor,
     gate: str,
 ) -> torch.Tensor:
-    ops.check_se_args(x, pooled, w1, b1, w2, b2, gate)
+    y = _output(x, pooled, w1, b1, w2, b2, gate)
     n, c, h, w = x.shape
-    cr = w1.shape[0]
-    y = layout.empty_4d(x, x.shape)
-    check_int32_span("x", x)
-    check_int32_span("y", y)
-
     gates = torch.empty((n, c), dtype=torch.float32, device=x.device)
-    torch.library.wrap_triton(_se_gate_kernel)[(n, triton.cdiv(c, _GATE_BLOCKS["BLOCK_C"]))](
+    launchable(_se_gate_kernel)[(n, triton.cdiv(c, _GATE_BLOCKS["BLOCK_C"]))](
         pooled, w1, b1, w2, b2, gates,
-        c, cr,
+        c, w1.shape[0],
         *pooled.stride(), *w1.stride(), b1.stride(0), *w2.stride(), b2.stride(0),
         GATE=GATE_CODES[gate], **_GATE_BLOCKS,
     )  # fmt: skip
@@ -141,10 +143,13 @@ def se_excite_scale_triton(
     def grid(meta):
         return (n * triton.cdiv(h * w, meta["BLOCK_P"]), triton.cdiv(c, meta["BLOCK_C"]))
 
-    torch.library.wrap_triton(kernel)[grid](
+    launchable(kernel)[grid](
         x, gates, y,
         c, h * w, w,
         sxn, sxc, sxh, sxw, syn, syc, syw,
         X_PIXELS_FLAT=(sxh == w * sxw),
     )  # fmt: skip
     return y
+
+
+register_op("mnv3::se_excite_scale_triton", ops.SE_SCHEMA, se_excite_scale_triton, _output)

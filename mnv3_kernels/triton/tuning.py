@@ -11,6 +11,8 @@ import os
 import torch
 import triton
 
+from .. import ops
+
 # Read once, when the kernels are defined: triton.jit builds an interpreted
 # function iff TRITON_INTERPRET=1 at decoration time, so this flag says how the
 # kernels of this process were built.
@@ -36,3 +38,22 @@ def check_int32_span(name: str, t: torch.Tensor) -> None:
             f"{name} spans {span + 1} elements; the Triton kernels index with int32 and support at most "
             f"2^31 (split the batch, or use the native backend)"
         )
+
+
+def launchable(kernel):
+    """The kernel as the launcher calls it: wrapped for torch.compile on a GPU,
+    as is under the interpreter (torch cannot trace an interpreted kernel)."""
+    return kernel if INTERPRET else torch.library.wrap_triton(kernel)
+
+
+def register_op(name: str, schema: str, impl, fake):
+    """A triton_op on a GPU: torch.compile traces into the kernels, and the fake
+    kernel is impl itself run on fake tensors.  Under the interpreter, whose
+    kernels torch cannot trace, an opaque custom op with the given fake."""
+    if INTERPRET:
+        op = torch.library.custom_op(name, impl, mutates_args=(), schema=schema)
+        op.register_fake(fake)
+    else:
+        op = torch.library.triton_op(name, impl, mutates_args=(), schema=schema)
+    ops._inference_only(name.split("::")[1])  # backward raises, as for the mnv3 ops
+    return op
