@@ -189,6 +189,35 @@ def test_se_lowp_within_twice_torch_error(shape, cr, gate, layout, dtype, pooled
     assert_lowp_close(y, y_ref, y_lowp, dtype)
 
 
+# --------------------------------------------------------------------------- every GPU config
+def _gpu_config_cases():
+    from mnv3_kernels.triton import dwconv_bias_act_triton as dw, se_excite_scale_triton as se
+
+    for module, tuner, configs, layout in (
+        (dw, "_dwconv_channels_last", dw.CHANNELS_LAST_CONFIGS, "channels_last"),
+        (dw, "_dwconv_rows", dw.ROWS_CONFIGS, "nchw"),
+        (se, "_scale_channels_last", se.CHANNELS_LAST_CONFIGS, "channels_last"),
+        (se, "_scale_rows", se.ROWS_CONFIGS, "nchw"),
+    ):
+        for config in configs:
+            yield pytest.param(module, tuner, config, layout, id=f"{tuner}-{config}".replace(" ", ""))
+
+
+@pytest.mark.parametrize("module,tuner,config,layout", list(_gpu_config_cases()))
+def test_every_autotune_config_matches_reference(module, tuner, config, layout, monkeypatch):
+    """Pins the autotuner to one config (one config is never benchmarked), so the
+    interpreter checks the tilings that only a GPU would pick."""
+    monkeypatch.setattr(getattr(module, tuner), "configs", [config])
+    if tuner.startswith("_dwconv"):
+        args = dw_args(DW_GEOMETRIES[3], layout)
+        got, want = (f(*args, "relu6", True) for f in (triton_backend.dwconv_bias_act, reference.dwconv_bias_act))
+    else:
+        args = se_args(*SE_SHAPES[1], layout)
+        got, want = (f(*args, "sigmoid") for f in (triton_backend.se_excite_scale, reference.se_excite_scale))
+    for actual, expected in zip(torch.utils._pytree.tree_leaves(got), torch.utils._pytree.tree_leaves(want)):
+        assert_op_close(actual, expected)
+
+
 # --------------------------------------------------------------------------- op registration
 def test_dwconv_opcheck():
     triton_backend.register()

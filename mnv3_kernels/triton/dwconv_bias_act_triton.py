@@ -85,29 +85,23 @@ def _dwconv_bias_act_kernel(
 
 _KEY = ["C", "OH", "OW", "KH", "SH"]
 # Channels contiguous (channels-last): a 32-pixel tile times a channel vector.
-_dwconv_channels_last = autotuned(
-    _dwconv_bias_act_kernel,
-    [
-        triton.Config({"BLOCK_C": 16}, num_warps=1),
-        triton.Config({"BLOCK_C": 32}, num_warps=2),
-        triton.Config({"BLOCK_C": 64}, num_warps=2),
-        triton.Config({"BLOCK_C": 64}, num_warps=4),
-        triton.Config({"BLOCK_C": 128}, num_warps=4),
-    ],
-    triton.Config({"BLOCK_C": 16}, num_warps=4),
-    _KEY,
-)
+CHANNELS_LAST_CONFIGS = [
+    triton.Config({"BLOCK_C": 16}, num_warps=1),
+    triton.Config({"BLOCK_C": 32}, num_warps=2),
+    triton.Config({"BLOCK_C": 64}, num_warps=2),
+    triton.Config({"BLOCK_C": 64}, num_warps=4),
+    triton.Config({"BLOCK_C": 128}, num_warps=4),
+]
 # Rows contiguous (NCHW, strided views): a 128-pixel tile of a few channels.
-_dwconv_rows = autotuned(
-    _dwconv_bias_act_kernel,
-    [
-        triton.Config({"BLOCK_C": 1}, num_warps=2),
-        triton.Config({"BLOCK_C": 2}, num_warps=4),
-        triton.Config({"BLOCK_C": 4}, num_warps=4),
-    ],
-    triton.Config({"BLOCK_C": 8}, num_warps=4),
-    _KEY,
+ROWS_CONFIGS = [
+    triton.Config({"BLOCK_C": 1}, num_warps=2),
+    triton.Config({"BLOCK_C": 2}, num_warps=4),
+    triton.Config({"BLOCK_C": 4}, num_warps=4),
+]
+_dwconv_channels_last = autotuned(
+    _dwconv_bias_act_kernel, CHANNELS_LAST_CONFIGS, triton.Config({"BLOCK_C": 16}, num_warps=4), _KEY
 )
+_dwconv_rows = autotuned(_dwconv_bias_act_kernel, ROWS_CONFIGS, triton.Config({"BLOCK_C": 8}, num_warps=4), _KEY)
 
 
 def _spatial_tile(oh: int, ow: int, channels_contiguous: bool) -> tuple[int, int]:

@@ -83,28 +83,21 @@ def _se_scale_kernel(
 
 
 _KEY = ["C", "HW"]
-_scale_channels_last = autotuned(
-    _se_scale_kernel,
-    [
-        triton.Config({"BLOCK_P": 16, "BLOCK_C": 64}, num_warps=4),
-        triton.Config({"BLOCK_P": 32, "BLOCK_C": 32}, num_warps=4),
-        triton.Config({"BLOCK_P": 8, "BLOCK_C": 128}, num_warps=4),
-        triton.Config({"BLOCK_P": 32, "BLOCK_C": 128}, num_warps=8),
-    ],
-    triton.Config({"BLOCK_P": 64, "BLOCK_C": 16}, num_warps=4),
-    _KEY,
-)
-_scale_rows = autotuned(
-    _se_scale_kernel,
-    [
-        triton.Config({"BLOCK_P": 128, "BLOCK_C": 4}, num_warps=4),
-        triton.Config({"BLOCK_P": 256, "BLOCK_C": 2}, num_warps=4),
-        triton.Config({"BLOCK_P": 512, "BLOCK_C": 1}, num_warps=4),
-        triton.Config({"BLOCK_P": 64, "BLOCK_C": 8}, num_warps=2),
-    ],
-    triton.Config({"BLOCK_P": 64, "BLOCK_C": 16}, num_warps=4),
-    _KEY,
-)
+CHANNELS_LAST_CONFIGS = [
+    triton.Config({"BLOCK_P": 16, "BLOCK_C": 64}, num_warps=4),
+    triton.Config({"BLOCK_P": 32, "BLOCK_C": 32}, num_warps=4),
+    triton.Config({"BLOCK_P": 8, "BLOCK_C": 128}, num_warps=4),
+    triton.Config({"BLOCK_P": 32, "BLOCK_C": 128}, num_warps=8),
+]
+ROWS_CONFIGS = [
+    triton.Config({"BLOCK_P": 128, "BLOCK_C": 4}, num_warps=4),
+    triton.Config({"BLOCK_P": 256, "BLOCK_C": 2}, num_warps=4),
+    triton.Config({"BLOCK_P": 512, "BLOCK_C": 1}, num_warps=4),
+    triton.Config({"BLOCK_P": 64, "BLOCK_C": 8}, num_warps=2),
+]
+_INTERPRETER_CONFIG = triton.Config({"BLOCK_P": 64, "BLOCK_C": 16}, num_warps=4)
+_scale_channels_last = autotuned(_se_scale_kernel, CHANNELS_LAST_CONFIGS, _INTERPRETER_CONFIG, _KEY)
+_scale_rows = autotuned(_se_scale_kernel, ROWS_CONFIGS, _INTERPRETER_CONFIG, _KEY)
 _GATE_BLOCKS = {"BLOCK_C": 32, "BLOCK_R": 32, "BLOCK_K": 64}
 
 
