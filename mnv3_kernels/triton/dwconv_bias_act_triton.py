@@ -8,7 +8,7 @@ each layout has its own autotuner (channels-last: wide channel blocks, the
 channel vector is contiguous; NCHW: one or a few channels, wide rows).
 
 Squeeze: deterministic, no atomics.  Each program writes its tile's partial
-sum of the activated fp32 values, already divided by OH*OW, into a buffer
+sum of the activated fp32 values, divided by OH*OW, into a buffer
 [N, tiles, C]; mean = partials.sum(1).  The spatial tile is therefore chosen
 by the launcher from the shape (it fixes the number of partials), and only
 BLOCK_C / num_warps are autotuned.
@@ -45,7 +45,6 @@ def _dwconv_bias_act_kernel(
     sxn, sxc, sxh, sxw,
     swc, swh, sww, sb,
     syn, syc, syh, syw,
-    inv_count,
     KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
     PH: tl.constexpr, PW: tl.constexpr, DH: tl.constexpr, DW: tl.constexpr,
     ACT: tl.constexpr, WITH_MEAN: tl.constexpr,
@@ -80,7 +79,8 @@ def _dwconv_bias_act_kernel(
 
     if WITH_MEAN:
         tile_sum = tl.sum(tl.sum(tl.where(out_ok, out, 0.0), axis=0), axis=0)
-        tl.store(part_ptr + pid * C + c_vec, tile_sum * inv_count, mask=c_vec < C)
+        # Divided here, so that the sum of a row of partials over the tiles is the mean.
+        tl.store(part_ptr + pid * C + c_vec, tile_sum / (OH * OW), mask=c_vec < C)
 
 
 _KEY = ["C", "OH", "OW", "KH", "SH"]
@@ -114,18 +114,20 @@ def _spatial_tile(oh: int, ow: int, channels_contiguous: bool) -> tuple[int, int
 
 
 def _outputs(x, weight, bias, stride, padding, dilation, activation, with_mean):
-    """y, the squeeze partials, and the spatial tile: all the launch allocates."""
+    """y, the squeeze partials and the spatial tiling (BLOCK_H, BLOCK_W, tiles
+    per row, tiles per image): what the launch allocates and needs."""
     n, c, oh, ow = ops.check_dwconv_args(x, weight, bias, stride, padding, dilation, activation)
     y = layout.empty_4d(x, (n, c, oh, ow))
     check_int32_span("x", x)
     check_int32_span("y", y)
     block_h, block_w = _spatial_tile(oh, ow, channels_contiguous=x.stride(1) == 1)
-    tiles = triton.cdiv(oh, block_h) * triton.cdiv(ow, block_w)
+    tiles_w = triton.cdiv(ow, block_w)
+    tiles = triton.cdiv(oh, block_h) * tiles_w
     if with_mean:
         partials = torch.empty((n, tiles, c), dtype=torch.float32, device=x.device)
     else:
         partials = x.new_empty((0,), dtype=torch.float32)
-    return y, partials, (block_h, block_w)
+    return y, partials, (block_h, block_w, tiles_w, tiles)
 
 
 def _mean(partials: torch.Tensor, with_mean: bool) -> torch.Tensor:
@@ -142,11 +144,10 @@ def dwconv_bias_act_triton(
     activation: str,
     with_mean: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    y, partials, (block_h, block_w) = _outputs(x, weight, bias, stride, padding, dilation, activation, with_mean)
+    y, partials, tiling = _outputs(x, weight, bias, stride, padding, dilation, activation, with_mean)
+    block_h, block_w, tiles_w, tiles = tiling
     n, c, oh, ow = y.shape
     kernel = _dwconv_channels_last if x.stride(1) == 1 else _dwconv_rows
-    tiles_w = triton.cdiv(ow, block_w)
-    tiles = triton.cdiv(oh, block_h) * tiles_w
 
     def grid(meta):
         return (n * tiles, triton.cdiv(c, meta["BLOCK_C"]))
@@ -157,7 +158,6 @@ def dwconv_bias_act_triton(
         *x.stride(),
         weight.stride(0), weight.stride(2), weight.stride(3), bias.stride(0),
         *y.stride(),
-        1.0 / (oh * ow),
         KH=weight.shape[2], KW=weight.shape[3], SH=stride[0], SW=stride[1],
         PH=padding[0], PW=padding[1], DH=dilation[0], DW=dilation[1],
         ACT=ACTIVATION_CODES[activation], WITH_MEAN=with_mean,

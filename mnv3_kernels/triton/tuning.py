@@ -1,5 +1,5 @@
-"""What the Triton kernels of both ops share: interpreter detection, the
-autotune wrapper, and the int32 index-range check.
+"""What the Triton ops share: interpreter detection, the autotune wrapper,
+the int32 index-range check, and how an op is launched and registered.
 
 Imported only once triton imports (see __init__.py), never at package import.
 """
