@@ -52,6 +52,7 @@ DW_GEOMETRIES = [
     ((2, 13, 15, 15), (5, 5), (2, 2), (2, 2), (1, 1)),
     ((1, 8, 15, 15), (3, 3), (1, 1), (2, 2), (2, 2)),
     ((1, 5, 9, 12), (3, 5), (1, 2), (0, 2), (1, 1)),
+    ((1, 6, 3, 3), (3, 3), (1, 1), (0, 0), (1, 1)),  # a 1x1 output: sizes of 1 specialize on a GPU
 ]
 if not INTERPRET:  # MobileNetV3 layer shapes, too slow for the interpreter
     DW_GEOMETRIES += [
