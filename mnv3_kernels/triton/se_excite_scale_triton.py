@@ -1,0 +1,148 @@
+"""mnv3::se_excite_scale_triton: the SE excite (gate) and scale in Triton:
+kernels, launcher and op registration.
+
+Two kernels: a tiny one computes gate[N, C] in fp32 (a program recomputes the
+hidden layer for its block of channels; at most 240 x 960 MACs), then a
+memory-bound one streams y = x * gate over [BLOCK_P pixels x BLOCK_C
+channels] tiles, autotuned per layout.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .. import layout, ops
+from .tuning import autotuned, check_int32_span, launchable, register_op
+
+GATE_CODES = {name: code for code, name in enumerate(ops.GATES)}
+
+
+@triton.jit
+def _gate(v, GATE: tl.constexpr):
+    # Same formulas as csrc/common/activation.h: hardsigmoid = relu6(v + 3) / 6.
+    if GATE == 1:
+        v = 1.0 / (1.0 + tl.exp(-v))
+    else:
+        v = tl.minimum(tl.maximum(v + 3.0, 0.0), 6.0) / 6.0
+    return v
+
+
+@triton.jit
+def _se_gate_kernel(
+    pooled_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, gate_ptr,
+    C, CR,
+    spn, spc, sw1r, sw1c, sb1, sw2c, sw2r, sb2,
+    GATE: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
+):  # fmt: skip
+    n = tl.program_id(0)
+    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_ok = c < C
+    acc = tl.zeros([BLOCK_C], dtype=tl.float32)
+    for r0 in range(0, CR, BLOCK_R):
+        r = r0 + tl.arange(0, BLOCK_R)
+        r_ok = r < CR
+        hidden = tl.zeros([BLOCK_R], dtype=tl.float32)
+        for k0 in range(0, C, BLOCK_K):
+            k = k0 + tl.arange(0, BLOCK_K)
+            k_ok = k < C
+            p = tl.load(pooled_ptr + n * spn + k * spc, mask=k_ok, other=0.0).to(tl.float32)
+            w1_mask = r_ok[:, None] & k_ok[None, :]
+            w1 = tl.load(w1_ptr + r[:, None] * sw1r + k[None, :] * sw1c, mask=w1_mask, other=0.0)
+            hidden += tl.sum(w1.to(tl.float32) * p[None, :], axis=1)
+        b1 = tl.load(b1_ptr + r * sb1, mask=r_ok, other=0.0).to(tl.float32)
+        hidden = tl.where(r_ok, tl.maximum(hidden + b1, 0.0), 0.0)
+        w2_mask = c_ok[:, None] & r_ok[None, :]
+        w2 = tl.load(w2_ptr + c[:, None] * sw2c + r[None, :] * sw2r, mask=w2_mask, other=0.0)
+        acc += tl.sum(w2.to(tl.float32) * hidden[None, :], axis=1)
+    b2 = tl.load(b2_ptr + c * sb2, mask=c_ok, other=0.0).to(tl.float32)
+    tl.store(gate_ptr + n * C + c, _gate(acc + b2, GATE), mask=c_ok)
+
+
+@triton.jit
+def _se_scale_kernel(
+    x_ptr, gate_ptr, y_ptr,
+    C, HW, W,
+    sxn, sxc, sxh, sxw, syn, syc, syp,
+    X_PIXELS_FLAT: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+):  # fmt: skip
+    pid = tl.program_id(0)
+    tiles = tl.cdiv(HW, BLOCK_P)
+    n = pid // tiles
+    p = (pid % tiles) * BLOCK_P + tl.arange(0, BLOCK_P)[:, None]
+    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)[None, :]
+    c_ok = c < C
+    ok = (p < HW) & c_ok
+    # A flat pixel index keeps the contiguity of dense rows visible to the compiler.
+    x_pix = p * sxw if X_PIXELS_FLAT else (p // W) * sxh + (p % W) * sxw
+    xv = tl.load(x_ptr + n * sxn + c * sxc + x_pix, mask=ok, other=0.0)
+    g = tl.load(gate_ptr + n * C + c, mask=c_ok, other=0.0)
+    y = xv.to(tl.float32) * g
+    tl.store(y_ptr + n * syn + c * syc + p * syp, y.to(y_ptr.dtype.element_ty), mask=ok)
+
+
+_KEY = ["C", "HW"]
+CHANNELS_LAST_CONFIGS = [
+    triton.Config({"BLOCK_P": 16, "BLOCK_C": 64}, num_warps=4),
+    triton.Config({"BLOCK_P": 32, "BLOCK_C": 32}, num_warps=4),
+    triton.Config({"BLOCK_P": 8, "BLOCK_C": 128}, num_warps=4),
+    triton.Config({"BLOCK_P": 32, "BLOCK_C": 128}, num_warps=8),
+]
+ROWS_CONFIGS = [
+    triton.Config({"BLOCK_P": 128, "BLOCK_C": 4}, num_warps=4),
+    triton.Config({"BLOCK_P": 256, "BLOCK_C": 2}, num_warps=4),
+    triton.Config({"BLOCK_P": 512, "BLOCK_C": 1}, num_warps=4),
+    triton.Config({"BLOCK_P": 64, "BLOCK_C": 8}, num_warps=2),
+]
+_INTERPRETER_CONFIG = triton.Config({"BLOCK_P": 64, "BLOCK_C": 16}, num_warps=4)
+_scale_channels_last = autotuned(_se_scale_kernel, CHANNELS_LAST_CONFIGS, _INTERPRETER_CONFIG, _KEY)
+_scale_rows = autotuned(_se_scale_kernel, ROWS_CONFIGS, _INTERPRETER_CONFIG, _KEY)
+_GATE_BLOCKS = {"BLOCK_C": 32, "BLOCK_R": 32, "BLOCK_K": 64}
+
+
+def _output(x, pooled, w1, b1, w2, b2, gate):
+    ops.check_se_args(x, pooled, w1, b1, w2, b2, gate)
+    y = layout.empty_4d(x, x.shape)
+    check_int32_span("x", x)
+    check_int32_span("y", y)
+    return y
+
+
+def se_excite_scale_triton(
+    x: torch.Tensor,
+    pooled: torch.Tensor,
+    w1: torch.Tensor,
+    b1: torch.Tensor,
+    w2: torch.Tensor,
+    b2: torch.Tensor,
+    gate: str,
+) -> torch.Tensor:
+    y = _output(x, pooled, w1, b1, w2, b2, gate)
+    n, c, h, w = x.shape
+    gates = torch.empty((n, c), dtype=torch.float32, device=x.device)
+    launchable(_se_gate_kernel)[(n, triton.cdiv(c, _GATE_BLOCKS["BLOCK_C"]))](
+        pooled, w1, b1, w2, b2, gates,
+        c, w1.shape[0],
+        *pooled.stride(), *w1.stride(), b1.stride(0), *w2.stride(), b2.stride(0),
+        GATE=GATE_CODES[gate], **_GATE_BLOCKS,
+    )  # fmt: skip
+
+    # y comes from empty_4d, so its pixels are always flat with stride syw.
+    sxn, sxc, sxh, sxw = x.stride()
+    syn, syc, _, syw = y.stride()
+    kernel = _scale_channels_last if sxc == 1 else _scale_rows
+
+    def grid(meta):
+        return (n * triton.cdiv(h * w, meta["BLOCK_P"]), triton.cdiv(c, meta["BLOCK_C"]))
+
+    launchable(kernel)[grid](
+        x, gates, y,
+        c, h * w, w,
+        sxn, sxc, sxh, sxw, syn, syc, syw,
+        X_PIXELS_FLAT=(sxh == w * sxw),
+    )  # fmt: skip
+    return y
+
+
+register_op("mnv3::se_excite_scale_triton", ops.SE_SCHEMA, se_excite_scale_triton, _output)
