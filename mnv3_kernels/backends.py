@@ -151,7 +151,12 @@ def _warn_once(device_type: str, message: str) -> None:
 def _resolve_for_trace(device_type: str) -> str:
     # torch.compile runs this once while tracing and bakes the answer into the
     # graph (availability checks query the dispatcher, which Dynamo cannot trace).
-    return resolve(device_type).value
+    backend = resolve(device_type)
+    if backend is Backend.TRITON:  # define the triton_ops now: Dynamo cannot trace the import
+        from . import triton as triton_backend
+
+        triton_backend.register()
+    return backend.value
 
 
 def implementation(op: str, device) -> Callable:
