@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import functools
 import os
 import warnings
 from collections.abc import Callable, Iterator
@@ -84,6 +85,7 @@ def _device_type(device) -> str:
     return torch.device(device).type
 
 
+@functools.lru_cache(maxsize=None)  # fixed once the extensions are loaded (at import)
 def native_availability(device_type: str) -> tuple[bool, str]:
     """Whether the C++ kernels of every op are registered for this device type."""
     key = {"cpu": "CPU", "cuda": "CUDA"}.get(device_type)

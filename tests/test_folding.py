@@ -89,3 +89,17 @@ def test_eval_with_autograd_runs_unfused_and_warns_once():
         out = model(x)
     out.sum().backward()  # gradients flow through the ordinary modules
     assert model.features[0][0].weight.grad is not None
+
+
+def test_models_made_under_inference_mode_run_fused():
+    """Inference tensors have no version counter: building, fusing or moving a model
+    inside torch.inference_mode must still work."""
+    tvm = pytest.importorskip("torchvision.models")
+    with torch.inference_mode():
+        tv = tvm.mobilenet_v3_small(num_classes=10).eval()
+        fused = mk.fuse(tv)
+        ours = mk.mobilenet_v3_small(num_classes=10).eval()
+        ours.load_state_dict(tv.state_dict())
+        x = torch.randn(1, 3, 64, 64)
+        torch.testing.assert_close(fused(x), tv(x), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(ours(x), tv(x), rtol=1e-5, atol=1e-5)

@@ -11,7 +11,9 @@ squeeze) and SE excite + scale as single ops.
 The fold cache is dropped on train()/eval(), on load_state_dict, and whenever
 a parameter or buffer of the layer changes (in-place update, replacement,
 dtype or device move): its key holds each tensor's identity, version counter
-and data pointer.
+and data pointer.  Parameters created under torch.inference_mode have no
+version counter; in-place edits made to them inside inference_mode are not
+seen (call clear_fold_cache() on the model's layers after such an edit).
 """
 
 from __future__ import annotations
@@ -75,10 +77,19 @@ def fused_active(module: nn.Module, x: torch.Tensor) -> bool:
 
 
 def _state_key(module: nn.Module) -> tuple:
-    return tuple(
-        (id(t), t._version, t.data_ptr())
-        for t in (*module.parameters(), *module.buffers())
-    )
+    # Inference tensors (made under torch.inference_mode) have no version
+    # counter: for them only replacement and moves are seen, which is all that
+    # can happen to them outside inference_mode (in-place updates are refused there).
+    # Direct dict walks: this runs on every fused forward of every layer, and
+    # the layers here hold only leaf modules (conv, norm, activation).
+    key = []
+    for m in (module, *module._modules.values()):
+        if m is not module and m._modules:
+            return tuple((id(t), t._version, t.data_ptr()) for t in (*module.parameters(), *module.buffers()))
+        for t in (*m._parameters.values(), *m._buffers.values()):
+            if t is not None:
+                key.append((id(t), -1 if t.is_inference() else t._version, t.data_ptr()))
+    return tuple(key)
 
 
 class FoldCacheMixin:

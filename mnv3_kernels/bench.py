@@ -1,0 +1,313 @@
+"""`python -m mnv3_kernels.bench`: how much faster is the fused MobileNetV3 than
+what you use today, on this machine?
+
+Side by side in one run, on the default device (CUDA if present, else CPU):
+torchvision eager (NCHW and channels_last), torch.compile of torchvision
+(CPU: inductor with freezing; CUDA: mode="reduce-overhead"), ONNX Runtime (CPU,
+when installed), and the fused model on every available backend (plus its
+CUDA-graph replay on CUDA).  Random weights with randomized BatchNorm
+statistics; each fused result is checked against eager before it is timed
+(tolerances: mnv3_kernels/tolerances.py).  Timing: torch.utils.benchmark's
+blocked_autorange (warm-up first; CUDA synchronized).  Writes a table to
+stdout and results.json (+ speedup.png with matplotlib) to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import sys
+import tempfile
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.utils.benchmark as benchmark
+
+import mnv3_kernels as mk
+from mnv3_kernels import backends, tolerances
+from mnv3_kernels.testing import randomize_batchnorm, randomize_classifier
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+ARCHS = {"large": "mobilenet_v3_large", "small": "mobilenet_v3_small"}
+
+
+class Unavailable(Exception):
+    """A variant that cannot run here; the message says why."""
+
+
+@dataclass
+class Result:
+    model: str
+    batch: int
+    dtype: str
+    variant: str
+    median_ms: float | None = None
+    iqr_ms: float | None = None
+    images_per_s: float | None = None
+    speedup_vs_eager: float | None = None
+    max_abs_diff: float | None = None
+    status: str = "ok"
+    notes: list[str] = field(default_factory=list)
+
+
+def _variants(device: torch.device, dtype: torch.dtype) -> list[str]:
+    names = ["eager", "eager_cl", "compile"]
+    if device.type == "cpu" and dtype == torch.float32:
+        names.append("onnxruntime")
+    for b in (backends.Backend.NATIVE, backends.Backend.TRITON):
+        if backends.availability(b, device.type)[0]:
+            names.append(f"fused-{b.value}")
+            if device.type == "cuda":
+                names.append(f"fused-{b.value}-graph")
+    return names
+
+
+def _torchvision_model(arch: str, seed: int) -> torch.nn.Module:
+    try:
+        import torchvision.models as tvm
+    except ImportError:
+        raise SystemExit("the benchmark compares against torchvision: pip install torchvision") from None
+    gen = torch.Generator().manual_seed(seed)
+    model = getattr(tvm, ARCHS[arch])()
+    randomize_batchnorm(model, gen)
+    randomize_classifier(model, gen)
+    return model.eval()
+
+
+def _onnxruntime_runner(model: torch.nn.Module, x: torch.Tensor):
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise Unavailable("onnxruntime is not installed (pip install '.[bench]')") from None
+    path = os.path.join(tempfile.mkdtemp(prefix="mnv3_bench_"), "model.onnx")
+    try:
+        torch.onnx.export(model, (x,), path, dynamo=True, verbose=False)
+    except Exception as e:  # exporter missing (onnxscript) or failing: report, don't crash the run
+        raise Unavailable(f"torch.onnx.export failed: {type(e).__name__}: {e}".splitlines()[0]) from None
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = torch.get_num_threads()
+    session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+
+    def run(inp: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(session.run(None, {name: inp.numpy()})[0])
+
+    return run
+
+
+def _cuda_graph_runner(fn, x: torch.Tensor):
+    static_x = x.clone()
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(3):  # warm-up outside capture (allocations, lazy init)
+            fn(static_x)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_out = fn(static_x)
+
+    def run(inp: torch.Tensor) -> torch.Tensor:
+        static_x.copy_(inp)
+        graph.replay()
+        return static_out
+
+    return run
+
+
+def _runner(variant: str, tv: torch.nn.Module, device: torch.device, x: torch.Tensor):
+    """A callable x -> logits for one variant (models already on device/dtype)."""
+    if variant == "eager":
+        return tv
+    if variant == "eager_cl":
+        tv_cl = tv.to(memory_format=torch.channels_last)
+        return lambda inp: tv_cl(inp.contiguous(memory_format=torch.channels_last))
+    if variant == "compile":
+        if device.type == "cuda":
+            return torch.compile(tv, mode="reduce-overhead")
+        import torch._inductor.config as inductor_config
+
+        inductor_config.freezing = True  # weights as constants: conv weight prepacking, BN folding
+        return torch.compile(tv)
+    if variant == "onnxruntime":
+        return _onnxruntime_runner(tv, x)
+    if variant.startswith("fused-"):
+        backend = variant.split("-")[1]
+        fused = mk.fuse(tv)
+
+        def run(inp: torch.Tensor) -> torch.Tensor:
+            with mk.use_backend(backend):
+                return fused(inp)
+
+        return _cuda_graph_runner(run, x) if variant.endswith("-graph") else run
+    raise ValueError(variant)
+
+
+def _check(variant: str, out: torch.Tensor, eager: torch.Tensor, eager_fp32: torch.Tensor,
+           dtype: torch.dtype) -> tuple[bool, float, str]:
+    if dtype == torch.float32:
+        ok, diff, bound = tolerances.model_close(out, eager_fp32)
+    else:
+        diff = (out.float() - eager_fp32).abs().max().item()
+        bound = tolerances.lowp_error_bound(eager, eager_fp32, dtype)
+        ok = diff <= bound
+    return ok, diff, f"max|diff| {diff:.2e} vs bound {bound:.2e}"
+
+
+def _time(fn, x: torch.Tensor, min_run_time: float):
+    for _ in range(3):
+        fn(x)
+    m = benchmark.Timer(stmt="fn(x)", globals={"fn": fn, "x": x}).blocked_autorange(min_run_time=min_run_time)
+    return m.median * 1e3, m.iqr * 1e3
+
+
+def run(args) -> tuple[dict, list[Result]]:
+    device = torch.device(args.device)
+    if device.type == "cpu" and args.threads:
+        torch.set_num_threads(args.threads)
+    cases = [(a, b, d) for a in args.models for b in args.batch for d in args.dtype]
+
+    def variants(dtype: torch.dtype) -> list[str]:
+        return [v for v in _variants(device, dtype) if not args.variants or v in args.variants]
+
+    results: list[Result] = []
+    total = sum(len(variants(DTYPES[d])) for _, _, d in cases)
+    done = 0
+    for arch, batch, dname in cases:
+        dtype = DTYPES[dname]
+        tv = _torchvision_model(arch, args.seed)
+        gen = torch.Generator().manual_seed(args.seed + batch)
+        x32 = torch.randn(batch, 3, args.size, args.size, generator=gen)
+        with torch.inference_mode():
+            eager_fp32 = tv.to(device)(x32.to(device)).float().cpu()
+        tv = tv.to(device=device, dtype=dtype)
+        x = x32.to(device=device, dtype=dtype)
+        eager_ms = None
+        with torch.inference_mode():
+            eager_out = tv(x).float().cpu()
+            for variant in variants(dtype):
+                done += 1
+                res = Result(ARCHS[arch], batch, dname, variant)
+                print(f"[{done}/{total}] {ARCHS[arch]} batch {batch} {dname} {variant} ...",
+                      file=sys.stderr, flush=True)
+                try:
+                    fn = _runner(variant, tv, device, x)
+                    out = fn(x).float().cpu()
+                    ok, diff, note = _check(variant, out, eager_out, eager_fp32, dtype)
+                    res.max_abs_diff = diff
+                    if not ok and variant.startswith("fused"):
+                        res.status, res.notes = "mismatch", [note + ": not timed"]
+                        results.append(res)
+                        continue
+                    if not ok:
+                        res.notes.append(note)
+                    res.median_ms, res.iqr_ms = _time(fn, x, args.min_run_time)
+                    res.images_per_s = batch / res.median_ms * 1e3
+                    if variant == "eager":
+                        eager_ms = res.median_ms
+                    if eager_ms:
+                        res.speedup_vs_eager = eager_ms / res.median_ms
+                except Unavailable as e:
+                    res.status, res.notes = "unavailable", [str(e)]
+                except Exception as e:  # one failing variant must not lose the run's other numbers
+                    res.status, res.notes = "error", [f"{type(e).__name__}: {e}".splitlines()[0]]
+                results.append(res)
+        del tv
+    return _environment(device), results
+
+
+def _environment(device: torch.device) -> dict:
+    env = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
+        "device_type": device.type,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "mnv3_kernels": mk.__version__,
+        "backend_auto": backends.resolve(device).value,
+    }
+    for pkg in ("triton", "onnxruntime", "torchvision"):
+        try:
+            env[pkg] = __import__(pkg).__version__
+        except ImportError:
+            env[pkg] = None
+    return env
+
+
+def format_table(results: list[Result]) -> str:
+    head = f"{'model':20s} {'batch':>5s} {'dtype':5s} {'variant':20s} {'median ms':>10s} {'IQR ms':>8s} " \
+           f"{'img/s':>9s} {'vs eager':>8s}  notes"
+    lines = [head, "-" * len(head)]
+    for r in results:
+        if r.median_ms is None:
+            lines.append(f"{r.model:20s} {r.batch:5d} {r.dtype:5s} {r.variant:20s} {'-':>10s} {'-':>8s} {'-':>9s} "
+                         f"{'-':>8s}  {r.status}: {'; '.join(r.notes)}")
+            continue
+        speed = f"{r.speedup_vs_eager:7.2f}x" if r.speedup_vs_eager else f"{'-':>8s}"
+        lines.append(f"{r.model:20s} {r.batch:5d} {r.dtype:5s} {r.variant:20s} {r.median_ms:10.3f} "
+                     f"{r.iqr_ms:8.3f} {r.images_per_s:9.1f} {speed}  {'; '.join(r.notes)}")
+    return "\n".join(lines)
+
+
+def _plot(results: list[Result], path: str) -> str | None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    timed = [r for r in results if r.speedup_vs_eager]
+    cases = sorted({(r.model, r.batch, r.dtype) for r in timed})
+    variants = sorted({r.variant for r in timed})
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(cases)), 4.5))
+    width = 0.8 / max(1, len(variants))
+    for i, v in enumerate(variants):
+        ys = [next((r.speedup_vs_eager for r in timed if (r.model, r.batch, r.dtype) == c and r.variant == v), 0)
+              for c in cases]
+        ax.bar([j + i * width for j in range(len(cases))], ys, width, label=v)
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(cases))])
+    ax.set_xticklabels([f"{m.replace('mobilenet_v3_', '')}\nb{b} {d}" for m, b, d in cases])
+    ax.axhline(1.0, color="gray", lw=0.8)
+    ax.set_ylabel("speedup vs torchvision eager (higher is better)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    return path
+
+
+def main(argv: list[str] | None = None) -> None:
+    cuda = torch.cuda.is_available()
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", default="cuda" if cuda else "cpu")
+    p.add_argument("--models", nargs="+", choices=list(ARCHS), default=list(ARCHS))
+    p.add_argument("--batch", nargs="+", type=int, help="default: 1 8 on CPU; 1 8 64 256 on CUDA")
+    p.add_argument("--dtype", nargs="+", choices=list(DTYPES), help="default: fp32 on CPU; fp32 fp16 bf16 on CUDA")
+    p.add_argument("--variants", nargs="+", help="only these variants (e.g. eager fused-native onnxruntime)")
+    p.add_argument("--size", type=int, default=224)
+    p.add_argument("--min-run-time", type=float, default=2.0, help="seconds of timing per measurement")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (default: torch's default)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="mnv3_bench_results", help="folder for results.json and speedup.png")
+    args = p.parse_args(argv)
+    on_cuda = torch.device(args.device).type == "cuda"
+    args.batch = args.batch or ([1, 8, 64, 256] if on_cuda else [1, 8])
+    args.dtype = args.dtype or (["fp32", "fp16", "bf16"] if on_cuda else ["fp32"])
+    env, results = run(args)
+    print(f"# {env['date']}  {env['device']} ({env['device_type']}), torch {env['torch']}, "
+          f"{env['threads']} threads, ops backend {env['backend_auto']}")
+    print(format_table(results))
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "results.json"), "w") as f:
+        json.dump({"environment": env, "args": vars(args), "results": [asdict(r) for r in results]}, f, indent=2)
+    plot = _plot(results, os.path.join(args.out, "speedup.png"))
+    print(f"# wrote {os.path.join(args.out, 'results.json')}" + (f" and {plot}" if plot else " (no matplotlib: no plot)"))
+
+
+if __name__ == "__main__":
+    main()
