@@ -9,8 +9,8 @@
 //  - channels-last dense x (the fast path): a thread owns a tile of TW output
 //    pixels along W x V channels.  V = 16 bytes of channels (8 fp16/bf16 or
 //    4 fp32) with 16-byte vector loads and stores when C % V == 0 and x is
-//    16-byte aligned, else V = 1 (threads still walk consecutive channels, so
-//    warps stay coalesced).  A block covers tc channel vectors x a chunk of
+//    16-byte aligned (and the filter fits shared memory), else V = 1 (threads
+//    still walk consecutive channels, so warps stay coalesced).  A block covers tc channel vectors x a chunk of
 //    one image's tiles; its channels' filter taps are staged once in shared
 //    memory as fp32, tap-major, from any weight strides.
 //  - any other strides (NCHW, views): a block per (n, c) plane, threads over
@@ -222,6 +222,10 @@ int next_pow2(int64_t v) {
   return p;
 }
 
+// Shared memory of an NHWC block of tc channel vectors: the filter taps of
+// its tc*V channels, then the squeeze reduction (kThreads/tc rows of tc*V).
+int64_t nhwc_smem_bytes(int64_t taps, int tc, int V) { return (taps + kThreads / tc) * tc * V * 4; }
+
 template <typename T, int V, int K, int S>
 void launch_nhwc(const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor& y,
                  Tensor& mean, const DwGeometry& g, Activation act, bool with_mean,
@@ -230,14 +234,13 @@ void launch_nhwc(const Tensor& x, const Tensor& weight, const Tensor& bias, Tens
   const int64_t taps = g.kh * g.kw;
   const int64_t vectors = g.C / V;
   int tc = std::min(32, next_pow2(vectors));
-  // The filter of a block's channels must fit in shared memory; narrower
-  // blocks for big kernels (only the any-geometry path gets here with those).
-  while (tc > 1 && (taps + kThreads / tc) * tc * V * 4 > kMaxSharedBytes) tc /= 2;
+  // Narrower blocks for big filters (only the any-geometry path gets them).
+  while (tc > 1 && nhwc_smem_bytes(taps, tc, V) > kMaxSharedBytes) tc /= 2;
   const int ts = kThreads / tc;
-  const int64_t smem = (taps + ts) * tc * V * 4;
+  const int64_t smem = nhwc_smem_bytes(taps, tc, V);
   STD_TORCH_CHECK(smem <= kMaxSharedBytes, "mnv3::dwconv_bias_act (CUDA): a ", g.kh, "x", g.kw,
                   " kernel is too large for the CUDA kernel (at most ",
-                  kMaxSharedBytes / (4 * V) - ts, " taps)");
+                  kMaxSharedBytes / 4 - kThreads, " taps)");
   const int64_t groups = (vectors + tc - 1) / tc;
   STD_TORCH_CHECK(groups <= 65535, "mnv3::dwconv_bias_act (CUDA): C = ", g.C, " is too large");
 
@@ -323,7 +326,8 @@ std::tuple<Tensor, Tensor> dwconv_bias_act_cuda(const Tensor& x, const Tensor& w
       constexpr int K = decltype(k_tag)::value, S = decltype(s_tag)::value;
       if (!nhwc) {
         launch_planes<T, K, S>(x, weight, bias, y, mean, g, act, with_mean, stream);
-      } else if (g.C % kVec == 0 && aligned16(x.const_data_ptr())) {
+      } else if (g.C % kVec == 0 && aligned16(x.const_data_ptr()) &&
+                 nhwc_smem_bytes(g.kh * g.kw, 1, kVec) <= kMaxSharedBytes) {
         launch_nhwc<T, kVec, K, S>(x, weight, bias, y, mean, g, act, with_mean, stream);
       } else {
         launch_nhwc<T, 1, K, S>(x, weight, bias, y, mean, g, act, with_mean, stream);
