@@ -222,9 +222,14 @@ int next_pow2(int64_t v) {
   return p;
 }
 
-// Shared memory of an NHWC block of tc channel vectors: the filter taps of
-// its tc*V channels, then the squeeze reduction (kThreads/tc rows of tc*V).
-int64_t nhwc_smem_bytes(int64_t taps, int tc, int V) { return (taps + kThreads / tc) * tc * V * 4; }
+// Shared memory of an NHWC block of tc x ts threads: the filter taps of its
+// tc*V channels, then the squeeze reduction (ts rows of tc*V floats).
+int64_t nhwc_smem_bytes(int64_t taps, int tc, int ts, int V) { return (taps + ts) * tc * V * 4; }
+
+// The largest block (ts = kThreads / tc) bounds every smaller one.
+int64_t nhwc_smem_bound(int64_t taps, int tc, int V) {
+  return nhwc_smem_bytes(taps, tc, kThreads / tc, V);
+}
 
 template <typename T, int V, int K, int S>
 void launch_nhwc(const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor& y,
@@ -235,16 +240,19 @@ void launch_nhwc(const Tensor& x, const Tensor& weight, const Tensor& bias, Tens
   const int64_t vectors = g.C / V;
   int tc = std::min(32, next_pow2(vectors));
   // Narrower blocks for big filters (only the any-geometry path gets them).
-  while (tc > 1 && nhwc_smem_bytes(taps, tc, V) > kMaxSharedBytes) tc /= 2;
-  const int ts = kThreads / tc;
-  const int64_t smem = nhwc_smem_bytes(taps, tc, V);
-  STD_TORCH_CHECK(smem <= kMaxSharedBytes, "mnv3::dwconv_bias_act (CUDA): a ", g.kh, "x", g.kw,
-                  " kernel is too large for the CUDA kernel (at most ",
+  while (tc > 1 && nhwc_smem_bound(taps, tc, V) > kMaxSharedBytes) tc /= 2;
+  STD_TORCH_CHECK(nhwc_smem_bound(taps, tc, V) <= kMaxSharedBytes, "mnv3::dwconv_bias_act (CUDA): a ",
+                  g.kh, "x", g.kw, " kernel is too large for the CUDA kernel (at most ",
                   kMaxSharedBytes / 4 - kThreads, " taps)");
   const int64_t groups = (vectors + tc - 1) / tc;
   STD_TORCH_CHECK(groups <= 65535, "mnv3::dwconv_bias_act (CUDA): C = ", g.C, " is too large");
 
   const int64_t tiles = g.OH * ((g.OW + TW - 1) / TW);
+  // Small problems (batch 1, late layers): smaller blocks, down to one warp,
+  // so the work spreads over more SMs instead of a few full blocks.
+  int ts = kThreads / tc;
+  while (ts * tc > 32 && g.N * groups * ((tiles + ts - 1) / ts) < kTargetBlocks / 4) ts /= 2;
+  const int64_t smem = nhwc_smem_bytes(taps, tc, ts, V);
   const int64_t rounds = g.N * groups * tiles / (ts * kTargetBlocks);  // tiles per thread
   const int64_t tiles_per_chunk =
       ts * std::min<int64_t>(kMaxTilesPerThread, std::max<int64_t>(1, rounds));
@@ -327,7 +335,7 @@ std::tuple<Tensor, Tensor> dwconv_bias_act_cuda(const Tensor& x, const Tensor& w
       if (!nhwc) {
         launch_planes<T, K, S>(x, weight, bias, y, mean, g, act, with_mean, stream);
       } else if (g.C % kVec == 0 && aligned16(x.const_data_ptr()) &&
-                 nhwc_smem_bytes(g.kh * g.kw, 1, kVec) <= kMaxSharedBytes) {
+                 nhwc_smem_bound(g.kh * g.kw, 1, kVec) <= kMaxSharedBytes) {
         launch_nhwc<T, kVec, K, S>(x, weight, bias, y, mean, g, act, with_mean, stream);
       } else {
         launch_nhwc<T, 1, K, S>(x, weight, bias, y, mean, g, act, with_mean, stream);
