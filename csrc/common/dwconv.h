@@ -11,6 +11,8 @@
 
 #include <stdint.h>
 
+#include <type_traits>
+
 namespace mnv3 {
 
 struct DwGeometry {
@@ -98,6 +100,135 @@ MNV3_HD void dw_point_channels(const T* x, int64_t x_sh, int64_t x_sw, const WT*
 template <Activation A>
 MNV3_HD float dw_epilogue(float acc, float bias) {
   return activate<A>(acc + bias);
+}
+
+// Loads V consecutive elements as fp32, one at a time.  The CPU kernels use it
+// for every load (the compiler vectorizes); the CUDA kernels where a 16-byte
+// vector load is not possible (V = 1).
+template <int V>
+struct ConvertLoad {
+  template <typename T>
+  MNV3_HD void operator()(const T* p, float (&out)[V]) const {
+    MNV3_CHANNEL_LOOP
+    for (int v = 0; v < V; ++v) out[v] = static_cast<float>(p[v]);
+  }
+};
+
+// An output tile: TW consecutive output pixels (oh, ow0 .. ow0+TW-1) x V
+// channels, for a K x K kernel with stride S and dilation 1.  `x` points at
+// x[n, c0] (element (0, 0) of the channel; channel stride 1 when V > 1), `w`
+// at tap (0, 0) of channel c0 in a tap-major layout w[(i*K + j)*w_tap_stride + v].
+// `load(p, out)` reads V input channels at p as fp32.
+//
+// Per kernel row, the K taps of the row stay in registers and each of the
+// (TW-1)*S + K input columns the tile touches is loaded once and feeds every
+// output that overlaps it (TW*K loads become (TW-1)*S + K).  Out-of-range
+// rows and columns are zero padding; outputs past OW read only in-range
+// input, so the caller may compute a full tile and store the valid part.
+// Writes the pre-activation sums without bias into acc.
+template <int K, int S, int TW, int V, typename T, typename WT, typename Load>
+MNV3_HD void dw_tile(const T* x, int64_t x_sh, int64_t x_sw, const WT* w, int64_t w_tap_stride,
+                     const DwGeometry& g, int64_t oh, int64_t ow0, const Load& load,
+                     float (&acc)[TW][V]) {
+  constexpr int kSpan = (TW - 1) * S + K;
+  MNV3_UNROLL
+  for (int t = 0; t < TW; ++t) {
+    MNV3_CHANNEL_LOOP
+    for (int v = 0; v < V; ++v) acc[t][v] = 0.f;
+  }
+  int64_t i0, i1;
+  valid_taps(oh, S, g.ph, 1, K, g.H, &i0, &i1);
+  const int64_t ih0 = oh * S - g.ph;
+  const int64_t iw0 = ow0 * S - g.pw;
+  for (int64_t i = i0; i < i1; ++i) {
+    const T* row = x + (ih0 + i) * x_sh;
+    float wr[K][V];
+    MNV3_UNROLL
+    for (int j = 0; j < K; ++j) {
+      MNV3_CHANNEL_LOOP
+      for (int v = 0; v < V; ++v) wr[j][v] = static_cast<float>(w[(i * K + j) * w_tap_stride + v]);
+    }
+    MNV3_UNROLL
+    for (int q = 0; q < kSpan; ++q) {
+      const int64_t iw = iw0 + q;
+      if (iw < 0 || iw >= g.W) continue;
+      float xv[V];
+      load(row + iw * x_sw, xv);
+      MNV3_UNROLL
+      for (int t = 0; t < TW; ++t) {
+        const int j = q - t * S;  // the tap of output t that reads column q
+        if (j < 0 || j >= K) continue;
+        MNV3_CHANNEL_LOOP
+        for (int v = 0; v < V; ++v) acc[t][v] += xv[v] * wr[j][v];
+      }
+    }
+  }
+}
+
+// Bias + activation over a tile, in place, and the squeeze's running sum:
+// sum[v] += the first `valid` outputs of channel v (the ones inside OW).
+template <Activation A, int TW, int V>
+MNV3_HD void dw_tile_epilogue(float (&acc)[TW][V], const float (&bias)[V], int valid,
+                              float (&sum)[V]) {
+  MNV3_UNROLL
+  for (int t = 0; t < TW; ++t) {
+    MNV3_CHANNEL_LOOP
+    for (int v = 0; v < V; ++v) {
+      acc[t][v] = dw_epilogue<A>(acc[t][v], bias[v]);
+      if (t < valid) sum[v] += acc[t][v];
+    }
+  }
+}
+
+// dw_tile_epilogue for a runtime activation: a branch per tile instead of a
+// kernel per activation (4x fewer instantiations, and compile time, for both
+// the CPU and the CUDA tile kernels).
+template <int TW, int V>
+MNV3_HD void dw_tile_epilogue(Activation act, float (&acc)[TW][V], const float (&bias)[V],
+                              int valid, float (&sum)[V]) {
+  switch (act) {
+    case Activation::ReLU:
+      dw_tile_epilogue<Activation::ReLU>(acc, bias, valid, sum);
+      break;
+    case Activation::ReLU6:
+      dw_tile_epilogue<Activation::ReLU6>(acc, bias, valid, sum);
+      break;
+    case Activation::HardSwish:
+      dw_tile_epilogue<Activation::HardSwish>(acc, bias, valid, sum);
+      break;
+    default:
+      dw_tile_epilogue<Activation::Identity>(acc, bias, valid, sum);
+  }
+}
+
+// Output pixels per tile along W: the unrolled tiles (K > 0) compute a few
+// pixels to reuse input columns; the any-geometry path (K = 0) one pixel.
+template <int K>
+constexpr int dw_tile_width() {
+  return K > 0 ? 4 : 1;
+}
+
+// Calls fn(std::integral_constant<int, K>{}, std::integral_constant<int, S>{})
+// with the kernel size and stride of an unrolled dw_tile when the geometry has
+// one (square 3x3 or 5x5, equal strides 1 or 2, dilation 1: every depthwise
+// conv of MobileNetV3), else with K = S = 0: the caller then uses the
+// any-geometry dw_point / dw_point_channels.
+template <typename Fn>
+void dispatch_dw_tile(const DwGeometry& g, Fn&& fn) {
+  using std::integral_constant;
+  const bool square = g.kh == g.kw && g.sh == g.sw && g.dh == 1 && g.dw == 1;
+  const int64_t k = square ? g.kh : 0, s = square ? g.sh : 0;
+  if (k == 3 && s == 1) {
+    fn(integral_constant<int, 3>{}, integral_constant<int, 1>{});
+  } else if (k == 3 && s == 2) {
+    fn(integral_constant<int, 3>{}, integral_constant<int, 2>{});
+  } else if (k == 5 && s == 1) {
+    fn(integral_constant<int, 5>{}, integral_constant<int, 1>{});
+  } else if (k == 5 && s == 2) {
+    fn(integral_constant<int, 5>{}, integral_constant<int, 2>{});
+  } else {
+    fn(integral_constant<int, 0>{}, integral_constant<int, 0>{});
+  }
 }
 
 }  // namespace mnv3

@@ -2,6 +2,9 @@
 //   hidden = relu(W1 @ pooled + b1)      W1: [Cr, C]
 //   gate   = G(W2 @ hidden + b2)         W2: [C, Cr], G = hardsigmoid | sigmoid
 //   y      = x * gate                    broadcast over H, W
+// The dot products are split so a kernel may share one among threads: each
+// takes a strided part (dot_strided), the parts are summed, and the unit
+// function finishes it.  The CPU kernel takes the whole dot in one part.
 #pragma once
 
 #include "activation.h"
@@ -11,19 +14,21 @@
 
 namespace mnv3 {
 
-// hidden[j] for one sample: relu(b1[j] + sum_c w1[j, c] * pooled[c]).
-MNV3_HD float se_hidden_unit(const float* pooled, const float* w1_row, float b1, int64_t C) {
-  float acc = b1;
-  for (int64_t c = 0; c < C; ++c) acc += w1_row[c] * pooled[c];
-  return relu(acc);
+// sum over k = begin, begin + step, ... < n of a[k] * b[k], in fp32.
+template <typename A, typename B>
+MNV3_HD float dot_strided(const A* a, const B* b, int64_t begin, int64_t n, int64_t step) {
+  float acc = 0.f;
+  for (int64_t k = begin; k < n; k += step) acc += static_cast<float>(a[k]) * static_cast<float>(b[k]);
+  return acc;
 }
 
-// gate[c] for one sample: G(b2[c] + sum_j w2[c, j] * hidden[j]).
+// hidden[j] = relu(b1[j] + dot(w1[j, :], pooled)), given the dot.
+MNV3_HD float se_hidden_unit(float dot, float b1) { return relu(dot + b1); }
+
+// gate[c] = G(b2[c] + dot(w2[c, :], hidden)), given the dot.
 template <Gate G>
-MNV3_HD float se_gate_unit(const float* hidden, const float* w2_row, float b2, int64_t Cr) {
-  float acc = b2;
-  for (int64_t j = 0; j < Cr; ++j) acc += w2_row[j] * hidden[j];
-  return apply_gate<G>(acc);
+MNV3_HD float se_gate_unit(float dot, float b2) {
+  return apply_gate<G>(dot + b2);
 }
 
 }  // namespace mnv3

@@ -22,9 +22,11 @@ std::vector<float> se_gates(const std::vector<float>& pooled, const std::vector<
     std::vector<float> hidden(static_cast<size_t>(Cr));
     for (int64_t n = begin; n < end; ++n) {
       const float* pn = pooled.data() + n * C;
-      for (int64_t j = 0; j < Cr; ++j) hidden[j] = se_hidden_unit(pn, w1.data() + j * C, b1[j], C);
+      for (int64_t j = 0; j < Cr; ++j)
+        hidden[j] = se_hidden_unit(dot_strided(pn, w1.data() + j * C, 0, C, 1), b1[j]);
       for (int64_t c = 0; c < C; ++c)
-        gates[n * C + c] = se_gate_unit<G>(hidden.data(), w2.data() + c * Cr, b2[c], Cr);
+        gates[n * C + c] =
+            se_gate_unit<G>(dot_strided(hidden.data(), w2.data() + c * Cr, 0, Cr, 1), b2[c]);
     }
   });
   return gates;

@@ -1,5 +1,13 @@
-// CUDA kernel of mnv3::se_excite_scale: one block per sample computes the
-// gates (csrc/common/se.h), then an elementwise pass scales x.
+// CUDA kernels of mnv3::se_excite_scale, two launches:
+//  1. se_gate_kernel: one block per sample; pooled[n] staged in shared memory
+//     as fp32, then a warp per hidden unit and a warp per channel, lanes
+//     striding over the dot product (coalesced weight rows) and a shuffle
+//     sum; the arithmetic is csrc/common/se.h.  gates [N, C] fp32 is a
+//     torch-allocated buffer.
+//  2. scale_*: y = x * gate, 16-byte vectors of x (8 fp16/bf16 or 4 fp32):
+//     along C for channels-last x, along H*W for contiguous NCHW x; one
+//     element per thread for any other strides.
+// On torch's current stream, no host sync, no allocation outside torch.
 #include "../common/se.h"
 #include "cuda_utils.cuh"
 
@@ -7,58 +15,107 @@ namespace mnv3 {
 namespace {
 
 constexpr int kThreads = 256;
+constexpr int kWarps = kThreads / 32;
+constexpr int64_t kMaxSharedBytes = 48 * 1024;
 
-template <typename T>
-__device__ float load_f(const T* p, int64_t i) {
-  return static_cast<float>(p[i]);
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
+  return v;
 }
 
-// gates[n, :] for sample n = blockIdx.x.  Weights are converted to fp32 on the
-// fly; hidden lives in shared memory (Cr floats, dynamic).
+// gates[n, :] for n = blockIdx.x.  Dynamic shared memory: C + Cr floats.
+// Weights are contiguous [Cr, C] / [C, Cr]; pooled is contiguous [N, C].
 template <typename T, typename P, Gate G>
-__global__ void se_gate_kernel(const P* __restrict__ pooled, const T* __restrict__ w1,
-                               const T* __restrict__ b1, const T* __restrict__ w2,
-                               const T* __restrict__ b2, float* __restrict__ gates, int64_t C,
-                               int64_t Cr) {
-  extern __shared__ float hidden[];
+__global__ void __launch_bounds__(kThreads)
+se_gate_kernel(const P* __restrict__ pooled, const T* __restrict__ w1, const T* __restrict__ b1,
+               const T* __restrict__ w2, const T* __restrict__ b2, float* __restrict__ gates,
+               int64_t C, int64_t Cr) {
+  extern __shared__ float smem[];
+  float* pooled_s = smem;
+  float* hidden_s = smem + C;
   const int64_t n = blockIdx.x;
-  const P* pn = pooled + n * C;
-  for (int64_t j = threadIdx.x; j < Cr; j += blockDim.x) {
-    float acc = static_cast<float>(b1[j]);
-    for (int64_t c = 0; c < C; ++c) acc += static_cast<float>(w1[j * C + c]) * static_cast<float>(pn[c]);
-    hidden[j] = relu(acc);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  for (int64_t c = threadIdx.x; c < C; c += kThreads) pooled_s[c] = static_cast<float>(pooled[n * C + c]);
+  __syncthreads();
+  for (int64_t j = warp; j < Cr; j += kWarps) {
+    const float dot = warp_sum(dot_strided(pooled_s, w1 + j * C, lane, C, 32));
+    if (lane == 0) hidden_s[j] = se_hidden_unit(dot, static_cast<float>(b1[j]));
   }
   __syncthreads();
-  for (int64_t c = threadIdx.x; c < C; c += blockDim.x) {
-    float acc = static_cast<float>(b2[c]);
-    for (int64_t j = 0; j < Cr; ++j) acc += static_cast<float>(w2[c * Cr + j]) * hidden[j];
-    gates[n * C + c] = apply_gate<G>(acc);
+  for (int64_t c = warp; c < C; c += kWarps) {
+    const float dot = warp_sum(dot_strided(hidden_s, w2 + c * Cr, lane, Cr, 32));
+    if (lane == 0) gates[n * C + c] = se_gate_unit<G>(dot, static_cast<float>(b2[c]));
   }
 }
 
+// 16 bytes of T.
 template <typename T>
-__global__ void scale_kernel(const T* __restrict__ x, const float* __restrict__ gates,
-                             T* __restrict__ y, int64_t N, int64_t C, int64_t H, int64_t W,
-                             int64_t sN, int64_t sC, int64_t sH, int64_t sW, bool nhwc) {
-  const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (idx >= N * C * H * W) return;
-  int64_t n, c, h, w;
-  if (nhwc) {
-    c = idx % C;
-    int64_t r = idx / C;
-    w = r % W;
-    r /= W;
-    h = r % H;
-    n = r / H;
+struct alignas(16) Vec16 {
+  static constexpr int kSize = 16 / sizeof(T);
+  T e[kSize];
+};
+
+// Channels-last dense x: a thread scales V channels of one pixel, one 16-byte
+// vector when V = Vec16<T>::kSize (C % V == 0, x 16-byte aligned), else V = 1.
+template <typename T, int V>
+__global__ void __launch_bounds__(kThreads)
+scale_nhwc_kernel(const T* __restrict__ x, const float* __restrict__ gates, T* __restrict__ y,
+                  int64_t C, int64_t HW, int64_t vectors) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= vectors) return;
+  const int64_t per_pixel = C / V;
+  const int64_t n = i / (HW * per_pixel);
+  const int64_t c0 = (i % per_pixel) * V;
+  const float* g = gates + n * C + c0;
+  if constexpr (V == Vec16<T>::kSize) {
+    Vec16<T> v = reinterpret_cast<const Vec16<T>*>(x)[i];
+#pragma unroll
+    for (int k = 0; k < V; ++k) v.e[k] = static_cast<T>(static_cast<float>(v.e[k]) * __ldg(g + k));
+    reinterpret_cast<Vec16<T>*>(y)[i] = v;
   } else {
-    w = idx % W;
-    int64_t r = idx / W;
-    h = r % H;
-    r /= H;
-    c = r % C;
-    n = r / C;
+    static_assert(V == 1, "scale_nhwc_kernel: V is a 16-byte vector or 1");
+    y[i] = static_cast<T>(static_cast<float>(x[i]) * g[0]);
   }
-  y[idx] = static_cast<T>(static_cast<float>(x[n * sN + c * sC + h * sH + w * sW]) * gates[n * C + c]);
+}
+
+// Contiguous NCHW x, (H*W) % V == 0, x 16-byte aligned: a thread scales V
+// pixels of one (n, c) plane.
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+scale_planes_kernel(const T* __restrict__ x, const float* __restrict__ gates, T* __restrict__ y,
+                    int64_t HW, int64_t vectors) {
+  constexpr int V = Vec16<T>::kSize;
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= vectors) return;
+  const float g = __ldg(gates + i / (HW / V));
+  Vec16<T> v = reinterpret_cast<const Vec16<T>*>(x)[i];
+#pragma unroll
+  for (int k = 0; k < V; ++k) v.e[k] = static_cast<T>(static_cast<float>(v.e[k]) * g);
+  reinterpret_cast<Vec16<T>*>(y)[i] = v;
+}
+
+// Any strides: one element per thread; y contiguous NCHW.
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+scale_strided_kernel(const T* __restrict__ x, const float* __restrict__ gates, T* __restrict__ y,
+                     int64_t C, int64_t H, int64_t W, int64_t sN, int64_t sC, int64_t sH,
+                     int64_t sW, int64_t numel) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= numel) return;
+  const int64_t w = i % W;
+  int64_t r = i / W;
+  const int64_t h = r % H;
+  r /= H;  // n * C + c
+  const int64_t c = r % C, n = r / C;
+  y[i] = static_cast<T>(static_cast<float>(x[n * sN + c * sC + h * sH + w * sW]) * gates[r]);
+}
+
+bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
+bool is_nchw_contiguous(const Tensor& t) {
+  const int64_t C = t.size(1), H = t.size(2), W = t.size(3);
+  return t.stride(3) == 1 && t.stride(2) == W && t.stride(1) == H * W && t.stride(0) == C * H * W;
 }
 
 Tensor se_excite_scale_cuda(const Tensor& x, const Tensor& pooled, const Tensor& w1, const Tensor& b1,
@@ -71,12 +128,17 @@ Tensor se_excite_scale_cuda(const Tensor& x, const Tensor& pooled, const Tensor&
   const bool nhwc = is_nhwc_dense(x);
   Tensor y = empty_4d(N, C, H, W, nhwc, x.scalar_type(), x);
   if (x.numel() == 0) return y;
+  const int64_t smem = (C + Cr) * static_cast<int64_t>(sizeof(float));
+  STD_TORCH_CHECK(smem <= kMaxSharedBytes, "mnv3::se_excite_scale (CUDA): C + Cr = ", C + Cr,
+                  " is too large (at most ", kMaxSharedBytes / 4, ")");
+  STD_TORCH_CHECK(N <= 0x7fffffffLL, "mnv3::se_excite_scale (CUDA): N = ", N, " is too large");
+  // No copies when already contiguous (the usual case); else torch copies on this stream.
   const Tensor p = torch::stable::contiguous(pooled);
   const Tensor w1c = torch::stable::contiguous(w1), b1c = torch::stable::contiguous(b1);
   const Tensor w2c = torch::stable::contiguous(w2), b2c = torch::stable::contiguous(b2);
   Tensor gates = empty_2d(N, C, ScalarType::Float, x);
+  float* gates_p = static_cast<float*>(gates.mutable_data_ptr());
   const cudaStream_t stream = current_stream(x);
-  STD_TORCH_CHECK(Cr * sizeof(float) <= 48 * 1024, "se_excite_scale: Cr = ", Cr, " is too large");
 
   dispatch_float_types(x.scalar_type(), [&](auto tag) {
     using T = decltype(tag);
@@ -84,11 +146,10 @@ Tensor se_excite_scale_cuda(const Tensor& x, const Tensor& pooled, const Tensor&
       constexpr Gate G = decltype(gate_tag)::value;
       const auto launch = [&](auto pooled_tag) {
         using P = decltype(pooled_tag);
-        se_gate_kernel<T, P, G><<<static_cast<unsigned int>(N), kThreads, Cr * sizeof(float), stream>>>(
+        se_gate_kernel<T, P, G><<<static_cast<unsigned>(N), kThreads, smem, stream>>>(
             static_cast<const P*>(p.const_data_ptr()), static_cast<const T*>(w1c.const_data_ptr()),
             static_cast<const T*>(b1c.const_data_ptr()), static_cast<const T*>(w2c.const_data_ptr()),
-            static_cast<const T*>(b2c.const_data_ptr()), static_cast<float*>(gates.mutable_data_ptr()),
-            C, Cr);
+            static_cast<const T*>(b2c.const_data_ptr()), gates_p, C, Cr);
       };
       if (p.scalar_type() == ScalarType::Float) {
         launch(float{});
@@ -97,11 +158,30 @@ Tensor se_excite_scale_cuda(const Tensor& x, const Tensor& pooled, const Tensor&
       }
       check_launch("se_gate_kernel");
     });
-    scale_kernel<T><<<blocks_for(x.numel(), kThreads), kThreads, 0, stream>>>(
-        static_cast<const T*>(x.const_data_ptr()), static_cast<const float*>(gates.const_data_ptr()),
-        static_cast<T*>(y.mutable_data_ptr()), N, C, H, W, x.stride(0), x.stride(1), x.stride(2),
-        x.stride(3), nhwc);
-    check_launch("scale_kernel");
+
+    constexpr int V = Vec16<T>::kSize;
+    const T* xp = static_cast<const T*>(x.const_data_ptr());
+    T* yp = static_cast<T*>(y.mutable_data_ptr());
+    const int64_t HW = H * W;
+    if (nhwc && C % V == 0 && aligned16(xp)) {
+      const int64_t vectors = x.numel() / V;
+      scale_nhwc_kernel<T, V><<<blocks_for(vectors, kThreads), kThreads, 0, stream>>>(
+          xp, gates_p, yp, C, HW, vectors);
+      check_launch("scale_nhwc_kernel");
+    } else if (nhwc) {
+      scale_nhwc_kernel<T, 1><<<blocks_for(x.numel(), kThreads), kThreads, 0, stream>>>(
+          xp, gates_p, yp, C, HW, x.numel());
+      check_launch("scale_nhwc_kernel");
+    } else if (is_nchw_contiguous(x) && HW % V == 0 && aligned16(xp)) {
+      const int64_t vectors = x.numel() / V;
+      scale_planes_kernel<T><<<blocks_for(vectors, kThreads), kThreads, 0, stream>>>(
+          xp, gates_p, yp, HW, vectors);
+      check_launch("scale_planes_kernel");
+    } else {
+      scale_strided_kernel<T><<<blocks_for(x.numel(), kThreads), kThreads, 0, stream>>>(
+          xp, gates_p, yp, C, H, W, x.stride(0), x.stride(1), x.stride(2), x.stride(3), x.numel());
+      check_launch("scale_strided_kernel");
+    }
   });
   return y;
 }

@@ -1,0 +1,83 @@
+"""Inputs and checks shared by the kernel sweeps (CPU tiles, CUDA): one way to
+build an input in each layout and one way to judge an op's outputs against
+mnv3_kernels.reference under tests/tolerances.py."""
+
+from __future__ import annotations
+
+import torch
+
+from mnv3_kernels import reference
+from tolerances import assert_lowp_close, assert_op_close
+
+LAYOUTS = ("nchw", "channels_last", "strided_view", "channels_last_offset")
+
+
+def make_x(shape, dtype, device, layout: str, generator=None) -> torch.Tensor:
+    """A random [N, C, H, W] tensor in `layout`:
+    nchw                  contiguous
+    channels_last         channels-last dense (the vectorized path when C allows)
+    strided_view          every other channel of a wider NHWC tensor: no dense layout
+    channels_last_offset  channels-last dense strides at an odd storage offset
+                          (not 16-byte aligned: the scalar NHWC path)
+    """
+    n, c, h, w = shape
+    kw = dict(dtype=torch.float32, generator=generator)
+    if layout == "nchw":
+        return torch.randn(shape, **kw).to(device=device, dtype=dtype)
+    if layout == "channels_last":
+        x = torch.randn(shape, **kw).to(device=device, dtype=dtype)
+        return x.contiguous(memory_format=torch.channels_last)
+    if layout == "strided_view":
+        return torch.randn(n, h, w, 2 * c, **kw).to(device=device, dtype=dtype).permute(0, 3, 1, 2)[:, ::2]
+    if layout == "channels_last_offset":
+        src = torch.randn(n * h * w * c, **kw).to(device=device, dtype=dtype)
+        base = torch.empty(src.numel() + 1, dtype=dtype, device=device)
+        base[1:].copy_(src)
+        return base[1:].as_strided(shape, (h * w * c, 1, w * c, c))
+    raise ValueError(layout)
+
+
+def dwconv_params(c, k, dtype, device, generator=None):
+    w = torch.randn(c, 1, k, k, generator=generator) / k
+    b = torch.randn(c, generator=generator)
+    return w.to(device=device, dtype=dtype), b.to(device=device, dtype=dtype)
+
+
+def check_dwconv(x, w, b, stride, padding, dilation, activation, with_mean=True):
+    """Runs torch.ops.mnv3.dwconv_bias_act on x's device and checks y and mean."""
+    args = ([stride] * 2, [padding] * 2, [dilation] * 2, activation, with_mean)
+    y, mean = torch.ops.mnv3.dwconv_bias_act(x, w, b, *args)
+    assert y.device == x.device and y.dtype == x.dtype
+    ref_y, ref_mean = reference.dwconv_bias_act(x.float(), w.float(), b.float(), *args)
+    assert y.shape == ref_y.shape
+    if x.dtype == torch.float32:
+        assert_op_close(y, ref_y)
+        assert_op_close(mean, ref_mean)
+    else:
+        own_y, own_mean = reference.dwconv_bias_act(x, w, b, *args)
+        assert_lowp_close(y, ref_y, own_y, x.dtype)
+        assert_lowp_close(mean, ref_mean, own_mean, x.dtype)
+    assert mean.dtype == torch.float32
+    assert mean.shape == ((x.shape[0], x.shape[1]) if with_mean else (0,))
+    return y, mean
+
+
+def se_params(c, cr, dtype, device, generator=None):
+    w1 = torch.randn(cr, c, generator=generator) / c**0.5
+    b1 = torch.randn(cr, generator=generator)
+    w2 = torch.randn(c, cr, generator=generator) / cr**0.5
+    b2 = torch.randn(c, generator=generator)
+    return [t.to(device=device, dtype=dtype) for t in (w1, b1, w2, b2)]
+
+
+def check_se(x, pooled, w1, b1, w2, b2, gate):
+    y = torch.ops.mnv3.se_excite_scale(x, pooled, w1, b1, w2, b2, gate)
+    assert y.device == x.device and y.dtype == x.dtype
+    up = [t.float() for t in (x, pooled, w1, b1, w2, b2)]
+    ref = reference.se_excite_scale(*up, gate)
+    if x.dtype == torch.float32:
+        assert_op_close(y, ref)
+    else:
+        own = reference.se_excite_scale(x, pooled, w1, b1, w2, b2, gate)
+        assert_lowp_close(y, ref, own, x.dtype)
+    return y

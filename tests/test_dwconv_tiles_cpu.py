@@ -1,0 +1,56 @@
+"""The CPU kernels over the shapes that reach every branch of the shared tile
+arithmetic (csrc/common/dwconv.h: dw_tile for 3x3/5x5 at stride 1/2, the
+any-geometry fallback, W tails of a tile, channel tails of a vector block),
+which the CUDA kernels run too: on a machine without a GPU this is what
+checks their arithmetic."""
+
+import pytest
+import torch
+
+from mnv3_kernels import ops
+from op_cases import check_dwconv, check_se, dwconv_params, make_x, se_params
+
+pytestmark = pytest.mark.skipif(
+    not torch._C._dispatch_has_kernel_for_dispatch_key("mnv3::dwconv_bias_act", "CPU"),
+    reason="the CPU extension is not built (pip install . builds it)",
+)
+
+# (N, C, H, W): channel tails (1, 13, 24 = 16 + 8), W tails of a 4-pixel tile
+# (W = 1, 2, 5, 15), tall-thin and wide-flat planes.
+SHAPES = [(1, 1, 1, 1), (2, 13, 15, 5), (1, 24, 9, 2), (3, 16, 7, 15), (1, 40, 2, 17)]
+GEOMETRIES = [  # k, stride, dilation, padding (None: "same"-style k//2 * d)
+    (3, 1, 1, None), (3, 2, 1, None), (5, 1, 1, None), (5, 2, 1, None),
+    (3, 1, 1, 0), (5, 2, 1, 3), (3, 1, 2, None), (5, 2, 2, None), (1, 1, 1, 0), (7, 3, 1, 3),
+]
+
+
+@pytest.mark.parametrize("layout", ["channels_last", "nchw", "channels_last_offset"])
+@pytest.mark.parametrize("k,stride,dilation,padding", GEOMETRIES)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_dwconv_tiles_fp32(shape, k, stride, dilation, padding, layout):
+    g = torch.Generator().manual_seed(hash((shape, k, stride, dilation, padding)) % 2**31)
+    padding = k // 2 * dilation if padding is None else padding
+    if ops.conv_out_size(min(shape[2:]), k, stride, padding, dilation) < 1:
+        pytest.skip("empty output: the op refuses it")
+    x = make_x(shape, torch.float32, "cpu", layout, g)
+    w, b = dwconv_params(shape[1], k, torch.float32, "cpu", g)
+    for activation in ops.ACTIVATIONS:
+        check_dwconv(x, w, b, stride, padding, dilation, activation)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("k,stride", [(3, 1), (3, 2), (5, 1), (5, 2)])
+def test_dwconv_tiles_lowp(k, stride, dtype):
+    g = torch.Generator().manual_seed(k * 10 + stride)
+    x = make_x((2, 24, 17, 13), dtype, "cpu", "channels_last", g)
+    w, b = dwconv_params(24, k, dtype, "cpu", g)
+    check_dwconv(x, w, b, stride, k // 2, 1, "hardswish")
+
+
+@pytest.mark.parametrize("layout", ["channels_last", "nchw", "strided_view"])
+@pytest.mark.parametrize("gate", ops.GATES)
+def test_se_split_dot(gate, layout):
+    g = torch.Generator().manual_seed(7)
+    x = make_x((2, 40, 5, 3), torch.float32, "cpu", layout, g)
+    pooled = x.float().mean(dim=(2, 3))
+    check_se(x, pooled, *se_params(40, 8, torch.float32, "cpu", g), gate)
