@@ -34,21 +34,28 @@ def _env_flag(name):
     return os.environ.get(name, "0").lower() in ("1", "true", "yes", "on")
 
 
+def _is_cuda_toolkit(root):
+    return bool(root) and os.path.exists(os.path.join(root, "bin", "nvcc")) and os.path.exists(
+        os.path.join(root, "include", "cuda_runtime.h"))
+
+
 def _find_cuda_home():
     """CUDA_HOME, else the toolkit that holds the nvcc on PATH, else /usr/local/cuda.
 
-    torch's own guess follows a symlinked /usr/local/bin/nvcc to /usr/local,
-    which has no CUDA headers; resolving the link finds the real toolkit.
+    torch's own guess takes the parent of the nvcc on PATH; where that nvcc is a
+    symlink or a wrapper script in /usr/local/bin it lands on /usr/local, which
+    has no CUDA headers or libraries.  A candidate counts only if it holds
+    bin/nvcc and include/cuda_runtime.h.
     """
     for var in ("CUDA_HOME", "CUDA_PATH"):
         if os.environ.get(var):
             return os.environ[var]
+    candidates = []
     nvcc = shutil.which("nvcc")
     if nvcc:
-        return os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))
-    if os.path.exists("/usr/local/cuda/bin/nvcc"):
-        return "/usr/local/cuda"
-    return None
+        candidates += [os.path.dirname(os.path.dirname(p)) for p in (nvcc, os.path.realpath(nvcc))]
+    candidates.append("/usr/local/cuda")
+    return next((c for c in candidates if _is_cuda_toolkit(c)), None)
 
 
 _cuda_home = _find_cuda_home()
@@ -66,8 +73,9 @@ def _cuda_decision():
         return False, "MNV3_SKIP_CUDA=1 was set at build time"
     if torch.version.cuda is None:
         return False, f"torch {torch.__version__} is not a CUDA build"
-    if not _cuda_home or not os.path.exists(os.path.join(_cuda_home, "bin", "nvcc")):
-        return False, "nvcc not found (set CUDA_HOME or put nvcc on PATH)"
+    if not _is_cuda_toolkit(_cuda_home):
+        where = f"CUDA_HOME={_cuda_home} has no bin/nvcc + include/cuda_runtime.h" if _cuda_home else "nvcc not found"
+        return False, f"{where} (set CUDA_HOME to the CUDA toolkit or put its nvcc on PATH)"
     return True, f"built with nvcc from {_cuda_home}"
 
 
