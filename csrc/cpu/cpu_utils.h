@@ -5,6 +5,7 @@
 #include "../common/op_glue.h"
 
 #include <algorithm>
+#include <type_traits>
 #include <vector>
 
 namespace mnv3 {
@@ -26,6 +27,17 @@ std::vector<float> matrix_to_float(const Tensor& m) {
   for (int64_t r = 0; r < rows; ++r)
     for (int64_t c = 0; c < cols; ++c) out[r * cols + c] = static_cast<float>(p[r * s0 + c * s1]);
   return out;
+}
+
+// The [rows, cols] matrix m as row-major fp32: m's own memory when it already
+// is (no copy on the hot path of fp32 models), else a converted copy in `storage`.
+template <typename T>
+const float* matrix_as_float(const Tensor& m, std::vector<float>& storage) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (m.stride(1) == 1 && m.stride(0) == m.size(1)) return static_cast<const float*>(m.const_data_ptr());
+  }
+  storage = matrix_to_float<T>(m);
+  return storage.data();
 }
 
 // A parallel_for chunk should hold at least this much work (multiply-adds or
