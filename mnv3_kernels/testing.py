@@ -1,5 +1,5 @@
 """Helpers for checking a fused model against its unfused twin without
-pretrained weights (used by the tests, the demo and the benchmarks)."""
+pretrained weights (used by the tests and the benchmarks)."""
 
 from __future__ import annotations
 
