@@ -40,6 +40,17 @@ const float* matrix_as_float(const Tensor& m, std::vector<float>& storage) {
   return storage.data();
 }
 
+// Hot CPU loops are compiled three times, for AVX-512 (x86-64-v4), AVX2+FMA
+// (x86-64-v3) and the baseline, and the loader picks the one this CPU runs
+// (GCC target_clones, an ifunc): the wheel stays portable and a modern CPU
+// gets its full vector width.  Functions a clone calls must be inlined into it
+// (MNV3_HD is always_inline) to be compiled for its target.
+#if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__) && !defined(__clang__)
+#define MNV3_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define MNV3_CPU_CLONES
+#endif
+
 // A parallel_for chunk should hold at least this much work (multiply-adds or
 // elements) for the thread hand-off to pay.
 constexpr int64_t kMinChunkWork = 1 << 15;
