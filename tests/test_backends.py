@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from tolerances import assert_model_close
+
 import mnv3_kernels as mk
 from mnv3_kernels import backends, reference
 from mnv3_kernels.backends import Backend
@@ -82,7 +84,7 @@ def test_backends_agree_on_the_model():
             native = model(x)
         with mk.use_backend("reference"):
             ref = model(x)
-    torch.testing.assert_close(native, ref, rtol=1e-5, atol=1e-5)
+    assert_model_close(native, ref)
 
 
 def test_info_reports_build_and_backends(tmp_path):

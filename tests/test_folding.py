@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import randomize_batchnorm
+from tolerances import assert_model_close
 from torch import nn
 
 import mnv3_kernels as mk
@@ -101,5 +102,5 @@ def test_models_made_under_inference_mode_run_fused():
         ours = mk.mobilenet_v3_small(num_classes=10).eval()
         ours.load_state_dict(tv.state_dict())
         x = torch.randn(1, 3, 64, 64)
-        torch.testing.assert_close(fused(x), tv(x), rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(ours(x), tv(x), rtol=1e-5, atol=1e-5)
+        assert_model_close(fused(x), tv(x))
+        assert_model_close(ours(x), tv(x))

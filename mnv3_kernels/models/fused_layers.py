@@ -25,7 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import ops
+from .. import backends, cpu_conv, ops
+from ..layout import is_nhwc_dense
 from ..reference import fold_batchnorm
 
 _ACTIVATIONS = (  # (module type, op activation name); ReLU6 before its base Hardtanh
@@ -131,6 +132,7 @@ class FoldedConv:
     groups: int
     activation: str
     depthwise: bool  # runs as mnv3::dwconv_bias_act
+    packed: cpu_conv.PackedConv | None = None  # CPU fp32: the fused oneDNN conv (cpu_conv.py)
 
 
 def _foldable_bn(bn: nn.Module | None) -> bool:
@@ -215,26 +217,41 @@ class Conv2dNormActivation(FoldCacheMixin, nn.Sequential):
                                   None if bn.bias is None else bn.bias.detach(),
                                   bn.running_mean, bn.running_var, bn.eps)
         depthwise = conv.groups == conv.in_channels == conv.out_channels and conv.groups > 1
+        packed = None
         if not depthwise:
             w = w.contiguous(memory_format=torch.channels_last)
+            if not torch.compiler.is_compiling():  # compiled graphs get inductor's own conv fusion
+                packed = cpu_conv.prepack(w, b, conv.stride, conv.padding, conv.dilation, conv.groups, act)
         return FoldedConv(w, b, tuple(conv.stride), tuple(conv.padding), tuple(conv.dilation),
-                          conv.groups, act, depthwise)
+                          conv.groups, act, depthwise, packed)
 
-    def fused(self, x: torch.Tensor, want_mean: bool = False):
-        """(y, mean or None): the fused computation; mean is the fp32 [N, C] SE squeeze."""
+    def fused(self, x: torch.Tensor, want_mean: bool = False, residual: torch.Tensor | None = None):
+        """(y, mean or None): the fused computation, y + residual when residual is given;
+        mean is the fp32 [N, C] SE squeeze of y."""
         f = self.folded()
         if f is None:  # e.g. a norm layer we cannot fold: the ordinary modules
             y = nn.Sequential.forward(self, x)
+        elif f.depthwise and x.dtype in ops.SUPPORTED_DTYPES:
+            y, mean = ops.dwconv_bias_act(x, f.weight, f.bias, f.stride, f.padding, f.dilation, f.activation,
+                                          with_mean=True) if want_mean else (
+                ops.dwconv_bias_act(x, f.weight, f.bias, f.stride, f.padding, f.dilation, f.activation), None)
+            return (y if residual is None else y + residual), mean
+        elif self._packed_path(f, x, residual):
+            y = cpu_conv.run(f.packed, x, residual)
             return y, (y.mean(dim=(2, 3), dtype=torch.float32) if want_mean else None)
-        if f.depthwise and x.dtype in ops.SUPPORTED_DTYPES:
-            if want_mean:
-                return ops.dwconv_bias_act(x, f.weight, f.bias, f.stride, f.padding, f.dilation,
-                                           f.activation, with_mean=True)
-            return ops.dwconv_bias_act(x, f.weight, f.bias, f.stride, f.padding, f.dilation,
-                                       f.activation), None
-        y = F.conv2d(x, f.weight, f.bias, f.stride, f.padding, f.dilation, f.groups)
-        y = _apply_activation(y, f.activation)
+        else:
+            y = F.conv2d(x, f.weight, f.bias, f.stride, f.padding, f.dilation, f.groups)
+            y = _apply_activation(y, f.activation)
+        if residual is not None:
+            y = y + residual
         return y, (y.mean(dim=(2, 3), dtype=torch.float32) if want_mean else None)
+
+    @staticmethod
+    def _packed_path(f: FoldedConv, x: torch.Tensor, residual: torch.Tensor | None) -> bool:
+        return (f.packed is not None and not torch.compiler.is_compiling() and x.dtype == torch.float32
+                and is_nhwc_dense(x) and (residual is None or (f.activation == "identity" and is_nhwc_dense(residual)
+                                                               and residual.dtype == x.dtype))
+                and backends.resolve(x.device) is backends.Backend.NATIVE)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if fused_active(self, x):

@@ -98,15 +98,20 @@ class InvertedResidual(nn.Module):
     def _fused_forward(self, x: torch.Tensor) -> torch.Tensor:
         layers = list(self.block)
         y, mean = x, None
+        residual_added = False
         for i, layer in enumerate(layers):
+            last = i + 1 == len(layers)
             if isinstance(layer, SqueezeExcitation):
                 y, mean = layer.fused(y, mean), None
             elif isinstance(layer, Conv2dNormActivation):
-                want_mean = i + 1 < len(layers) and isinstance(layers[i + 1], SqueezeExcitation)
-                y, mean = layer.fused(y, want_mean)
+                want_mean = not last and isinstance(layers[i + 1], SqueezeExcitation)
+                # The projection takes the residual into its epilogue where it can.
+                residual = x if last and self.use_res_connect else None
+                y, mean = layer.fused(y, want_mean, residual)
+                residual_added = residual is not None
             else:
                 y, mean = layer(y), None
-        return y + x if self.use_res_connect else y
+        return y + x if self.use_res_connect and not residual_added else y
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if fused_active(self, x):

@@ -1,0 +1,65 @@
+"""The fused oneDNN conv path of the CPU model (mnv3_kernels/cpu_conv.py)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from tolerances import assert_model_close, assert_op_close
+
+from mnv3_kernels import cpu_conv, reference
+
+pytestmark = pytest.mark.skipif(not cpu_conv.available(), reason="this torch has no oneDNN fused convolution")
+
+
+@pytest.mark.parametrize("activation", ("identity", "relu", "relu6", "hardswish"))
+@pytest.mark.parametrize("shape", [(1, 40, 28, 28), (4, 40, 7, 9), (2, 40, 1, 1), (3, 40, 113, 2)])
+def test_packed_conv_matches_conv_then_activation_at_any_input_size(shape, activation):
+    """Weights are packed once for an example size; every input size must run on them."""
+    w, b = torch.randn(24, 40, 1, 1) / 40**0.5, torch.randn(24)
+    packed = cpu_conv.prepack(w, b, (1, 1), (0, 0), (1, 1), 1, activation)
+    x = torch.randn(shape).contiguous(memory_format=torch.channels_last)
+    expected = reference.ACTIVATION_FNS[activation](F.conv2d(x, w, b))
+    assert_op_close(cpu_conv.run(packed, x), expected)
+
+
+def test_packed_conv_with_residual_and_a_strided_kxk_conv():
+    w, b = torch.randn(16, 3, 3, 3), torch.randn(16)
+    packed = cpu_conv.prepack(w, b, (2, 2), (1, 1), (1, 1), 1, "identity")
+    x = torch.randn(2, 3, 37, 30).contiguous(memory_format=torch.channels_last)
+    y = F.conv2d(x, w, b, 2, 1)
+    residual = torch.randn_like(y).contiguous(memory_format=torch.channels_last)
+    assert_op_close(cpu_conv.run(packed, x, residual), y + residual)
+
+
+def test_prepack_declines_what_it_cannot_run():
+    w, b = torch.randn(8, 4, 1, 1), torch.randn(8)
+    assert cpu_conv.prepack(w.double(), b.double(), (1, 1), (0, 0), (1, 1), 1, "relu") is None
+    assert cpu_conv.prepack(w, b, (1, 1), (0, 0), (1, 1), 1, "gelu") is None
+
+
+def test_fused_model_uses_the_packed_convs_and_matches_without_them(monkeypatch):
+    tvm = pytest.importorskip("torchvision.models")
+    import mnv3_kernels as mk
+    from mnv3_kernels.testing import randomize_batchnorm, randomize_classifier
+
+    tv = tvm.mobilenet_v3_large()
+    randomize_batchnorm(tv)
+    randomize_classifier(tv)
+    fused = mk.fuse(tv.eval())
+    x = torch.randn(2, 3, 96, 96)
+    calls = []
+    run = cpu_conv.run
+    monkeypatch.setattr(cpu_conv, "run", lambda p, xx, residual=None: calls.append(residual is not None)
+                        or run(p, xx, residual))
+    with torch.inference_mode():
+        packed_out = fused(x)
+        expected = tv(x)
+    # stem + head + 14 expand + 15 project convs; 10 projections take the residual
+    assert len(calls) == 31 and sum(calls) == 10
+    monkeypatch.setattr(cpu_conv, "available", lambda: False)
+    plain = mk.fuse(tv)
+    with torch.inference_mode():
+        plain_out = plain(x)
+    assert_model_close(packed_out, plain_out)
+    assert_model_close(packed_out, expected)
