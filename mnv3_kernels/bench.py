@@ -24,7 +24,6 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 
 import torch
-import torch.utils.benchmark as benchmark
 
 import mnv3_kernels as mk
 from mnv3_kernels import backends, tolerances
@@ -158,6 +157,8 @@ def _check(variant: str, out: torch.Tensor, eager: torch.Tensor, eager_fp32: tor
 
 
 def _time(fn, x: torch.Tensor, min_run_time: float):
+    import torch.utils.benchmark as benchmark  # imports cpp_extension, which warns about CUDA_HOME
+
     for _ in range(3):
         fn(x)
     m = benchmark.Timer(stmt="fn(x)", globals={"fn": fn, "x": x}).blocked_autorange(min_run_time=min_run_time)
@@ -219,10 +220,21 @@ def run(args) -> tuple[dict, list[Result]]:
     return _environment(device), results
 
 
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def _environment(device: torch.device) -> dict:
     env = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name(),
         "device_type": device.type,
         "torch": torch.__version__,
         "python": platform.python_version(),

@@ -27,7 +27,7 @@ from torch import nn
 
 from .. import backends, cpu_conv, ops
 from ..layout import is_nhwc_dense
-from ..reference import fold_batchnorm
+from ..reference import ACTIVATION_FNS, fold_batchnorm
 
 _ACTIVATIONS = (  # (module type, op activation name); ReLU6 before its base Hardtanh
     (nn.ReLU, "relu"),
@@ -232,16 +232,16 @@ class Conv2dNormActivation(FoldCacheMixin, nn.Sequential):
         if f is None:  # e.g. a norm layer we cannot fold: the ordinary modules
             y = nn.Sequential.forward(self, x)
         elif f.depthwise and x.dtype in ops.SUPPORTED_DTYPES:
-            y, mean = ops.dwconv_bias_act(x, f.weight, f.bias, f.stride, f.padding, f.dilation, f.activation,
-                                          with_mean=True) if want_mean else (
-                ops.dwconv_bias_act(x, f.weight, f.bias, f.stride, f.padding, f.dilation, f.activation), None)
+            out = ops.dwconv_bias_act(x, f.weight, f.bias, f.stride, f.padding, f.dilation, f.activation,
+                                      with_mean=want_mean)
+            y, mean = out if want_mean else (out, None)
             return (y if residual is None else y + residual), mean
         elif self._packed_path(f, x, residual):
             y = cpu_conv.run(f.packed, x, residual)
             return y, (y.mean(dim=(2, 3), dtype=torch.float32) if want_mean else None)
         else:
             y = F.conv2d(x, f.weight, f.bias, f.stride, f.padding, f.dilation, f.groups)
-            y = _apply_activation(y, f.activation)
+            y = ACTIVATION_FNS[f.activation](y)
         if residual is not None:
             y = y + residual
         return y, (y.mean(dim=(2, 3), dtype=torch.float32) if want_mean else None)
@@ -257,16 +257,6 @@ class Conv2dNormActivation(FoldCacheMixin, nn.Sequential):
         if fused_active(self, x):
             return self.fused(x)[0]
         return nn.Sequential.forward(self, x)
-
-
-def _apply_activation(y: torch.Tensor, name: str) -> torch.Tensor:
-    if name == "relu":
-        return F.relu(y)
-    if name == "relu6":
-        return F.relu6(y)
-    if name == "hardswish":
-        return F.hardswish(y)
-    return y
 
 
 @dataclass(frozen=True)
