@@ -34,6 +34,10 @@ def build_info() -> dict:
 
 
 def _load(module: str, what: str, not_built_reason: str) -> ExtensionStatus:
+    import torch
+
+    if module == "_C_cuda" and torch.version.cuda is None:  # nothing to load it for: no warning
+        return ExtensionStatus(False, f"torch {torch.__version__} is a CPU-only build (CUDA kernels need a CUDA torch)")
     try:
         importlib.import_module(f"mnv3_kernels.{module}")
     except ModuleNotFoundError as e:
@@ -42,8 +46,6 @@ def _load(module: str, what: str, not_built_reason: str) -> ExtensionStatus:
         return ExtensionStatus(False, not_built_reason)
     except (ImportError, OSError) as e:  # built, but does not load under this torch
         built_with = build_info().get("torch", "an unknown torch")
-        import torch
-
         msg = (
             f"mnv3_kernels: the {what} extension was built with torch {built_with} and does not load "
             f"under torch {torch.__version__}: {e}. Rebuild with `pip install --no-build-isolation .`; "
