@@ -167,6 +167,16 @@ _inference_only("se_excite_scale")
 
 
 # --------------------------------------------------------------------------- functional API
+def _autocast(*tensors: torch.Tensor) -> list[torch.Tensor]:
+    """Under torch.autocast for the tensors' device, the op runs in the autocast dtype
+    (like F.conv2d does), so a fused model follows the user's autocast region."""
+    device_type = tensors[0].device.type
+    if device_type in ("cpu", "cuda") and torch.is_autocast_enabled(device_type):
+        dtype = torch.get_autocast_dtype(device_type)
+        return [t.to(dtype) if t.is_floating_point() else t for t in tensors]
+    return list(tensors)
+
+
 def dwconv_bias_act(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -181,7 +191,8 @@ def dwconv_bias_act(
 
     Returns y, or (y, mean) with mean the fp32 [N, C] spatial mean of y when
     with_mean=True (the SE squeeze, computed in the same pass).  Runs on the
-    backend that mnv3_kernels.backends selects for x's device.
+    backend that mnv3_kernels.backends selects for x's device; under
+    torch.autocast in the autocast dtype.
     """
     from . import backends
 
@@ -189,6 +200,8 @@ def dwconv_bias_act(
     if bias is None:
         _check_float_tensor("x", x)
         bias = torch.zeros(x.shape[1] if x.dim() > 1 else 0, dtype=x.dtype, device=x.device)
+    if isinstance(x, torch.Tensor) and isinstance(weight, torch.Tensor) and isinstance(bias, torch.Tensor):
+        x, weight, bias = _autocast(x, weight, bias)
     check_dwconv_args(x, weight, bias, stride, padding, dilation, activation)
     impl = backends.implementation("dwconv_bias_act", x.device)
     y, mean = impl(x, weight, bias, stride, padding, dilation, activation, bool(with_mean))
@@ -214,6 +227,8 @@ def se_excite_scale(
 
     w1 = _squeeze_1x1("w1", w1)
     w2 = _squeeze_1x1("w2", w2)
+    if all(isinstance(t, torch.Tensor) for t in (x, w1, b1, w2, b2)):
+        x, w1, b1, w2, b2 = _autocast(x, w1, b1, w2, b2)  # pooled may stay fp32
     check_se_args(x, pooled, w1, b1, w2, b2, gate)
     impl = backends.implementation("se_excite_scale", x.device)
     return impl(x, pooled, w1, b1, w2, b2, gate)

@@ -148,3 +148,41 @@ def test_torch_compile_fullgraph_matches_eager(arch):
         compiled = torch.compile(ours, fullgraph=True)
         actual = compiled(x)
     assert_model_close(actual, expected)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_cpu_autocast_bf16_follows_the_tolerance_rule(arch, monkeypatch):
+    """Under torch.autocast(cpu, bf16) the fused ops run in bf16, like torchvision's convs: the
+    error against the fp32 logits is within LOWP_FACTOR x torchvision's own autocast error."""
+    from mnv3_kernels import backends
+    from mnv3_kernels.tolerances import assert_lowp_close
+
+    op_dtypes = set()
+    implementation = backends.implementation
+
+    def spy(op, device):
+        impl = implementation(op, device)
+        return lambda x, *args: op_dtypes.add(x.dtype) or impl(x, *args)
+
+    monkeypatch.setattr(backends, "implementation", spy)
+    tv, ours = make_pair(arch)
+    x = torch.randn(2, 3, 128, 128)
+    with torch.inference_mode():
+        ref32 = tv(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            tv_lp = tv(x)
+            ours_lp = ours(x)
+    assert ours_lp.dtype == tv_lp.dtype == torch.bfloat16
+    assert op_dtypes == {torch.bfloat16}
+    assert_lowp_close(ours_lp, ref32, tv_lp, torch.bfloat16)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_torch_export_runs_and_matches_eager(arch):
+    _, ours = make_pair(arch)
+    x = torch.randn(2, 3, 96, 96)
+    with torch.no_grad():
+        exported = torch.export.export(ours, (x,))
+        targets = {str(n.target) for n in exported.graph.nodes}
+        assert "mnv3.dwconv_bias_act.default" in targets and "mnv3.se_excite_scale.default" in targets
+        assert_model_close(exported.module()(x), ours(x))

@@ -249,6 +249,7 @@ class Conv2dNormActivation(FoldCacheMixin, nn.Sequential):
     @staticmethod
     def _packed_path(f: FoldedConv, x: torch.Tensor, residual: torch.Tensor | None) -> bool:
         return (f.packed is not None and not torch.compiler.is_compiling() and x.dtype == torch.float32
+                and not torch.is_autocast_enabled("cpu")
                 and is_nhwc_dense(x) and (residual is None or (f.activation == "identity" and is_nhwc_dense(residual)
                                                                and residual.dtype == x.dtype))
                 and backends.resolve(x.device) is backends.Backend.NATIVE)
