@@ -6,7 +6,9 @@ import pytest
 import torch
 
 import mnv3_kernels as mk
-from tolerances import LOWP_FACTOR, assert_model_close
+from tolerances import assert_lowp_close, assert_model_close
+
+from mnv3_kernels.testing import randomize_batchnorm, randomize_classifier
 
 tv_models = pytest.importorskip("torchvision.models", reason="torchvision is not installed")
 
@@ -28,23 +30,15 @@ def no_tf32():
     torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
-def randomize_batchnorm(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Random BatchNorm statistics and affine parameters, so folding them is not a no-op."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                c = m.num_features
-                m.running_mean.copy_(torch.randn(c, generator=g) * 0.1)
-                m.running_var.copy_(torch.rand(c, generator=g) * 1.5 + 0.5)
-                m.weight.copy_(torch.rand(c, generator=g) + 0.5)
-                m.bias.copy_(torch.randn(c, generator=g) * 0.1)
-    return model
-
-
 def torchvision_model(arch: str, seed: int = 0) -> torch.nn.Module:
+    """Random weights, BatchNorm statistics and classifier (so folding is not a no-op and the
+    logits are of O(1)); the same seed gives the same model."""
     torch.manual_seed(seed)
-    return randomize_batchnorm(getattr(tv_models, arch)(weights=None), seed).eval()
+    model = getattr(tv_models, arch)(weights=None)
+    generator = torch.Generator().manual_seed(seed)
+    randomize_batchnorm(model, generator)
+    randomize_classifier(model, generator)
+    return model.eval()
 
 
 def ours(arch: str, tv: torch.nn.Module) -> torch.nn.Module:
@@ -81,12 +75,9 @@ def test_fused_fp16_within_lowp_rule(arch):
     x = images(2)
     with torch.inference_mode():
         ref = tv(x).float()
-        tv_half = torchvision_model(arch).to(DEV).half()
-        own_err = (tv_half(x.half()).float() - ref).abs().max().item()
-        fused = ours(arch, tv).to(DEV).half()
-        err = (fused(x.half()).float() - ref).abs().max().item()
-    bound = LOWP_FACTOR * own_err + torch.finfo(torch.float16).eps / 2 * ref.abs().max().item()
-    assert err <= bound, f"fp16 max error {err:.3g} > {bound:.3g} (torchvision's own {own_err:.3g})"
+        tv_half = torchvision_model(arch).to(DEV).half()(x.half())
+        fused = ours(arch, tv).to(DEV).half()(x.half())
+    assert_lowp_close(fused, ref, tv_half, torch.float16)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
