@@ -29,7 +29,7 @@ from .. import backends, cpu_conv, ops
 from ..layout import is_nhwc_dense
 from ..reference import ACTIVATION_FNS, fold_batchnorm
 
-_ACTIVATIONS = (  # (module type, op activation name); ReLU6 before its base Hardtanh
+_ACTIVATIONS = (  # (module type, op activation name), matched by exact type
     (nn.ReLU, "relu"),
     (nn.ReLU6, "relu6"),
     (nn.Hardswish, "hardswish"),
