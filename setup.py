@@ -88,10 +88,22 @@ def _arch_list():
     return DEFAULT_ARCH_LIST
 
 
-def _write_build_info(info):
-    with open(os.path.join(ROOT, PACKAGE, "_build_info.json"), "w") as f:
-        json.dump(info, f, indent=2, sort_keys=True)
-        f.write("\n")
+BUILD_INFO = {}
+
+
+class BuildExtWithRecord(BuildExtension):
+    """build_ext that also writes the build record (_build_info.json) beside the
+    extension modules it built: into the wheel for `pip install .`, into the
+    source tree for in-place / editable builds.  Never into a tree it did not
+    build for, so a wheel built from a checkout leaves the checkout's record alone."""
+
+    def run(self):
+        super().run()
+        out_dir = os.path.dirname(self.get_ext_fullpath(f"{PACKAGE}._C"))
+        os.makedirs(out_dir, exist_ok=True)
+        with open(os.path.join(out_dir, "_build_info.json"), "w") as f:
+            json.dump(BUILD_INFO, f, indent=2, sort_keys=True)
+            f.write("\n")
 
 
 def get_extensions():
@@ -137,14 +149,13 @@ def get_extensions():
             )
         )
     print(f"mnv3_kernels: CUDA extension: {reason}", file=sys.stderr)
-    _write_build_info(info)
+    BUILD_INFO.update(info)
     return extensions
 
 
 setup(
     packages=find_packages(include=[PACKAGE, f"{PACKAGE}.*"]),
-    package_data={PACKAGE: ["_build_info.json"]},
     ext_modules=get_extensions(),
-    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=shutil.which("ninja") is not None)},
+    cmdclass={"build_ext": BuildExtWithRecord.with_options(use_ninja=shutil.which("ninja") is not None)},
     options={"bdist_wheel": {"py_limited_api": "cp310"}},
 )
