@@ -12,29 +12,39 @@ from tolerances import assert_lowp_close, assert_op_close
 LAYOUTS = ("nchw", "channels_last", "strided_view", "channels_last_offset")
 
 
-def make_x(shape, dtype, device, layout: str, generator=None) -> torch.Tensor:
-    """A random [N, C, H, W] tensor in `layout`:
+def to_layout(x: torch.Tensor, layout: str) -> torch.Tensor:
+    """x ([N, C, H, W]) with the same values in `layout`:
     nchw                  contiguous
-    channels_last         channels-last dense (the vectorized path when C allows)
+    channels_last / nhwc  channels-last dense (the vectorized path when C allows)
+    view                  a crop of a zero-padded NCHW tensor: no dense layout
     strided_view          every other channel of a wider NHWC tensor: no dense layout
     channels_last_offset  channels-last dense strides at an odd storage offset
                           (not 16-byte aligned: the scalar NHWC path)
     """
-    n, c, h, w = shape
-    kw = dict(dtype=torch.float32, generator=generator)
+    n, c, h, w = x.shape
     if layout == "nchw":
-        return torch.randn(shape, **kw).to(device=device, dtype=dtype)
-    if layout == "channels_last":
-        x = torch.randn(shape, **kw).to(device=device, dtype=dtype)
+        return x.contiguous()
+    if layout in ("channels_last", "nhwc"):
         return x.contiguous(memory_format=torch.channels_last)
+    if layout == "view":
+        big = torch.zeros((n, c + 2, h + 2, w + 3), dtype=x.dtype, device=x.device)
+        big[:, 1 : c + 1, 1 : h + 1, 2 : w + 2] = x
+        return big[:, 1 : c + 1, 1 : h + 1, 2 : w + 2]
     if layout == "strided_view":
-        return torch.randn(n, h, w, 2 * c, **kw).to(device=device, dtype=dtype).permute(0, 3, 1, 2)[:, ::2]
+        wide = torch.zeros((n, h, w, 2 * c), dtype=x.dtype, device=x.device)
+        wide[..., ::2] = x.permute(0, 2, 3, 1)
+        return wide.permute(0, 3, 1, 2)[:, ::2]
     if layout == "channels_last_offset":
-        src = torch.randn(n * h * w * c, **kw).to(device=device, dtype=dtype)
-        base = torch.empty(src.numel() + 1, dtype=dtype, device=device)
-        base[1:].copy_(src)
-        return base[1:].as_strided(shape, (h * w * c, 1, w * c, c))
+        base = torch.empty(x.numel() + 1, dtype=x.dtype, device=x.device)
+        base[1:].copy_(x.permute(0, 2, 3, 1).reshape(-1))
+        return base[1:].as_strided(x.shape, (h * w * c, 1, w * c, c))
     raise ValueError(layout)
+
+
+def make_x(shape, dtype, device, layout: str, generator=None) -> torch.Tensor:
+    """A random [N, C, H, W] tensor in `layout` (see to_layout)."""
+    x = torch.randn(shape, dtype=torch.float32, generator=generator).to(device=device, dtype=dtype)
+    return to_layout(x, layout)
 
 
 def dwconv_params(c, k, dtype, device, generator=None):
