@@ -1,8 +1,11 @@
-"""The CPU kernels over the shapes that reach every branch of the shared tile
-arithmetic (csrc/common/dwconv.h: dw_tile for 3x3/5x5 at stride 1/2, the
-any-geometry fallback, W tails of a tile, channel tails of a vector block),
-which the CUDA kernels run too: on a machine without a GPU this is what
-checks their arithmetic."""
+"""The CPU kernels over the shapes that reach every branch of their walks.
+
+fp16 and bf16 run the shared tile arithmetic (csrc/common/dwconv.h: dw_tile
+for 3x3/5x5 at stride 1/2, the any-geometry fallback, W tails of a tile,
+channel tails of a vector block), which the CUDA kernels run too: on a machine
+without a GPU this is what checks their arithmetic.  fp32 channels-last runs
+the CPU's vector walk (interior tiles, border columns, rows cut by padding,
+channel blocks of 16/8/4/1)."""
 
 import pytest
 import torch
@@ -15,25 +18,26 @@ pytestmark = pytest.mark.skipif(
     reason="the CPU extension is not built (pip install . builds it)",
 )
 
-# (N, C, H, W): channel tails (1, 13, 24 = 16 + 8), W tails of a 4-pixel tile
-# (W = 1, 2, 5, 15), tall-thin and wide-flat planes.
-SHAPES = [(1, 1, 1, 1), (2, 13, 15, 5), (1, 24, 9, 2), (3, 16, 7, 15), (1, 40, 2, 17)]
+# (N, C, H, W): channel tails (1, 13 = 8 + 4 + 1, 24 = 16 + 8, 29 = 16 + 8 + 4 + 1),
+# W tails of a 4-pixel tile (W = 1, 2, 5, 15), tall-thin and wide-flat planes.
+SHAPES = [(1, 1, 1, 1), (2, 13, 15, 5), (1, 24, 9, 2), (3, 16, 7, 15), (1, 40, 2, 17), (1, 29, 11, 12)]
 GEOMETRIES = [  # k, stride, dilation, padding (None: "same"-style k//2 * d)
     (3, 1, 1, None), (3, 2, 1, None), (5, 1, 1, None), (5, 2, 1, None),
     (3, 1, 1, 0), (5, 2, 1, 3), (3, 1, 2, None), (5, 2, 2, None), (1, 1, 1, 0), (7, 3, 1, 3),
 ]
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("layout", ["channels_last", "nchw", "channels_last_offset"])
 @pytest.mark.parametrize("k,stride,dilation,padding", GEOMETRIES)
 @pytest.mark.parametrize("shape", SHAPES)
-def test_dwconv_tiles_fp32(shape, k, stride, dilation, padding, layout):
+def test_dwconv_tiles(shape, k, stride, dilation, padding, layout, dtype):
     g = torch.Generator().manual_seed(hash((shape, k, stride, dilation, padding)) % 2**31)
     padding = k // 2 * dilation if padding is None else padding
     if ops.conv_out_size(min(shape[2:]), k, stride, padding, dilation) < 1:
         pytest.skip("empty output: the op refuses it")
-    x = make_x(shape, torch.float32, "cpu", layout, g)
-    w, b = dwconv_params(shape[1], k, torch.float32, "cpu", g)
+    x = make_x(shape, dtype, "cpu", layout, g)
+    w, b = dwconv_params(shape[1], k, dtype, "cpu", g)
     for activation in ops.ACTIVATIONS:
         check_dwconv(x, w, b, stride, padding, dilation, activation)
 

@@ -14,20 +14,24 @@ namespace mnv3 {
 enum class Activation : int { Identity = 0, ReLU = 1, ReLU6 = 2, HardSwish = 3 };
 enum class Gate : int { HardSigmoid = 0, Sigmoid = 1 };
 
-MNV3_HD float relu(float v) { return v < 0.f ? 0.f : v; }
+// Templates over the value type F: float everywhere, and on the CPU also a
+// GCC vector of floats (csrc/cpu/simd.h), lane by lane the same formula.
+template <typename F>
+MNV3_HD F relu(F v) { return v < 0.f ? F{} + 0.f : v; }
 
-MNV3_HD float relu6(float v) { return v < 0.f ? 0.f : (v > 6.f ? 6.f : v); }
+template <typename F>
+MNV3_HD F relu6(F v) { return v < 0.f ? F{} + 0.f : (v > 6.f ? F{} + 6.f : v); }
 
-// torch: x * min(max(x + 3, 0), 6) / 6
-MNV3_HD float hardswish(float v) { return v * relu6(v + 3.f) / 6.f; }
+template <typename F>
+MNV3_HD F hardswish(F v) { return v * relu6(v + 3.f) / 6.f; }
 
-// torch: min(max(x + 3, 0), 6) / 6
-MNV3_HD float hardsigmoid(float v) { return relu6(v + 3.f) / 6.f; }
+template <typename F>
+MNV3_HD F hardsigmoid(F v) { return relu6(v + 3.f) / 6.f; }
 
 MNV3_HD float sigmoid(float v) { return 1.f / (1.f + expf(-v)); }
 
-template <Activation A>
-MNV3_HD float activate(float v) {
+template <Activation A, typename F>
+MNV3_HD F activate(F v) {
   if constexpr (A == Activation::ReLU) {
     return relu(v);
   } else if constexpr (A == Activation::ReLU6) {

@@ -10,6 +10,7 @@
 //    at a time, output contiguous NCHW.
 // The squeeze is deterministic: per-row fp32 partial sums, reduced in row order.
 #include "cpu_utils.h"
+#include "simd.h"
 
 #include <torch/csrc/stable/ops.h>
 
@@ -125,6 +126,123 @@ void dwconv_nhwc(const T* x, const float* w_packed, const float* bias, T* y, flo
   });
 }
 
+// ---- fp32 channels-last: the vector walk (simd.h) ----
+// Per output row (n, oh) and block of V channels: the interior columns (all K
+// taps inside the input along W) in tiles of kTileW pixels with fixed tap
+// counts; the border columns and the row's tail pixel by pixel over their
+// valid taps.  Kernel rows outside the input are skipped for the whole row.
+// Same sums in the same order as dw_tile and dw_point (kernel rows, then taps
+// left to right, per output), so all walks agree to rounding of the FMA
+// contraction.  fp16/bf16 take the dw_tile walk above (the CUDA arithmetic).
+constexpr int kTileW = 4;
+
+template <int K, int S, int TW, int V>
+MNV3_HD void f32_interior_tile(const float* xc, int64_t x_sh, int64_t C, const float* wc, int64_t i0,
+                               int64_t i1, int64_t ih0, int64_t iw0, vfloat<V> (&acc)[TW]) {
+  for (int t = 0; t < TW; ++t) acc[t] = vzero<V>();
+  for (int64_t i = i0; i < i1; ++i) {
+    const float* row = xc + (ih0 + i) * x_sh + iw0 * C;
+    const float* wrow = wc + i * K * C;
+    for (int j = 0; j < K; ++j) {
+      const vfloat<V> wv = vload<V>(wrow + j * C);
+      for (int t = 0; t < TW; ++t) acc[t] += vload<V>(row + (t * S + j) * C) * wv;
+    }
+  }
+}
+
+template <int K, int S, int V>
+MNV3_HD vfloat<V> f32_border_point(const float* xc, int64_t x_sh, int64_t C, const float* wc,
+                                   const DwGeometry& g, int64_t i0, int64_t i1, int64_t ih0, int64_t ow) {
+  int64_t j0, j1;
+  valid_taps(ow, S, g.pw, 1, K, g.W, &j0, &j1);
+  const int64_t iw0 = ow * S - g.pw;
+  vfloat<V> acc = vzero<V>();
+  for (int64_t i = i0; i < i1; ++i) {
+    const float* row = xc + (ih0 + i) * x_sh + iw0 * C;
+    const float* wrow = wc + i * K * C;
+    for (int64_t j = j0; j < j1; ++j) acc += vload<V>(row + j * C) * vload<V>(wrow + j * C);
+  }
+  return acc;
+}
+
+// Bias + activation, store, and the squeeze's running sum.
+template <Activation A, int V>
+MNV3_HD void f32_store(float* yp, vfloat<V> acc, vfloat<V> bias, bool with_sum, vfloat<V>& sum) {
+  const vfloat<V> out = activate<A>(acc + bias);
+  vstore<V>(yp, out);
+  if (with_sum) sum += out;
+}
+
+// Channels [c, c + V) of output row oh; ow in [ow_lo, ow_hi) are the interior columns.
+template <int K, int S, Activation A, int V>
+MNV3_HD void f32_row_block(const float* xn, const float* w, const float* bias, float* yrow, float* sums,
+                           const DwGeometry& g, int64_t oh, int64_t c, int64_t ow_lo, int64_t ow_hi) {
+  const int64_t C = g.C, x_sh = g.W * C;
+  int64_t i0, i1;
+  valid_taps(oh, S, g.ph, 1, K, g.H, &i0, &i1);
+  const int64_t ih0 = oh * S - g.ph;
+  const float* xc = xn + c;
+  const float* wc = w + c;
+  const vfloat<V> b = vload<V>(bias + c);
+  const bool with_sum = sums != nullptr;
+  vfloat<V> sum = vzero<V>();
+  int64_t ow = 0;
+  for (; ow < ow_lo; ++ow) {
+    f32_store<A, V>(yrow + ow * C + c, f32_border_point<K, S, V>(xc, x_sh, C, wc, g, i0, i1, ih0, ow), b,
+                    with_sum, sum);
+  }
+  for (; ow + kTileW <= ow_hi; ow += kTileW) {
+    vfloat<V> acc[kTileW];
+    f32_interior_tile<K, S, kTileW, V>(xc, x_sh, C, wc, i0, i1, ih0, ow * S - g.pw, acc);
+    for (int t = 0; t < kTileW; ++t) f32_store<A, V>(yrow + (ow + t) * C + c, acc[t], b, with_sum, sum);
+  }
+  for (; ow < g.OW; ++ow) {
+    f32_store<A, V>(yrow + ow * C + c, f32_border_point<K, S, V>(xc, x_sh, C, wc, g, i0, i1, ih0, ow), b,
+                    with_sum, sum);
+  }
+  if (with_sum) vstore<V>(sums + c, sum);
+}
+
+// Rows [begin, end) of (n, oh), cloned per vector ISA (MNV3_CPU_CLONES).
+template <int K, int S, Activation A>
+MNV3_CPU_CLONES void dwconv_nhwc_f32_rows(const float* x, const float* w, const float* bias, float* y,
+                                          float* row_sums, const DwGeometry& g, int64_t begin, int64_t end) {
+  const int64_t C = g.C;
+  // Interior columns: ow * S - pw >= 0 and ow * S - pw + K <= W.
+  const int64_t ow_lo = std::min<int64_t>(g.OW, (g.pw + S - 1) / S);
+  const int64_t last = g.W - K + g.pw;
+  const int64_t ow_hi = std::max<int64_t>(ow_lo, last < 0 ? 0 : std::min<int64_t>(g.OW, last / S + 1));
+  for (int64_t r = begin; r < end; ++r) {
+    const int64_t n = r / g.OH, oh = r % g.OH;
+    const float* xn = x + n * g.H * g.W * C;
+    float* yrow = y + r * g.OW * C;
+    float* sums = row_sums ? row_sums + r * C : nullptr;
+    int64_t c = 0;
+    for (; c + 16 <= C; c += 16) f32_row_block<K, S, A, 16>(xn, w, bias, yrow, sums, g, oh, c, ow_lo, ow_hi);
+    if (c + 8 <= C) {
+      f32_row_block<K, S, A, 8>(xn, w, bias, yrow, sums, g, oh, c, ow_lo, ow_hi);
+      c += 8;
+    }
+    if (c + 4 <= C) {
+      f32_row_block<K, S, A, 4>(xn, w, bias, yrow, sums, g, oh, c, ow_lo, ow_hi);
+      c += 4;
+    }
+    for (; c < C; ++c) f32_row_block<K, S, A, 1>(xn, w, bias, yrow, sums, g, oh, c, ow_lo, ow_hi);
+  }
+}
+
+template <int K, int S>
+void dwconv_nhwc_f32(const float* x, const float* w_packed, const float* bias, float* y, float* row_sums,
+                     const DwGeometry& g, Activation act) {
+  const int64_t work = g.OW * g.C * g.kh * g.kw;
+  dispatch_activation(act, [&](auto act_tag) {
+    constexpr Activation A = decltype(act_tag)::value;
+    torch::stable::parallel_for(0, g.N * g.OH, grain_for(work), [&](int64_t begin, int64_t end) {
+      dwconv_nhwc_f32_rows<K, S, A>(x, w_packed, bias, y, row_sums, g, begin, end);
+    });
+  });
+}
+
 template <typename T, Activation A>
 void dwconv_strided(const T* x, const int64_t* xs, const float* w_packed, const float* bias, T* y,
                     float* mean, const DwGeometry& g) {
@@ -193,9 +311,14 @@ std::tuple<Tensor, Tensor> dwconv_bias_act_cpu(const Tensor& x, const Tensor& we
     float* mp = with_mean ? static_cast<float*>(mean.mutable_data_ptr()) : nullptr;
     if (nhwc) {
       std::vector<float> row_sums(with_mean ? static_cast<size_t>(g.N * g.OH * g.C) : 0);
+      float* rs = with_mean ? row_sums.data() : nullptr;
       dispatch_dw_tile(g, [&](auto k_tag, auto s_tag) {
-        dwconv_nhwc<T, decltype(k_tag)::value, decltype(s_tag)::value>(
-            xp, w.data(), b.data(), yp, with_mean ? row_sums.data() : nullptr, g, act);
+        constexpr int K = decltype(k_tag)::value, S = decltype(s_tag)::value;
+        if constexpr (std::is_same_v<T, float> && K > 0) {
+          dwconv_nhwc_f32<K, S>(xp, w.data(), b.data(), yp, rs, g, act);
+        } else {
+          dwconv_nhwc<T, K, S>(xp, w.data(), b.data(), yp, rs, g, act);
+        }
       });
       if (with_mean) {
         const float inv = 1.f / static_cast<float>(g.OH * g.OW);
