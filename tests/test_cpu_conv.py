@@ -1,4 +1,4 @@
-"""The fused oneDNN conv path of the CPU model (mnv3_kernels/cpu_conv.py)."""
+"""The fused oneDNN conv / linear path of the CPU model (mnv3_kernels/cpu_conv.py)."""
 
 from __future__ import annotations
 
@@ -32,10 +32,21 @@ def test_packed_conv_with_residual_and_a_strided_kxk_conv():
     assert_op_close(cpu_conv.run(packed, x, residual), y + residual)
 
 
+@pytest.mark.parametrize("activation", ("identity", "hardswish"))
+@pytest.mark.parametrize("batch", [1, 3])
+def test_packed_linear_matches_linear_then_activation(batch, activation):
+    w, b = torch.randn(24, 40) / 40**0.5, torch.randn(24)
+    packed = cpu_conv.prepack_linear(w, b, activation)
+    assert packed is not None and packed.linear
+    x = torch.randn(batch, 40)
+    assert_op_close(cpu_conv.run(packed, x), reference.ACTIVATION_FNS[activation](F.linear(x, w, b)))
+
+
 def test_prepack_declines_what_it_cannot_run():
     w, b = torch.randn(8, 4, 1, 1), torch.randn(8)
     assert cpu_conv.prepack(w.double(), b.double(), (1, 1), (0, 0), (1, 1), 1, "relu") is None
     assert cpu_conv.prepack(w, b, (1, 1), (0, 0), (1, 1), 1, "gelu") is None
+    assert cpu_conv.prepack_linear(w.flatten(1).double(), b.double()) is None
 
 
 def test_fused_model_uses_the_packed_convs_and_matches_without_them(monkeypatch):
@@ -50,13 +61,17 @@ def test_fused_model_uses_the_packed_convs_and_matches_without_them(monkeypatch)
     x = torch.randn(2, 3, 96, 96)
     calls = []
     run = cpu_conv.run
-    monkeypatch.setattr(cpu_conv, "run", lambda p, xx, residual=None: calls.append(residual is not None)
-                        or run(p, xx, residual))
+    monkeypatch.setattr(cpu_conv, "run", lambda p, xx, residual=None: calls.append(
+        (xx.dim(), p.linear, residual is not None)) or run(p, xx, residual))
     with torch.inference_mode():
         packed_out = fused(x)
         expected = tv(x)
-    # stem + head + 14 expand + 15 project convs; 10 projections take the residual
-    assert len(calls) == 31 and sum(calls) == 10
+    # the 3x3 stem as a convolution; head + 14 expand + 15 project 1x1 convs as
+    # linears on the channels-last rows, 10 projections with the residual; the
+    # classifier's two Linear layers
+    assert calls.count((4, False, False)) == 1
+    assert calls.count((4, True, False)) == 20 and calls.count((4, True, True)) == 10
+    assert calls.count((2, True, False)) == 2 and len(calls) == 33
     monkeypatch.setattr(cpu_conv, "available", lambda: False)
     plain = mk.fuse(tv)
     with torch.inference_mode():

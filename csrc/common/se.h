@@ -4,7 +4,8 @@
 //   y      = x * gate                    broadcast over H, W
 // The dot products are split so a kernel may share one among threads: each
 // takes a strided part (dot_strided), the parts are summed, and the unit
-// function finishes it.  The CPU kernel takes the whole dot in one part.
+// function finishes it.  The CUDA kernel splits each dot over a warp; the
+// CPU kernel runs its own vector dot (dot_f32) and the same unit functions.
 #pragma once
 
 #include "activation.h"

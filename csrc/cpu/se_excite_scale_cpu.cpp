@@ -2,6 +2,7 @@
 // (fc1 -> relu -> fc2 -> hardsigmoid | sigmoid, csrc/common/se.h) and the
 // channel scale y = x * gate, one pass over x.
 #include "cpu_utils.h"
+#include "simd.h"
 #include "../common/se.h"
 
 #include <torch/csrc/stable/ops.h>
@@ -12,6 +13,47 @@
 namespace mnv3 {
 namespace {
 
+// dot(a, b) over n floats: two 16-lane partial sums (so the FMAs pipeline
+// instead of waiting on one accumulator), then their lanes, then the tail.
+// The order differs from the CUDA kernel's warp split; both are fp32 sums
+// within the tolerance table's fp32 rule.
+MNV3_HD float dot_f32(const float* a, const float* b, int64_t n) {
+  vfloat<16> s0 = vzero<16>(), s1 = vzero<16>();
+  int64_t k = 0;
+  for (; k + 32 <= n; k += 32) {
+    s0 += vload<16>(a + k) * vload<16>(b + k);
+    s1 += vload<16>(a + k + 16) * vload<16>(b + k + 16);
+  }
+  if (k + 16 <= n) {
+    s0 += vload<16>(a + k) * vload<16>(b + k);
+    k += 16;
+  }
+  s0 += s1;
+  float acc = 0.f;
+  for (int v = 0; v < 16; ++v) acc += s0[v];
+  for (; k < n; ++k) acc += a[k] * b[k];
+  return acc;
+}
+
+// Units [begin, end) of (sample, hidden unit) and of (sample, channel): the
+// two phases of the gate, cloned per vector ISA.
+MNV3_CPU_CLONES void se_hidden_range(const float* pooled, const float* w1, const float* b1, float* hidden,
+                                     int64_t C, int64_t Cr, int64_t begin, int64_t end) {
+  for (int64_t p = begin; p < end; ++p) {
+    const int64_t n = p / Cr, j = p % Cr;
+    hidden[p] = se_hidden_unit(dot_f32(pooled + n * C, w1 + j * C, C), b1[j]);
+  }
+}
+
+template <Gate G>
+MNV3_CPU_CLONES void se_gate_range(const float* hidden, const float* w2, const float* b2, float* gates,
+                                   int64_t C, int64_t Cr, int64_t begin, int64_t end) {
+  for (int64_t p = begin; p < end; ++p) {
+    const int64_t n = p / C, c = p % C;
+    gates[p] = se_gate_unit<G>(dot_f32(hidden + n * Cr, w2 + c * Cr, Cr), b2[c]);
+  }
+}
+
 // gates[n, c] for every sample: the hidden units, then the gates, each phase
 // parallel over (sample, unit) so batch 1 uses every thread too.
 template <Gate G>
@@ -20,19 +62,25 @@ std::vector<float> se_gates(const float* pooled, const float* w1, const std::vec
                             int64_t Cr) {
   std::vector<float> hidden(static_cast<size_t>(N * Cr));
   torch::stable::parallel_for(0, N * Cr, grain_for(C), [&](int64_t begin, int64_t end) {
-    for (int64_t p = begin; p < end; ++p) {
-      const int64_t n = p / Cr, j = p % Cr;
-      hidden[p] = se_hidden_unit(dot_strided(pooled + n * C, w1 + j * C, 0, C, 1), b1[j]);
-    }
+    se_hidden_range(pooled, w1, b1.data(), hidden.data(), C, Cr, begin, end);
   });
   std::vector<float> gates(static_cast<size_t>(N * C));
   torch::stable::parallel_for(0, N * C, grain_for(Cr), [&](int64_t begin, int64_t end) {
-    for (int64_t p = begin; p < end; ++p) {
-      const int64_t n = p / C, c = p % C;
-      gates[p] = se_gate_unit<G>(dot_strided(hidden.data() + n * Cr, w2 + c * Cr, 0, Cr, 1), b2[c]);
-    }
+    se_gate_range<G>(hidden.data(), w2, b2.data(), gates.data(), C, Cr, begin, end);
   });
   return gates;
+}
+
+// y = x * gate over pixels [begin, end) of a channels-last x.
+template <typename T>
+MNV3_CPU_CLONES void scale_nhwc_range(const T* xp, const float* gates, T* yp, int64_t HW, int64_t C,
+                                      int64_t begin, int64_t end) {
+  for (int64_t p = begin; p < end; ++p) {
+    const float* g = gates + (p / HW) * C;
+    const T* xs = xp + p * C;
+    T* ys = yp + p * C;
+    for (int64_t c = 0; c < C; ++c) ys[c] = static_cast<T>(static_cast<float>(xs[c]) * g[c]);
+  }
 }
 
 template <typename T>
@@ -42,14 +90,8 @@ void scale_channels(const Tensor& x, const float* gates, Tensor& y, bool nhwc) {
   T* yp = static_cast<T*>(y.mutable_data_ptr());
   if (nhwc) {
     const int64_t HW = H * W;
-    torch::stable::parallel_for(0, N * HW, grain_for(C),
-                                [&](int64_t begin, int64_t end) {
-      for (int64_t p = begin; p < end; ++p) {
-        const float* g = gates + (p / HW) * C;
-        const T* xs = xp + p * C;
-        T* ys = yp + p * C;
-        for (int64_t c = 0; c < C; ++c) ys[c] = static_cast<T>(static_cast<float>(xs[c]) * g[c]);
-      }
+    torch::stable::parallel_for(0, N * HW, grain_for(C), [&](int64_t begin, int64_t end) {
+      scale_nhwc_range<T>(xp, gates, yp, HW, C, begin, end);
     });
   } else {
     const int64_t sN = x.stride(0), sC = x.stride(1), sH = x.stride(2), sW = x.stride(3);

@@ -93,6 +93,28 @@ def _state_key(module: nn.Module) -> tuple:
     return tuple(key)
 
 
+def packed_path_ok(x: torch.Tensor) -> bool:
+    """Whether x may take a prepacked oneDNN layer (cpu_conv.py): fp32 CPU, eager,
+    no autocast, the native backend, and not empty."""
+    return (x.dtype == torch.float32 and x.device.type == "cpu" and x.numel() > 0
+            and not torch.compiler.is_compiling() and not torch.is_autocast_enabled("cpu")
+            and backends.resolve(x.device) is backends.Backend.NATIVE)
+
+
+def cached_fold(owner: nn.Module, fold):
+    """fold(), cached in owner.__dict__ until owner's parameters or buffers change
+    (see _state_key); traced afresh under torch.compile."""
+    if torch.compiler.is_compiling():  # traced into the graph; freezing constant-folds it
+        return fold()
+    key = _state_key(owner)
+    cache = owner.__dict__.get("_mnv3_fold_cache")
+    if cache is None or cache[0] != key:
+        with torch.no_grad():
+            cache = (key, fold())
+        owner.__dict__["_mnv3_fold_cache"] = cache
+    return cache[1]
+
+
 class FoldCacheMixin:
     """Caches self._fold() (folded weights) until the layer's state changes."""
 
@@ -100,15 +122,7 @@ class FoldCacheMixin:
         raise NotImplementedError
 
     def folded(self):
-        if torch.compiler.is_compiling():  # traced into the graph; freezing constant-folds it
-            return self._fold()
-        key = _state_key(self)
-        cache = self.__dict__.get("_mnv3_fold_cache")
-        if cache is None or cache[0] != key:
-            with torch.no_grad():
-                cache = (key, self._fold())
-            self.__dict__["_mnv3_fold_cache"] = cache
-        return cache[1]
+        return cached_fold(self, self._fold)
 
     def clear_fold_cache(self) -> None:
         self.__dict__["_mnv3_fold_cache"] = None
@@ -248,11 +262,9 @@ class Conv2dNormActivation(FoldCacheMixin, nn.Sequential):
 
     @staticmethod
     def _packed_path(f: FoldedConv, x: torch.Tensor, residual: torch.Tensor | None) -> bool:
-        return (f.packed is not None and not torch.compiler.is_compiling() and x.dtype == torch.float32
-                and not torch.is_autocast_enabled("cpu")
-                and is_nhwc_dense(x) and (residual is None or (f.activation == "identity" and is_nhwc_dense(residual)
-                                                               and residual.dtype == x.dtype))
-                and backends.resolve(x.device) is backends.Backend.NATIVE)
+        return (f.packed is not None and is_nhwc_dense(x) and packed_path_ok(x)
+                and (residual is None or (f.activation == "identity" and is_nhwc_dense(residual)
+                                          and residual.dtype == x.dtype)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if fused_active(self, x):

@@ -20,7 +20,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from .fused_layers import Conv2dNormActivation, SqueezeExcitation, fused_active
+from .. import cpu_conv
+from .fused_layers import (Conv2dNormActivation, SqueezeExcitation, activation_name, cached_fold, fused_active,
+                           packed_path_ok)
 
 
 def _make_divisible(v: float, divisor: int, min_value: int | None = None) -> int:
@@ -176,13 +178,34 @@ class MobileNetV3(nn.Module):
         return new
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if fused_active(self, x) and x.dim() == 4:
+        fused = fused_active(self, x) and x.dim() == 4
+        if fused:
             # The fused kernels' fast layout; every op preserves it.
             x = x.contiguous(memory_format=torch.channels_last)
         x = self.features(x)
         x = self.avgpool(x)
         x = torch.flatten(x, 1)
+        if fused and packed_path_ok(x):
+            head = cached_fold(self.classifier, partial(_pack_head, self.classifier))
+            if head is not None:  # Linear + activation, Dropout (eval: identity), Linear on packed weights
+                return cpu_conv.run(head[1], cpu_conv.run(head[0], x))
         return self.classifier(x)
+
+
+def _pack_head(classifier: nn.Module):
+    """The classifier's two Linear layers packed for cpu_conv.run (the first with its
+    activation fused), or None unless it is torchvision's
+    Sequential(Linear, activation, Dropout, Linear)."""
+    mods = list(classifier) if type(classifier) is nn.Sequential else []
+    if len(mods) != 4 or type(mods[0]) is not nn.Linear or type(mods[2]) is not nn.Dropout \
+            or type(mods[3]) is not nn.Linear or mods[0].bias is None or mods[3].bias is None:
+        return None
+    act = activation_name(mods[1])
+    if act is None:
+        return None
+    first = cpu_conv.prepack_linear(mods[0].weight.detach(), mods[0].bias.detach(), act)
+    second = cpu_conv.prepack_linear(mods[3].weight.detach(), mods[3].bias.detach())
+    return None if first is None or second is None else (first, second)
 
 
 def _mobilenet_v3_conf(arch: str, width_mult: float = 1.0, reduced_tail: bool = False,
