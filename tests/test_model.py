@@ -82,26 +82,20 @@ def test_variants_match_torchvision(kwargs):
 
 
 def test_fused_ops_really_run(monkeypatch):
-    """The eval forward calls the mnv3 ops (not the unfused modules)."""
-    from mnv3_kernels import ops
-
-    calls = {"dw": 0, "se": 0}
-    dw, se = ops.dwconv_bias_act, ops.se_excite_scale
-
-    def count_dw(*a, **k):
-        calls["dw"] += 1
-        return dw(*a, **k)
-
-    def count_se(*a, **k):
-        calls["se"] += 1
-        return se(*a, **k)
-
-    monkeypatch.setattr(ops, "dwconv_bias_act", count_dw)
-    monkeypatch.setattr(ops, "se_excite_scale", count_se)
+    """The eval forward calls the mnv3 ops (not the unfused modules), on the CPU fast
+    plan and on the module path alike (counted at the dispatcher)."""
     _, ours = make_pair("large")
-    with torch.inference_mode():
-        ours(torch.randn(1, 3, 64, 64))
-    assert calls == {"dw": 15, "se": 8}  # 15 bottlenecks, 8 with SE
+    x = torch.randn(1, 3, 64, 64)
+
+    def op_calls():
+        with torch.inference_mode(), torch.profiler.profile() as prof:
+            ours(x)
+        names = [e.name for e in prof.events()]
+        return names.count("mnv3::dwconv_bias_act"), names.count("mnv3::se_excite_scale")
+
+    assert op_calls() == (15, 8)  # 15 bottlenecks, 8 with SE
+    monkeypatch.setattr(type(ours), "_fast_plan", lambda self: None)
+    assert op_calls() == (15, 8)
 
 
 def test_train_mode_is_an_ordinary_trainable_module():

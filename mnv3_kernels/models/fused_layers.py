@@ -19,6 +19,7 @@ seen (call clear_fold_cache() on the model's layers after such an edit).
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -99,6 +100,12 @@ def packed_path_ok(x: torch.Tensor) -> bool:
     return (x.dtype == torch.float32 and x.device.type == "cpu" and x.numel() > 0
             and not torch.compiler.is_compiling() and not torch.is_autocast_enabled("cpu")
             and backends.resolve(x.device) is backends.Backend.NATIVE)
+
+
+# A step of the CPU fast plan (MobileNetV3's fp32 channels-last forward without
+# the module calls): step(y, mean, block_input) -> (y, mean), mean the fp32 SE
+# squeeze of y or None.
+Step = Callable[[torch.Tensor, "torch.Tensor | None", torch.Tensor], tuple]
 
 
 def cached_fold(owner: nn.Module, fold):
@@ -260,6 +267,33 @@ class Conv2dNormActivation(FoldCacheMixin, nn.Sequential):
             y = y + residual
         return y, (y.mean(dim=(2, 3), dtype=torch.float32) if want_mean else None)
 
+    def fast_step(self, want_mean: bool, residual: bool) -> Step | None:
+        """fused() as a Step with everything but the input bound, for fp32 channels-last
+        CPU inputs on the native backend (the caller checks packed_path_ok); None where
+        this layer has no such path (then the caller runs the modules)."""
+        f = self.folded()
+        if f is None or f.weight.dtype != torch.float32 or f.weight.device.type != "cpu":
+            return None
+        if f.depthwise:
+            if residual:
+                return None
+            op = torch.ops.mnv3.dwconv_bias_act.default
+            args = (f.weight, f.bias, list(f.stride), list(f.padding), list(f.dilation), f.activation, want_mean)
+            if want_mean:
+                return lambda y, mean, x0: op(y, *args)
+            return lambda y, mean, x0: (op(y, *args)[0], None)
+        p, run = f.packed, cpu_conv.run
+        if p is None or (residual and f.activation != "identity"):
+            return None
+        if residual:
+            return lambda y, mean, x0: (run(p, y, x0), None)
+        if want_mean:
+            def step(y, mean, x0):
+                y = run(p, y)
+                return y, y.mean(dim=(2, 3), dtype=torch.float32)
+            return step
+        return lambda y, mean, x0: (run(p, y), None)
+
     @staticmethod
     def _packed_path(f: FoldedConv, x: torch.Tensor, residual: torch.Tensor | None) -> bool:
         return (f.packed is not None and is_nhwc_dense(x) and packed_path_ok(x)
@@ -328,6 +362,19 @@ class SqueezeExcitation(FoldCacheMixin, nn.Module):
         if pooled is None:
             pooled = x.mean(dim=(2, 3), dtype=torch.float32)
         return ops.se_excite_scale(x, pooled, f.w1, f.b1, f.w2, f.b2, f.gate)
+
+    def fast_step(self) -> Step | None:
+        """fused() as a Step (see Conv2dNormActivation.fast_step)."""
+        f = self.folded()
+        if f is None or f.w1.dtype != torch.float32 or f.w1.device.type != "cpu":
+            return None
+        op = torch.ops.mnv3.se_excite_scale.default
+
+        def step(y, mean, x0):
+            if mean is None:
+                mean = y.mean(dim=(2, 3), dtype=torch.float32)
+            return op(y, mean, f.w1, f.b1, f.w2, f.b2, f.gate), None
+        return step
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if fused_active(self, x):

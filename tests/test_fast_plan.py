@@ -1,0 +1,113 @@
+"""The CPU fast plan of MobileNetV3 (mobilenetv3._FastPlan): the module path's ops
+as a flat list, and when it must be rebuilt."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import randomize_batchnorm, randomize_classifier
+from tolerances import assert_model_close
+from torch import nn
+
+import mnv3_kernels as mk
+from mnv3_kernels import backends, cpu_conv
+from mnv3_kernels.models.mobilenetv3 import MobileNetV3
+
+tvm = pytest.importorskip("torchvision.models", reason="torchvision is needed to compare against it")
+pytestmark = [
+    pytest.mark.skipif(not backends.native_availability("cpu")[0], reason="the CPU extension is not built"),
+    pytest.mark.skipif(not cpu_conv.available(), reason="this torch has no oneDNN fused linear"),
+]
+
+
+@pytest.fixture
+def pair():
+    tv = tvm.mobilenet_v3_small()
+    randomize_batchnorm(tv)
+    randomize_classifier(tv)
+    return tv.eval(), mk.fuse(tv).eval()
+
+
+X = torch.randn(2, 3, 72, 64, generator=torch.Generator().manual_seed(0))
+
+
+def run(model):
+    with torch.inference_mode():
+        return model(X)
+
+
+def module_path(model, monkeypatch):
+    with monkeypatch.context() as m:
+        m.setattr(MobileNetV3, "_fast_plan", lambda self: None)
+        return run(model)
+
+
+def test_plan_runs_the_module_paths_ops_exactly(pair, monkeypatch):
+    tv, ours = pair
+    fast = run(ours)
+    assert ours._fast_plan() is not None
+    assert torch.equal(fast, module_path(ours, monkeypatch))
+    assert_model_close(fast, run(tv))
+
+
+def test_plan_is_reused_while_nothing_changes(pair):
+    _, ours = pair
+    run(ours)
+    plan = ours._fast_plan()
+    run(ours)
+    assert ours._fast_plan() is plan
+
+
+def _inplace_weight(model):
+    with torch.no_grad():
+        model.features[4].block[0][0].weight.mul_(1.5)
+
+
+def _assign_parameter(model):
+    conv = model.features[6].block[1][0]
+    conv.weight = nn.Parameter(conv.weight.detach() * -1.0)
+
+
+def _assign_bn_buffer(model):
+    bn = model.features[2].block[2][1]
+    bn.running_var = bn.running_var * 3.0
+
+
+def _replace_submodule(model):
+    model.features[5].block[2].scale_activation = nn.Sigmoid()
+
+
+def _inplace_classifier(model):
+    with torch.no_grad():
+        model.classifier[3].bias.add_(1.0)
+
+
+def _move_and_back(model):
+    model.double().float()
+
+
+@pytest.mark.parametrize("change", [_inplace_weight, _assign_parameter, _assign_bn_buffer, _replace_submodule,
+                                    _inplace_classifier, _move_and_back])
+def test_plan_follows_changes_to_the_model(pair, change):
+    tv, ours = pair
+    run(ours)  # build the plan
+    change(tv)
+    change(ours)
+    assert_model_close(run(ours), run(tv))
+
+
+def test_a_submodule_in_train_mode_leaves_the_plan(pair):
+    tv, ours = pair
+    run(ours)
+    for model in (tv, ours):
+        model.features[3].train()
+    with torch.no_grad():  # BatchNorm in train mode: batch statistics, as torchvision
+        assert_model_close(ours(X), tv(X))
+
+
+def test_other_inputs_take_the_module_path(pair):
+    tv, ours = pair
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        ours(X)  # runs (bf16 ops), without the fp32 plan
+    with torch.inference_mode(), mk.backends.use_backend("reference"):
+        assert_model_close(ours(X), tv(X))
