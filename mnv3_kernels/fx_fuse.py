@@ -318,7 +318,7 @@ class _Tracer(fx.Tracer):
         super().__init__()
         self.ctx = ctx
         self.forced: set[int] = set()
-        self.untraced: dict[str, str] = {}
+        self.untraced: dict[str, str] = {}  # path -> why
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         return (id(m) in self.forced or id(m) in self.ctx.own or id(m) in self.ctx.elementwise
@@ -424,7 +424,7 @@ class _Rewriter:
         paths = [n.target.split(".") if n.op == "call_module" else
                  list(n.meta["nn_module_stack"].values())[-1][0].split(".")
                  for n in nodes if n.op == "call_module" or n.meta.get("nn_module_stack")]
-        return _join(self.prefix, ".".join(_common_prefix(paths))) or _join(self.prefix, nodes[0].name)
+        return _join(self.prefix, ".".join(_common_prefix(paths))) or "<model>"
 
     # -- depthwise conv -> BatchNorm -> activation
     def match_dw(self, conv_node: fx.Node) -> _Match:
@@ -775,9 +775,7 @@ def _fuse_tree(module: nn.Module, prefix: str, ctx: _Context) -> nn.Module:
     gm = fx.GraphModule(module, graph, type(module).__name__)
     changed = _Rewriter(gm, prefix, ctx).run()
     target = gm if changed else module
-    for path, reason in tracer.untraced.items():
-        ctx.report.skipped.append(Skipped(TRACE, _join(prefix, path),
-                                          f"torch.fx cannot trace its forward ({reason}); searched its submodules"))
+    for path in tracer.untraced:  # traced as one call here; on its own it reports why it fails
         sub = module.get_submodule(path)
         new = _fuse_tree(sub, _join(prefix, path), ctx)
         if new is not sub:
