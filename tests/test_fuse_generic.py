@@ -131,6 +131,16 @@ def test_timm_keys_move_under_the_fused_module():
     assert len(now) == len(original)
 
 
+def test_timm_model_made_under_inference_mode():
+    """timm's BatchNormAct2d has children, so the fold cache keys all its tensors: inference
+    tensors (no version counter) must work there too."""
+    timm = pytest.importorskip("timm")
+    with torch.inference_mode():
+        model = prepared(timm.create_model("mobilenetv3_small_100", pretrained=False))
+        fused = mk.fuse(model)
+        check_matches(model, fused, (2, 3, 64, 64))
+
+
 def test_efficientnet_silu_is_reported_and_left_alone():
     model = prepared(tvm.efficientnet_b0())
     with pytest.warns(UserWarning, match="nothing was fused in EfficientNet"):
