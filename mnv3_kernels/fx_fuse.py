@@ -8,20 +8,32 @@ Matched (after torch.fx.symbolic_trace, module boundaries inlined):
     the activation as a module, a function (F.relu, torch.relu, F.relu6,
     F.hardswish) or a method (x.relu()); timm's BatchNormAct2d counts as
     BatchNorm + its own activation.
-  * squeeze-excitation: global average pool (nn.AdaptiveAvgPool2d(1),
-    F.adaptive_avg_pool2d(x, 1), x.mean((2, 3))) -> 1x1 nn.Conv2d or nn.Linear
-    (with flatten/view/reshape around it) -> [BatchNorm] -> ReLU -> 1x1 conv or
-    Linear -> [BatchNorm] -> Hardsigmoid or Sigmoid -> multiplied with the
-    pool's input.  BatchNorm after an FC is folded into it.
+  * squeeze-excitation: global average pool of x (nn.AdaptiveAvgPool2d(1),
+    F.adaptive_avg_pool2d(x, 1), x.mean((2, 3))) -> 1x1 nn.Conv2d (groups 1)
+    -> [BatchNorm2d] -> ReLU -> 1x1 conv -> [BatchNorm2d] -> Hardsigmoid or
+    Sigmoid -> multiplied with x; or the same with nn.Linear FCs and
+    BatchNorm1d, a flatten / view / reshape / squeeze (or a mean without
+    keepdim) before the first FC and a view / reshape / unsqueeze / expand_as /
+    [..., None, None] after the gate.  These reshapes are taken to be the
+    natural [N, C, 1, 1] <-> [N, C] ones (their arguments are not checked).
+    BatchNorm after an FC (a per-channel affine in eval) is folded into it.
   * Activation modules that are not torch.nn classes (timm's HardSigmoid, a
     hand-written h_swish) are identified numerically: a parameterless module
-    whose output equals one of the ops' activations on [-10, 10] within the
-    op tolerance (tolerances.OP_FP32) counts as that activation.
+    whose output equals ReLU, ReLU6, Hardswish, Hardsigmoid or Sigmoid on
+    [-10, 10] within the op tolerance (tolerances.OP_FP32) counts as it.
 
 Everything else is left alone and listed with the reason in a FuseReport.
 A model (or submodule) that torch.fx cannot trace (data-dependent control
 flow, ...) is searched one module level down, recursively; the parts left
 untraced are reported too.
+
+Where the fused module goes: when the pattern's modules are all of one
+module's children (torchvision's Conv2dNormActivation, timm's SqueezeExcite,
+the seed's SqueezeExcitation), the fused module replaces that module and keeps
+the children's names, so state_dict keys do not change; otherwise it replaces
+the conv (or first FC) and holds the parts as conv / bn / act (fc1 / bn1 / act
+/ fc2 / bn2 / gate), so e.g. timm's 'blocks.1.0.bn2.weight' becomes
+'blocks.1.0.conv_dw.bn.weight'.
 
 The fused modules hold the original conv / BatchNorm / FC modules as
 submodules (parameters shared), fold BatchNorm once and cache it (see
@@ -171,7 +183,7 @@ class FusedDWConvBNAct(_RoleModule):
         return FoldedConv(w, b, tuple(conv.stride), self.padding_pair, tuple(conv.dilation), conv.groups,
                           self.act_op, True)
 
-    def forward(self, x: torch.Tensor):
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         _refuse_training(self)
         if x.dtype in ops.SUPPORTED_DTYPES and fused_active(self, x):
             f = self.folded()
@@ -328,7 +340,8 @@ class _Tracer(fx.Tracer):
         path = self.path_of_module(m)
         if self.is_leaf_module(m, path):
             return super().call_module(m, forward, args, kwargs)
-        n_nodes, stack, calls = len(self.graph.nodes), self.module_stack.copy(), dict(getattr(self, "num_calls", {}))
+        n_nodes, stack = len(self.graph.nodes), self.module_stack.copy()
+        calls = dict(getattr(self, "num_calls", {}))
         try:
             return super().call_module(m, forward, args, kwargs)
         except Exception as e:  # data-dependent control flow and the like: trace it as one call
@@ -493,7 +506,8 @@ class _Rewriter:
                                                                      and node.target is torch.mean):
             dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
             keepdim = node.args[2] if len(node.args) > 2 else node.kwargs.get("keepdim", False)
-            if isinstance(dims, (tuple, list)) and sorted(d % 4 for d in dims) == [2, 3] and "dtype" not in node.kwargs:
+            if (isinstance(dims, (tuple, list)) and all(isinstance(d, int) for d in dims)
+                    and sorted(d % 4 for d in dims) == [2, 3] and "dtype" not in node.kwargs):
                 return node.args[0], bool(keepdim)
         return None
 
@@ -504,7 +518,7 @@ class _Rewriter:
             return node.target in _SHAPE_METHODS
         if node.op == "call_function" and node.target is operator.getitem:  # s[:, :, None, None]
             index = node.args[1]
-            return isinstance(index, tuple) and all(i is None or (isinstance(i, slice) and i == slice(None)) for i in index)
+            return isinstance(index, tuple) and all(i is None or i == slice(None) for i in index)
         if node.op == "call_function":
             return node.target in _SHAPE_FUNCTIONS
         return type(self.module(node)) is nn.Flatten
@@ -775,12 +789,15 @@ def _fuse_tree(module: nn.Module, prefix: str, ctx: _Context) -> nn.Module:
     gm = fx.GraphModule(module, graph, type(module).__name__)
     changed = _Rewriter(gm, prefix, ctx).run()
     target = gm if changed else module
-    for path in tracer.untraced:  # traced as one call here; on its own it reports why it fails
+    for path, why in tracer.untraced.items():  # called as one module here
         sub = module.get_submodule(path)
-        new = _fuse_tree(sub, _join(prefix, path), ctx)
+        if not sub._modules:
+            ctx.report.skipped.append(Skipped(TRACE, _join(prefix, path),
+                                              f"torch.fx cannot trace its forward ({why}); called as one module"))
+            continue
+        new = _fuse_tree(sub, _join(prefix, path), ctx)  # reports why it fails if it does on its own
         if new is not sub:
             _set_submodule(target, path, new)
-            changed += 1
     if target is gm:
         gm.graph.lint()
         gm.recompile()
