@@ -4,6 +4,7 @@ squeeze-excitation ops (CUDA, Triton, CPU) and a drop-in MobileNetV3 that uses t
 from . import ops  # noqa: F401  (defines the mnv3 ops first)
 from .backends import Backend, set_backend, use_backend
 from .fuse import fuse
+from .fx_fuse import FuseReport
 from .models import MobileNetV3, mobilenet_v3_large, mobilenet_v3_small
 from .ops import dwconv_bias_act, se_excite_scale
 from .reference import fold_batchnorm
@@ -15,6 +16,7 @@ __all__ = [
     "MobileNetV3",
     "dwconv_bias_act",
     "fold_batchnorm",
+    "FuseReport",
     "fuse",
     "mobilenet_v3_large",
     "mobilenet_v3_small",

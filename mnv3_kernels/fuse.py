@@ -1,19 +1,26 @@
-"""fuse(): turn an existing MobileNetV3 into the fused model.
+"""fuse(): an existing model -> the same model running the mnv3 ops.
 
-Supported today: torchvision's MobileNetV3 (Large and Small, any width or
-tail option) and mnv3_kernels' own.  The result shares nothing with the input
-unless inplace=True, keeps the same state_dict keys, and runs the mnv3 ops in
-eval() mode without autograd.
+torchvision's MobileNetV3 (Large and Small, any width or tail option) and
+mnv3_kernels' own become the drop-in mnv3_kernels.MobileNetV3 (same state_dict
+keys, trainable: train() runs the unfused modules).  Any other model goes
+through the torch.fx path (fx_fuse.py): depthwise conv -> BatchNorm ->
+activation and squeeze-excitation blocks are found in its graph and replaced
+by inference-only fused modules.
 """
 
 from __future__ import annotations
 
 import copy
+import logging
+import warnings
 
 from torch import nn
 
-from .models.fused_layers import Conv2dNormActivation, SqueezeExcitation
+from .fx_fuse import DWCONV, SE, FuseReport, Fused, Skipped, dw_detail, fuse_graph
+from .models.fused_layers import Conv2dNormActivation, SqueezeExcitation, gate_name
 from .models.mobilenetv3 import InvertedResidual, MobileNetV3
+
+logger = logging.getLogger("mnv3_kernels.fuse")
 
 
 def _torchvision_classes():
@@ -43,24 +50,71 @@ def _convert(module: nn.Module, tv: dict) -> nn.Module:
     return module
 
 
-def fuse(model: nn.Module, inplace: bool = False) -> MobileNetV3:
-    """Returns `model` as an mnv3_kernels MobileNetV3 that runs the fused ops.
+def _drop_in_report(model: MobileNetV3, source: str) -> FuseReport:
+    """The depthwise and SE layers of a drop-in MobileNetV3 that run the mnv3 ops."""
+    report = FuseReport(source, "drop-in mnv3_kernels.MobileNetV3")
+    for name, m in model.named_modules():
+        if isinstance(m, Conv2dNormActivation) and m[0].groups > 1:
+            parts = m._parts()
+            if parts is not None and parts[0].groups == parts[0].in_channels == parts[0].out_channels:
+                report.fused.append(Fused(DWCONV, name, (name,), dw_detail(parts[0], parts[2])))
+            else:
+                report.skipped.append(Skipped(DWCONV, name, "not a foldable depthwise conv + BatchNorm2d + activation"))
+        elif isinstance(m, SqueezeExcitation):
+            if m._fold() is not None:
+                report.fused.append(Fused(SE, name, (name,), f"1x1 conv FCs, {gate_name(m.scale_activation)} gate"))
+            else:
+                report.skipped.append(Skipped(SE, name, "FCs, activation or gate not supported"))
+    return report
 
-    model: a torchvision.models.MobileNetV3 (mobilenet_v3_large / _small) or an
-    mnv3_kernels MobileNetV3.  Its parameters and buffers are reused (deep-copied
-    first unless inplace=True); the state_dict keys are unchanged, and its
-    train/eval mode is kept.
+
+def fuse(model: nn.Module, inplace: bool = False, *, verbose: bool = False) -> nn.Module:
+    """Returns `model` with its depthwise conv + BatchNorm + activation and
+    squeeze-excitation blocks running the fused mnv3 ops.
+
+    model: any nn.Module.  A torchvision MobileNetV3 or an mnv3_kernels
+    MobileNetV3 becomes an mnv3_kernels.MobileNetV3 (same state_dict keys, its
+    train/eval mode kept, trainable).  Any other model goes through torch.fx
+    (see mnv3_kernels/fx_fuse.py for what is matched); if anything was fused,
+    the result is a torch.fx.GraphModule (the model's forward only; its other
+    methods are not carried over), eval-only: its fused modules raise in
+    train() mode.  Put the model in eval() before fusing (BatchNorm in training
+    mode is not folded) and load its weights first (fused blocks keep the
+    original modules as children, so a block's state_dict keys stay unchanged
+    when it is all of one module, e.g. an nn.Sequential(conv, bn, act), and
+    move under the fused module otherwise).  A model with nothing to fuse is
+    returned unchanged, with a warning.
+    inplace: False (default) works on a deep copy; True reuses model's modules
+    (parameters shared with the result).
+    verbose: also print the report.
+
+    The report (a FuseReport: .fused, .skipped with the reason for each block
+    left alone, .count("dwconv" | "se"); print() it for a table) is attached as
+    `result.mnv3_fuse_report` and logged at INFO on the "mnv3_kernels.fuse" logger.
     """
-    if isinstance(model, MobileNetV3):
-        return model if inplace else copy.deepcopy(model)
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"fuse(model): model must be a torch.nn.Module, got {type(model).__module__}."
+                        f"{type(model).__name__}")
+    for name, value in (("inplace", inplace), ("verbose", verbose)):
+        if not isinstance(value, bool):
+            raise TypeError(f"fuse(model, {name}=...): {name} must be a bool, got {value!r}")
+    source = type(model).__name__
     tv = _torchvision_classes()
-    if tv is None or not isinstance(model, tv["model"]):
-        raise TypeError(
-            "fuse(model): model must be a torchvision.models.MobileNetV3 (mobilenet_v3_large or "
-            f"mobilenet_v3_small) or an mnv3_kernels MobileNetV3, got {type(model).__module__}."
-            f"{type(model).__name__}"
-        )
     if not inplace:
         model = copy.deepcopy(model)
-    features = nn.Sequential(*[_convert(m, tv) for m in model.features])
-    return MobileNetV3.from_parts(features, model.avgpool, model.classifier, model.training)
+    if isinstance(model, MobileNetV3):
+        result, report = model, _drop_in_report(model, source)
+    elif tv is not None and isinstance(model, tv["model"]):
+        features = nn.Sequential(*[_convert(m, tv) for m in model.features])
+        result = MobileNetV3.from_parts(features, model.avgpool, model.classifier, model.training)
+        report = _drop_in_report(result, source)
+    else:
+        result, report = fuse_graph(model)
+        if not report.fused:
+            warnings.warn(f"mnv3_kernels.fuse(): nothing was fused in {source}; see the reasons in "
+                          "result.mnv3_fuse_report", UserWarning, stacklevel=2)
+    result.mnv3_fuse_report = report
+    logger.info("%s", report)
+    if verbose:
+        print(report)
+    return result

@@ -8,12 +8,13 @@ from torch import nn
 
 
 def randomize_batchnorm(model: nn.Module, generator: torch.Generator | None = None) -> None:
-    """Random affine params and running stats in every BatchNorm, so folding is not a no-op."""
+    """Random affine params and running stats (where tracked) in every BatchNorm, so folding is not a no-op."""
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.normal_(0.0, 0.1, generator=generator)
-                m.running_var.uniform_(0.5, 2.0, generator=generator)
+                if m.running_mean is not None and m.running_var is not None:
+                    m.running_mean.normal_(0.0, 0.1, generator=generator)
+                    m.running_var.uniform_(0.5, 2.0, generator=generator)
                 if m.affine:
                     m.weight.uniform_(0.5, 1.5, generator=generator)
                     m.bias.normal_(0.0, 0.1, generator=generator)

@@ -113,9 +113,19 @@ def test_direct_op_calls_check_their_arguments_too(call, match):
         call()
 
 
-def test_fuse_rejects_other_models():
-    with pytest.raises(TypeError, match=r"fuse\(model\): model must be a torchvision.models.MobileNetV3"):
-        mk.fuse(torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3)))
+@pytest.mark.parametrize(
+    "args, kwargs, match",
+    [
+        (("not a model",), {}, r"fuse\(model\): model must be a torch.nn.Module, got builtins.str"),
+        ((torch.nn.Conv2d,), {}, r"fuse\(model\): model must be a torch.nn.Module"),  # the class, not a module
+        ((torch.nn.ReLU(),), {"inplace": 1}, r"fuse\(model, inplace=...\): inplace must be a bool, got 1"),
+        ((torch.nn.ReLU(),), {"verbose": "yes"}, r"fuse\(model, verbose=...\): verbose must be a bool"),
+    ],
+    ids=["str", "class", "inplace", "verbose"],
+)
+def test_fuse_rejects_bad_arguments(args, kwargs, match):
+    with pytest.raises(TypeError, match=match):
+        mk.fuse(*args, **kwargs)
 
 
 def test_unknown_backend_name():

@@ -87,7 +87,8 @@ def _state_key(module: nn.Module) -> tuple:
     key = []
     for m in (module, *module._modules.values()):
         if m is not module and m._modules:
-            return tuple((id(t), t._version, t.data_ptr()) for t in (*module.parameters(), *module.buffers()))
+            return tuple((id(t), -1 if t.is_inference() else t._version, t.data_ptr())
+                         for t in (*module.parameters(), *module.buffers()))
         for t in (*m._parameters.values(), *m._buffers.values()):
             if t is not None:
                 key.append((id(t), -1 if t.is_inference() else t._version, t.data_ptr()))
