@@ -12,6 +12,7 @@ from torch import nn
 import mnv3_kernels as mk
 from mnv3_kernels import backends, cpu_conv
 from mnv3_kernels.models.mobilenetv3 import MobileNetV3
+from mnv3_kernels.testing import calibrate_batchnorm
 
 tvm = pytest.importorskip("torchvision.models", reason="torchvision is needed to compare against it")
 pytestmark = [
@@ -20,15 +21,20 @@ pytestmark = [
 ]
 
 
+_GEN = torch.Generator().manual_seed(0)
+X = torch.randn(2, 3, 72, 64, generator=_GEN)
+CALIBRATION = torch.randn(8, 3, 72, 64, generator=_GEN)
+
+
 @pytest.fixture
 def pair():
+    """torchvision's Small and its fused copy; calibrated BatchNorm statistics make the
+    logits depend on every layer, so a stale plan shows (a check below)."""
     tv = tvm.mobilenet_v3_small()
     randomize_batchnorm(tv)
     randomize_classifier(tv)
+    calibrate_batchnorm(tv, CALIBRATION)
     return tv.eval(), mk.fuse(tv).eval()
-
-
-X = torch.randn(2, 3, 72, 64, generator=torch.Generator().manual_seed(0))
 
 
 def run(model):
@@ -90,10 +96,13 @@ def _move_and_back(model):
                                     _inplace_classifier, _move_and_back])
 def test_plan_follows_changes_to_the_model(pair, change):
     tv, ours = pair
-    run(ours)  # build the plan
+    before = run(ours)  # builds the plan
     change(tv)
     change(ours)
-    assert_model_close(run(ours), run(tv))
+    after = run(tv)
+    assert_model_close(run(ours), after)
+    if change is not _move_and_back:  # the change is visible: a stale plan would fail above
+        assert (after - before).abs().max() > 1e-2
 
 
 def test_a_submodule_in_train_mode_leaves_the_plan(pair):

@@ -84,11 +84,15 @@ def _state_key(module: nn.Module) -> tuple:
     # can happen to them outside inference_mode (in-place updates are refused there).
     # Direct dict walks: this runs on every fused forward of every layer, and
     # the layers here hold only leaf modules (conv, norm, activation).
+    # Submodules enter by identity and type, so replacing a parameter-free one
+    # (an activation or gate module) is seen too.
     key = []
     for m in (module, *module._modules.values()):
         if m is not module and m._modules:
-            return tuple((id(t), -1 if t.is_inference() else t._version, t.data_ptr())
-                         for t in (*module.parameters(), *module.buffers()))
+            return (tuple((id(sub), type(sub)) for sub in module.modules())
+                    + tuple((id(t), -1 if t.is_inference() else t._version, t.data_ptr())
+                            for t in (*module.parameters(), *module.buffers())))
+        key.append((id(m), type(m)))
         for t in (*m._parameters.values(), *m._buffers.values()):
             if t is not None:
                 key.append((id(t), -1 if t.is_inference() else t._version, t.data_ptr()))

@@ -261,6 +261,8 @@ class _FastPlan:
     @classmethod
     def build(cls, model: MobileNetV3) -> _FastPlan:
         cls._install_hooks()
+        if any(m.training for m in model.modules()):  # a layer in train mode runs its modules
+            return cls(model, None, None)
         blocks = []
         for layer in model.features:
             if isinstance(layer, InvertedResidual):
