@@ -55,7 +55,8 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from . import ops
-from .models.fused_layers import FoldCacheMixin, FoldedConv, FoldedSE, activation_name, fused_active, gate_name
+from .models.fused_layers import (FoldCacheMixin, FoldedConv, FoldedSE, activation_name, fused_active, gate_name,
+                                  tap_major)
 from .reference import ACTIVATION_FNS, GATE_FNS, fold_batchnorm
 from .tolerances import OP_FP32
 
@@ -180,6 +181,8 @@ class FusedDWConvBNAct(_RoleModule):
     def _fold(self) -> FoldedConv:
         conv = self.part("conv")
         w, b = _fold_into(conv, self.part("bn"))
+        if w.device.type == "cpu" and w.dtype == torch.float32:
+            w = tap_major(w)
         return FoldedConv(w, b, tuple(conv.stride), self.padding_pair, tuple(conv.dilation), conv.groups,
                           self.act_op, True)
 

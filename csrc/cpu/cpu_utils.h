@@ -29,6 +29,16 @@ std::vector<float> matrix_to_float(const Tensor& m) {
   return out;
 }
 
+// The vector v as fp32: v's own memory when it already is (contiguous fp32), else a copy in `storage`.
+template <typename T>
+const float* vector_as_float(const Tensor& v, std::vector<float>& storage) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (v.stride(0) == 1) return static_cast<const float*>(v.const_data_ptr());
+  }
+  storage = vector_to_float<T>(v);
+  return storage.data();
+}
+
 // The [rows, cols] matrix m as row-major fp32: m's own memory when it already
 // is (no copy on the hot path of fp32 models), else a converted copy in `storage`.
 template <typename T>

@@ -128,14 +128,13 @@ void dwconv_nhwc(const T* x, const float* w_packed, const float* bias, T* y, flo
 
 // ---- fp32 channels-last: the vector walk (simd.h) ----
 // Per output row (n, oh) and block of V channels: the interior columns (all K
-// taps inside the input along W) in tiles of kTileW pixels with fixed tap
-// counts; the border columns and the row's tail pixel by pixel over their
-// valid taps.  Kernel rows outside the input are skipped for the whole row.
+// taps inside the input along W) in tiles of TW pixels (7 where the width is a
+// multiple of 7 but not of 4, as MobileNetV3's 7x7 and 14x14 planes at 224x224,
+// else 4), then of one, with fixed tap counts; the border columns pixel by
+// pixel over their valid taps.  Kernel rows outside the input are skipped for the whole row.
 // Same sums in the same order as dw_tile and dw_point (kernel rows, then taps
 // left to right, per output), so all walks agree to rounding of the FMA
 // contraction.  fp16/bf16 take the dw_tile walk above (the CUDA arithmetic).
-constexpr int kTileW = 4;
-
 template <int K, int S, int TW, int V>
 MNV3_HD void f32_interior_tile(const float* xc, int64_t x_sh, int64_t C, const float* wc, int64_t i0,
                                int64_t i1, int64_t ih0, int64_t iw0, vfloat<V> (&acc)[TW]) {
@@ -174,7 +173,7 @@ MNV3_HD void f32_store(float* yp, vfloat<V> acc, vfloat<V> bias, bool with_sum, 
 }
 
 // Channels [c, c + V) of output row oh; ow in [ow_lo, ow_hi) are the interior columns.
-template <int K, int S, Activation A, int V>
+template <int K, int S, int TW, Activation A, int V>
 MNV3_HD void f32_row_block(const float* xn, const float* w, const float* bias, float* yrow, float* sums,
                            const DwGeometry& g, int64_t oh, int64_t c, int64_t ow_lo, int64_t ow_hi) {
   const int64_t C = g.C, x_sh = g.W * C;
@@ -191,10 +190,15 @@ MNV3_HD void f32_row_block(const float* xn, const float* w, const float* bias, f
     f32_store<A, V>(yrow + ow * C + c, f32_border_point<K, S, V>(xc, x_sh, C, wc, g, i0, i1, ih0, ow), b,
                     with_sum, sum);
   }
-  for (; ow + kTileW <= ow_hi; ow += kTileW) {
-    vfloat<V> acc[kTileW];
-    f32_interior_tile<K, S, kTileW, V>(xc, x_sh, C, wc, i0, i1, ih0, ow * S - g.pw, acc);
-    for (int t = 0; t < kTileW; ++t) f32_store<A, V>(yrow + (ow + t) * C + c, acc[t], b, with_sum, sum);
+  for (; ow + TW <= ow_hi; ow += TW) {
+    vfloat<V> acc[TW];
+    f32_interior_tile<K, S, TW, V>(xc, x_sh, C, wc, i0, i1, ih0, ow * S - g.pw, acc);
+    for (int t = 0; t < TW; ++t) f32_store<A, V>(yrow + (ow + t) * C + c, acc[t], b, with_sum, sum);
+  }
+  for (; ow < ow_hi; ++ow) {
+    vfloat<V> acc[1];
+    f32_interior_tile<K, S, 1, V>(xc, x_sh, C, wc, i0, i1, ih0, ow * S - g.pw, acc);
+    f32_store<A, V>(yrow + ow * C + c, acc[0], b, with_sum, sum);
   }
   for (; ow < g.OW; ++ow) {
     f32_store<A, V>(yrow + ow * C + c, f32_border_point<K, S, V>(xc, x_sh, C, wc, g, i0, i1, ih0, ow), b,
@@ -204,7 +208,7 @@ MNV3_HD void f32_row_block(const float* xn, const float* w, const float* bias, f
 }
 
 // Rows [begin, end) of (n, oh), cloned per vector ISA (MNV3_CPU_CLONES).
-template <int K, int S, Activation A>
+template <int K, int S, int TW, Activation A>
 MNV3_CPU_CLONES void dwconv_nhwc_f32_rows(const float* x, const float* w, const float* bias, float* y,
                                           float* row_sums, const DwGeometry& g, int64_t begin, int64_t end) {
   const int64_t C = g.C;
@@ -218,27 +222,54 @@ MNV3_CPU_CLONES void dwconv_nhwc_f32_rows(const float* x, const float* w, const 
     float* yrow = y + r * g.OW * C;
     float* sums = row_sums ? row_sums + r * C : nullptr;
     int64_t c = 0;
-    for (; c + 16 <= C; c += 16) f32_row_block<K, S, A, 16>(xn, w, bias, yrow, sums, g, oh, c, ow_lo, ow_hi);
+    for (; c + 16 <= C; c += 16) f32_row_block<K, S, TW, A, 16>(xn, w, bias, yrow, sums, g, oh, c, ow_lo, ow_hi);
     if (c + 8 <= C) {
-      f32_row_block<K, S, A, 8>(xn, w, bias, yrow, sums, g, oh, c, ow_lo, ow_hi);
+      f32_row_block<K, S, TW, A, 8>(xn, w, bias, yrow, sums, g, oh, c, ow_lo, ow_hi);
       c += 8;
     }
     if (c + 4 <= C) {
-      f32_row_block<K, S, A, 4>(xn, w, bias, yrow, sums, g, oh, c, ow_lo, ow_hi);
+      f32_row_block<K, S, TW, A, 4>(xn, w, bias, yrow, sums, g, oh, c, ow_lo, ow_hi);
       c += 4;
     }
-    for (; c < C; ++c) f32_row_block<K, S, A, 1>(xn, w, bias, yrow, sums, g, oh, c, ow_lo, ow_hi);
+    for (; c < C; ++c) f32_row_block<K, S, TW, A, 1>(xn, w, bias, yrow, sums, g, oh, c, ow_lo, ow_hi);
   }
 }
+
+// Planes narrower than this run on a zero-padded copy of the input: their
+// border columns (2 of 7 per side for a 5x5 kernel at 7x7) would otherwise
+// take the per-pixel path, and the copy of such a small input is cheap.
+constexpr int64_t kPadCopyMaxW = 16;
 
 template <int K, int S>
 void dwconv_nhwc_f32(const float* x, const float* w_packed, const float* bias, float* y, float* row_sums,
                      const DwGeometry& g, Activation act) {
   const int64_t work = g.OW * g.C * g.kh * g.kw;
+  std::vector<float> padded;
+  DwGeometry gp = g;
+  if (g.W < kPadCopyMaxW && (g.ph > 0 || g.pw > 0)) {
+    gp.H = g.H + 2 * g.ph;
+    gp.W = g.W + 2 * g.pw;
+    gp.ph = gp.pw = 0;
+    padded.assign(static_cast<size_t>(g.N * gp.H * gp.W * g.C), 0.f);
+    const int64_t row = g.W * g.C;
+    torch::stable::parallel_for(0, g.N * g.H, grain_for(row), [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) {
+        const int64_t n = r / g.H, h = r % g.H;
+        std::copy(x + r * row, x + (r + 1) * row,
+                  padded.data() + ((n * gp.H + h + g.ph) * gp.W + g.pw) * g.C);
+      }
+    });
+    x = padded.data();
+  }
+  const bool sevens = g.OW % 7 == 0 && g.OW % 4 != 0;
   dispatch_activation(act, [&](auto act_tag) {
     constexpr Activation A = decltype(act_tag)::value;
     torch::stable::parallel_for(0, g.N * g.OH, grain_for(work), [&](int64_t begin, int64_t end) {
-      dwconv_nhwc_f32_rows<K, S, A>(x, w_packed, bias, y, row_sums, g, begin, end);
+      if (sevens) {
+        dwconv_nhwc_f32_rows<K, S, 7, A>(x, w_packed, bias, y, row_sums, gp, begin, end);
+      } else {
+        dwconv_nhwc_f32_rows<K, S, 4, A>(x, w_packed, bias, y, row_sums, gp, begin, end);
+      }
     });
   });
 }
@@ -287,6 +318,22 @@ std::vector<float> pack_filter(const Tensor& weight, const DwGeometry& g, bool t
   return packed;
 }
 
+// The filter as fp32 tap-major [kh*kw][C] (NHWC walk) or channel-major: the
+// weight's own memory where it already is (fp32 with strides (1, -, kw*C, C),
+// the layout the models' fold produces on CPU: no copy per call), else a
+// packed copy in `storage`.
+template <typename T>
+const float* filter_as_float(const Tensor& weight, const DwGeometry& g, bool tap_major,
+                             std::vector<float>& storage) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (tap_major && weight.stride(0) == 1 && weight.stride(3) == g.C && weight.stride(2) == g.kw * g.C) {
+      return static_cast<const float*>(weight.const_data_ptr());
+    }
+  }
+  storage = pack_filter<T>(weight, g, tap_major);
+  return storage.data();
+}
+
 std::tuple<Tensor, Tensor> dwconv_bias_act_cpu(const Tensor& x, const Tensor& weight,
                                                const Tensor& bias,
                                                const std::vector<int64_t>& stride,
@@ -304,8 +351,9 @@ std::tuple<Tensor, Tensor> dwconv_bias_act_cpu(const Tensor& x, const Tensor& we
 
   dispatch_float_types(x.scalar_type(), [&](auto tag) {
     using T = decltype(tag);
-    const std::vector<float> w = pack_filter<T>(weight, g, /*tap_major=*/nhwc);
-    const std::vector<float> b = vector_to_float<T>(bias);
+    std::vector<float> w_storage, b_storage;
+    const float* w = filter_as_float<T>(weight, g, /*tap_major=*/nhwc, w_storage);
+    const float* b = vector_as_float<T>(bias, b_storage);
     const T* xp = static_cast<const T*>(x.const_data_ptr());
     T* yp = static_cast<T*>(y.mutable_data_ptr());
     float* mp = with_mean ? static_cast<float*>(mean.mutable_data_ptr()) : nullptr;
@@ -315,9 +363,9 @@ std::tuple<Tensor, Tensor> dwconv_bias_act_cpu(const Tensor& x, const Tensor& we
       dispatch_dw_tile(g, [&](auto k_tag, auto s_tag) {
         constexpr int K = decltype(k_tag)::value, S = decltype(s_tag)::value;
         if constexpr (std::is_same_v<T, float> && K > 0) {
-          dwconv_nhwc_f32<K, S>(xp, w.data(), b.data(), yp, rs, g, act);
+          dwconv_nhwc_f32<K, S>(xp, w, b, yp, rs, g, act);
         } else {
-          dwconv_nhwc<T, K, S>(xp, w.data(), b.data(), yp, rs, g, act);
+          dwconv_nhwc<T, K, S>(xp, w, b, yp, rs, g, act);
         }
       });
       if (with_mean) {
@@ -334,7 +382,7 @@ std::tuple<Tensor, Tensor> dwconv_bias_act_cpu(const Tensor& x, const Tensor& we
     } else {
       const int64_t xs[4] = {x.stride(0), x.stride(1), x.stride(2), x.stride(3)};
       dispatch_activation(act, [&](auto act_tag) {
-        dwconv_strided<T, decltype(act_tag)::value>(xp, xs, w.data(), b.data(), yp, mp, g);
+        dwconv_strided<T, decltype(act_tag)::value>(xp, xs, w, b, yp, mp, g);
       });
     }
   });

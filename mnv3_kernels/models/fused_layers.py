@@ -161,6 +161,13 @@ class FoldedConv:
     packed: cpu_conv.PackedConv | None = None  # CPU fp32: the fused oneDNN conv (cpu_conv.py)
 
 
+def tap_major(w: torch.Tensor) -> torch.Tensor:
+    """A depthwise filter [C, 1, kh, kw] with the same values, stored tap-major
+    ([kh][kw][C] in memory), the layout the CPU kernel's channels-last walk reads:
+    it then uses the weight in place instead of repacking it on every call."""
+    return w.permute(2, 3, 0, 1).contiguous().permute(2, 3, 0, 1)
+
+
 def _foldable_bn(bn: nn.Module | None) -> bool:
     return bn is None or (
         type(bn) is nn.BatchNorm2d and bn.running_mean is not None and bn.running_var is not None
@@ -244,6 +251,8 @@ class Conv2dNormActivation(FoldCacheMixin, nn.Sequential):
                                   bn.running_mean, bn.running_var, bn.eps)
         depthwise = conv.groups == conv.in_channels == conv.out_channels and conv.groups > 1
         packed = None
+        if depthwise and w.device.type == "cpu" and w.dtype == torch.float32:
+            w = tap_major(w)
         if not depthwise:
             w = w.contiguous(memory_format=torch.channels_last)
             if not torch.compiler.is_compiling():  # compiled graphs get inductor's own conv fusion
