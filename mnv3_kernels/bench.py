@@ -161,7 +161,10 @@ def _time(fn, x: torch.Tensor, min_run_time: float):
 
     for _ in range(3):
         fn(x)
-    m = benchmark.Timer(stmt="fn(x)", globals={"fn": fn, "x": x}).blocked_autorange(min_run_time=min_run_time)
+    # Timer runs with 1 thread unless told: every variant gets torch's thread count
+    # (the one ONNX Runtime's session was given), so all of them share the machine alike.
+    m = benchmark.Timer(stmt="fn(x)", globals={"fn": fn, "x": x},
+                        num_threads=torch.get_num_threads()).blocked_autorange(min_run_time=min_run_time)
     return m.median * 1e3, m.iqr * 1e3
 
 
