@@ -58,3 +58,22 @@ def test_se_split_dot(gate, layout):
     x = make_x((2, 40, 5, 3), torch.float32, "cpu", layout, g)
     pooled = x.float().mean(dim=(2, 3))
     check_se(x, pooled, *se_params(40, 8, torch.float32, "cpu", g), gate)
+
+
+@pytest.mark.parametrize("k,stride", [(3, 1), (3, 2), (5, 1), (5, 2)])
+@pytest.mark.parametrize("shape", [(2, 29, 11, 12), (1, 40, 7, 7)])
+def test_dwconv_tap_major_weights_are_read_in_place(shape, k, stride):
+    """fp32 filters stored tap-major (the models' CPU fold, fused_layers.tap_major) take the
+    kernel's no-copy path; same results as the packed copy of a contiguous filter."""
+    from mnv3_kernels.models.fused_layers import tap_major
+
+    g = torch.Generator().manual_seed(k * 10 + stride)
+    x = make_x(shape, torch.float32, "cpu", "channels_last", g)
+    w, b = dwconv_params(shape[1], k, torch.float32, "cpu", g)
+    wt = tap_major(w)
+    assert torch.equal(wt, w) and wt.stride() != w.stride() and wt.stride(0) == 1
+    check_dwconv(x, wt, b, stride, k // 2, 1, "relu6")
+    args = ([stride] * 2, [k // 2] * 2, [1, 1], "relu6", True)
+    for out_t, out_c in zip(ops.dwconv_bias_act(x, wt, b, *args[:-1], with_mean=True),
+                            ops.dwconv_bias_act(x, w, b, *args[:-1], with_mean=True)):
+        assert torch.equal(out_t, out_c)
