@@ -790,6 +790,7 @@ def _fuse_tree(module: nn.Module, prefix: str, ctx: _Context) -> nn.Module:
                 setattr(module, name, new)
         return module
     gm = fx.GraphModule(module, graph, type(module).__name__)
+    gm._tracer_cls = None  # pickling re-traces with a plain fx.Tracer (ours needs its context)
     changed = _Rewriter(gm, prefix, ctx).run()
     target = gm if changed else module
     for path, why in tracer.untraced.items():  # called as one module here

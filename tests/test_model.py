@@ -179,3 +179,23 @@ def test_torch_export_runs_and_matches_eager(arch):
         targets = {str(n.target) for n in exported.graph.nodes}
         assert "mnv3.dwconv_bias_act.default" in targets and "mnv3.se_excite_scale.default" in targets
         assert_model_close(exported.module()(x), ours(x))
+
+
+@pytest.mark.parametrize("build", ["ours", "generic"])
+def test_copy_and_save_after_a_fused_forward(build, tmp_path):
+    """The caches (folded and oneDNN-packed weights, the CPU plan) are left out of
+    deepcopy and torch.save; the copies rebuild them and give the same logits."""
+    import copy
+
+    model = (mk.mobilenet_v3_small() if build == "ours" else mk.fuse(tvm.mobilenet_v2().eval())).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.inference_mode():
+        expected = model(x)  # fills the caches
+    torch.save(model, tmp_path / "model.pt")
+    loaded = torch.load(tmp_path / "model.pt", weights_only=False)
+    copies = [copy.deepcopy(model), loaded]
+    if build == "ours":
+        copies.append(mk.fuse(model))  # fuse() of an mnv3 model deep-copies it
+    with torch.inference_mode():
+        for other in copies:
+            assert torch.equal(other(x), expected)

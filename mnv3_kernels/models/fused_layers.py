@@ -113,21 +113,32 @@ def packed_path_ok(x: torch.Tensor) -> bool:
 Step = Callable[[torch.Tensor, "torch.Tensor | None", torch.Tensor], tuple]
 
 
-def cached_fold(owner: nn.Module, fold):
-    """fold(), cached in owner.__dict__ until owner's parameters or buffers change
-    (see _state_key); traced afresh under torch.compile."""
+def cached_fold(owner: nn.Module, fold, of: nn.Module | None = None, slot: str = "_mnv3_fold_cache"):
+    """fold(), cached in owner.__dict__[slot] until the parameters, buffers or submodules
+    of `of` (default: owner) change (see _state_key); traced afresh under torch.compile."""
     if torch.compiler.is_compiling():  # traced into the graph; freezing constant-folds it
         return fold()
-    key = _state_key(owner)
-    cache = owner.__dict__.get("_mnv3_fold_cache")
+    key = _state_key(owner if of is None else of)
+    cache = owner.__dict__.get(slot)
     if cache is None or cache[0] != key:
         with torch.no_grad():
             cache = (key, fold())
-        owner.__dict__["_mnv3_fold_cache"] = cache
+        owner.__dict__[slot] = cache
     return cache[1]
 
 
-class FoldCacheMixin:
+class DropsCachesOnCopy:
+    """Leaves the derived caches (folded and oneDNN-packed weights, the CPU plan) out of
+    copy.deepcopy and pickling (torch.save(model)): packed oneDNN tensors have no storage
+    to copy, and a copy rebuilds its caches from its own parameters on first use."""
+
+    CACHE_SLOTS = ("_mnv3_fold_cache", "_mnv3_head_cache", "_mnv3_fast_plan")
+
+    def __getstate__(self):
+        return {k: v for k, v in self.__dict__.items() if k not in self.CACHE_SLOTS}
+
+
+class FoldCacheMixin(DropsCachesOnCopy):
     """Caches self._fold() (folded weights) until the layer's state changes."""
 
     def _fold(self):

@@ -21,8 +21,8 @@ import torch
 from torch import nn
 
 from .. import cpu_conv
-from .fused_layers import (Conv2dNormActivation, SqueezeExcitation, Step, activation_name, cached_fold,
-                           fused_active, packed_path_ok)
+from .fused_layers import (Conv2dNormActivation, DropsCachesOnCopy, SqueezeExcitation, Step, activation_name,
+                           cached_fold, fused_active, packed_path_ok)
 
 
 def _make_divisible(v: float, divisor: int, min_value: int | None = None) -> int:
@@ -147,7 +147,7 @@ class InvertedResidual(nn.Module):
         return result
 
 
-class MobileNetV3(nn.Module):
+class MobileNetV3(DropsCachesOnCopy, nn.Module):
     def __init__(self, inverted_residual_setting: list[InvertedResidualConfig], last_channel: int,
                  num_classes: int = 1000, block: Callable[..., nn.Module] | None = None,
                  norm_layer: Callable[..., nn.Module] | None = None, dropout: float = 0.2,
@@ -213,7 +213,8 @@ class MobileNetV3(nn.Module):
         x = self.avgpool(x)
         x = torch.flatten(x, 1)
         if fused and packed_path_ok(x):
-            head = cached_fold(self.classifier, partial(_pack_head, self.classifier))
+            head = cached_fold(self, partial(_pack_head, self.classifier), of=self.classifier,
+                               slot="_mnv3_head_cache")
             if head is not None:  # Linear + activation, Dropout (eval: identity), Linear on packed weights
                 return cpu_conv.run(head[1], cpu_conv.run(head[0], x))
         return self.classifier(x)
@@ -275,7 +276,8 @@ class _FastPlan:
             if block is None:
                 return cls(model, None, None)
             blocks.append(block)
-        head = cached_fold(model.classifier, partial(_pack_head, model.classifier))
+        head = cached_fold(model, partial(_pack_head, model.classifier), of=model.classifier,
+                           slot="_mnv3_head_cache")
         return cls(model, blocks, head)
 
     @classmethod
