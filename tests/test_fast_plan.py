@@ -120,3 +120,14 @@ def test_other_inputs_take_the_module_path(pair):
         ours(X)  # runs (bf16 ops), without the fp32 plan
     with torch.inference_mode(), mk.backends.use_backend("reference"):
         assert_model_close(ours(X), tv(X))
+
+
+def test_under_no_grad_the_plan_gives_an_ordinary_tensor(pair):
+    """Under no_grad the plan runs in inference mode internally; its logits are the same
+    and an ordinary tensor (usable in place and in autograd later)."""
+    _, ours = pair
+    expected = run(ours)
+    with torch.no_grad():
+        out = ours(X)
+    assert not out.is_inference() and torch.equal(out, expected)
+    out += 1.0  # an inference tensor would refuse this outside inference mode
