@@ -131,10 +131,12 @@ void dwconv_nhwc(const T* x, const float* w_packed, const float* bias, T* y, flo
 // taps inside the input along W) in tiles of TW pixels (7 where the width is a
 // multiple of 7 but not of 4, as MobileNetV3's 7x7 and 14x14 planes at 224x224,
 // else 4), then of one, with fixed tap counts; the border columns pixel by
-// pixel over their valid taps.  Kernel rows outside the input are skipped for the whole row.
-// Same sums in the same order as dw_tile and dw_point (kernel rows, then taps
-// left to right, per output), so all walks agree to rounding of the FMA
-// contraction.  fp16/bf16 take the dw_tile walk above (the CUDA arithmetic).
+// pixel over their valid taps.  Kernel rows outside the input are skipped for
+// the whole row; planes narrower than kPadCopyMaxW run on a zero-padded copy
+// (no border columns, see dwconv_nhwc_f32).  Same sums in the same order as
+// dw_tile and dw_point (kernel rows, then taps left to right, per output), so
+// all walks agree to rounding of the FMA contraction.  fp16/bf16 take the
+// dw_tile walk above (the CUDA arithmetic).
 template <int K, int S, int TW, int V>
 MNV3_HD void f32_interior_tile(const float* xc, int64_t x_sh, int64_t C, const float* wc, int64_t i0,
                                int64_t i1, int64_t ih0, int64_t iw0, vfloat<V> (&acc)[TW]) {
