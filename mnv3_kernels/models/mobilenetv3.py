@@ -220,11 +220,13 @@ class MobileNetV3(DropsCachesOnCopy, nn.Module):
         x = self.avgpool(x)
         x = torch.flatten(x, 1)
         if fused and packed_path_ok(x):
-            head = cached_fold(self, partial(_pack_head, self.classifier), of=self.classifier,
-                               slot="_mnv3_head_cache")
-            if head is not None:  # Linear + activation, Dropout (eval: identity), Linear on packed weights
-                return cpu_conv.run(head[1], cpu_conv.run(head[0], x))
+            return _run_head(self._packed_head(), x, self.classifier)
         return self.classifier(x)
+
+    def _packed_head(self):
+        """The classifier packed for cpu_conv.run (see _pack_head), cached until it changes."""
+        return cached_fold(self, partial(_pack_head, self.classifier), of=self.classifier,
+                           slot="_mnv3_head_cache")
 
     def _fast_plan(self) -> _FastPlan | None:
         """The cached CPU fast plan, rebuilt when the model changed (see _FastPlan)."""
@@ -283,9 +285,7 @@ class _FastPlan:
             if block is None:
                 return cls(model, None, None)
             blocks.append(block)
-        head = cached_fold(model, partial(_pack_head, model.classifier), of=model.classifier,
-                           slot="_mnv3_head_cache")
-        return cls(model, blocks, head)
+        return cls(model, blocks, model._packed_head())
 
     @classmethod
     def _install_hooks(cls) -> None:
@@ -314,10 +314,15 @@ class _FastPlan:
                 x, mean = step(x, mean, x0)
             if add_input:
                 x = x + x0
-        x = torch.flatten(avgpool(x), 1)
-        if self.head is None:
-            return classifier(x)
-        return cpu_conv.run(self.head[1], cpu_conv.run(self.head[0], x))
+        return _run_head(self.head, torch.flatten(avgpool(x), 1), classifier)
+
+
+def _run_head(head, x: torch.Tensor, classifier: nn.Module) -> torch.Tensor:
+    """The classifier on pooled features x: its packed Linears (Linear + activation,
+    Dropout = identity in eval, Linear) where _pack_head packed them, else the module."""
+    if head is None:
+        return classifier(x)
+    return cpu_conv.run(head[1], cpu_conv.run(head[0], x))
 
 
 def _pack_head(classifier: nn.Module):
