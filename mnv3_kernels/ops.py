@@ -13,7 +13,24 @@ built; the C++ extensions only register implementations for them.
     mnv3::se_excite_scale(x, pooled, w1, b1, w2, b2, gate) -> y
       y = x * gate(w2 @ relu(w1 @ pooled + b1) + b2), dtype and layout of x.
 
-Both are inference ops: their backward raises.
+    mnv3::pointwise_bias_act(x, weight, bias, activation, scale, residual) -> y
+      y = act(x' @ weight.T + bias) (+ residual), x' = x * scale[n] per sample
+      when scale is given (the SE gate, applied where the 1x1 projection reads
+      its input).  x: channels-last dense [N, Cin, H, W] (a 1x1 convolution on
+      its [N*H*W, Cin] rows; y is channels-last) or row-major [M, Cin] (a
+      Linear); weight [Cout, Cin], read in place when stored k-major (strides
+      (1, Cout), see cpu_conv.prepack).  fp32, CPU only: the GEMM of the fp32
+      CPU fast path (cpu_conv.py).  It is not one of the backend-dispatched ops
+      (backends.OPS): on GPUs the 1x1 convolutions run cuDNN / cuBLAS.
+    mnv3::pointwise_dwconv(x, weight, bias, activation, dw_weight, dw_bias, stride, padding,
+                           dilation, dw_activation, with_mean) -> (y, mean)
+      = dwconv_bias_act(pointwise_bias_act(x, weight, bias, activation), dw_weight, dw_bias,
+                        stride, padding, dilation, dw_activation, with_mean)
+      in one pass: an inverted residual block's expand and depthwise convs, without
+      writing the expanded activation.  fp32, channels-last, CPU only, like
+      pointwise_bias_act (and likewise outside backends.OPS).
+
+All are inference ops: their backward raises.
 """
 
 from __future__ import annotations
@@ -37,6 +54,13 @@ SE_SCHEMA = "(Tensor x, Tensor pooled, Tensor w1, Tensor b1, Tensor w2, Tensor b
 _lib = torch.library.Library("mnv3", "DEF")  # noqa: TOR901 - kept alive for the process
 _lib.define("dwconv_bias_act" + DWCONV_SCHEMA)
 _lib.define("se_excite_scale" + SE_SCHEMA)
+POINTWISE_SCHEMA = ("(Tensor x, Tensor weight, Tensor bias, str activation, Tensor? scale=None, "
+                    "Tensor? residual=None) -> Tensor")
+_lib.define("pointwise_bias_act" + POINTWISE_SCHEMA)
+POINTWISE_DW_SCHEMA = ("(Tensor x, Tensor weight, Tensor bias, str activation, Tensor dw_weight, Tensor dw_bias, "
+                       "int[2] stride, int[2] padding, int[2] dilation, str dw_activation, bool with_mean) "
+                       "-> (Tensor, Tensor)")
+_lib.define("pointwise_dwconv" + POINTWISE_DW_SCHEMA)
 
 
 # --------------------------------------------------------------------------- checks
@@ -133,6 +157,45 @@ def check_se_args(x, pooled, w1, b1, w2, b2, gate) -> None:
         raise ValueError(f"gate must be one of {GATES}, got {gate!r}")
 
 
+def check_pointwise_args(x, weight, bias, activation, scale, residual) -> tuple:
+    """Raises a clear error for bad arguments of mnv3::pointwise_bias_act; returns y's shape."""
+    _check_float_tensor("x", x, torch.float32)
+    if x.device.type != "cpu":
+        raise ValueError(f"x must be a CPU tensor (pointwise_bias_act is the CPU fast path's GEMM), got {x.device}")
+    if x.dim() == 4:
+        if not layout.is_nhwc_dense(x):
+            raise ValueError("x must be channels-last dense (x.contiguous(memory_format=torch.channels_last))")
+    elif x.dim() != 2 or not x.is_contiguous():
+        raise ValueError(f"x must be a channels-last 4-d tensor or a contiguous 2-d one, got shape {_shape(x)}")
+    cin = x.shape[1]
+    _check_float_tensor("weight", weight, torch.float32)
+    _check_float_tensor("bias", bias, torch.float32)
+    _check_device("weight", weight, x)
+    _check_device("bias", bias, x)
+    if weight.dim() != 2 or weight.shape[1] != cin:
+        raise ValueError(f"weight must have shape [Cout, Cin] with Cin = {cin}, got {_shape(weight)}")
+    cout = weight.shape[0]
+    if bias.dim() != 1 or bias.shape[0] != cout:
+        raise ValueError(f"bias must have shape [Cout] with Cout = {cout}, got {_shape(bias)}")
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+    out_shape = (x.shape[0], cout, *x.shape[2:])
+    if scale is not None:
+        _check_float_tensor("scale", scale, torch.float32)
+        _check_device("scale", scale, x)
+        if scale.dim() != 2 or list(scale.shape) != [x.shape[0], cin] or not scale.is_contiguous():
+            raise ValueError(f"scale must be a contiguous [N, Cin] = [{x.shape[0]}, {cin}] tensor, "
+                             f"got shape {_shape(scale)}")
+    if residual is not None:
+        _check_float_tensor("residual", residual, torch.float32)
+        _check_device("residual", residual, x)
+        dense = layout.is_nhwc_dense(residual) if x.dim() == 4 else residual.is_contiguous()
+        if tuple(residual.shape) != out_shape or not dense:
+            raise ValueError(f"residual must have the output's shape {list(out_shape)} and layout "
+                             f"({'channels-last' if x.dim() == 4 else 'contiguous'}), got {_shape(residual)}")
+    return out_shape
+
+
 # --------------------------------------------------------------------------- fake kernels
 @torch.library.register_fake("mnv3::dwconv_bias_act")
 def _dwconv_bias_act_fake(x, weight, bias, stride, padding, dilation, activation, with_mean):
@@ -146,6 +209,41 @@ def _dwconv_bias_act_fake(x, weight, bias, stride, padding, dilation, activation
 def _se_excite_scale_fake(x, pooled, w1, b1, w2, b2, gate):
     check_se_args(x, pooled, w1, b1, w2, b2, gate)
     return layout.empty_4d(x, x.shape)
+
+
+@torch.library.register_fake("mnv3::pointwise_bias_act")
+def _pointwise_bias_act_fake(x, weight, bias, activation, scale=None, residual=None):
+    out_shape = check_pointwise_args(x, weight, bias, activation, scale, residual)
+    if x.dim() == 4:
+        return torch.empty(out_shape, dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
+    return x.new_empty(out_shape)
+
+
+def check_pointwise_dwconv_args(x, weight, bias, activation, dw_weight, dw_bias, stride, padding, dilation,
+                                dw_activation) -> tuple:
+    """Raises a clear error for bad arguments of mnv3::pointwise_dwconv; returns y's shape."""
+    hidden = check_pointwise_args(x, weight, bias, activation, None, None)
+    if x.dim() != 4:
+        raise ValueError(f"x must be a 4-d tensor [N, C, H, W], got shape {_shape(x)}")
+    if not isinstance(dw_weight, torch.Tensor) or dw_weight.dim() != 4 or dw_weight.shape[2] != dw_weight.shape[3]:
+        raise ValueError(f"dw_weight must have shape [Chid, 1, k, k], got "
+                         f"{_shape(dw_weight) if isinstance(dw_weight, torch.Tensor) else dw_weight!r}")
+    if (dw_weight.shape[2] - 1) * dilation[0] + 1 > 16:
+        raise ValueError(f"the dilated kernel may span at most 16 rows, got k={dw_weight.shape[2]} "
+                         f"dilation={dilation[0]}")
+    # The depthwise half on an input of the expanded shape (meta: no data).
+    return check_dwconv_args(torch.empty(hidden, dtype=x.dtype, device="meta"), dw_weight.to("meta"),
+                             dw_bias.to("meta") if isinstance(dw_bias, torch.Tensor) else dw_bias,
+                             stride, padding, dilation, dw_activation)
+
+
+@torch.library.register_fake("mnv3::pointwise_dwconv")
+def _pointwise_dwconv_fake(x, weight, bias, activation, dw_weight, dw_bias, stride, padding, dilation,
+                           dw_activation, with_mean):
+    out_shape = check_pointwise_dwconv_args(x, weight, bias, activation, dw_weight, dw_bias, stride, padding,
+                                            dilation, dw_activation)
+    y = torch.empty(out_shape, dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
+    return y, x.new_empty((x.shape[0], out_shape[1]) if with_mean else (0,), dtype=torch.float32)
 
 
 def _inference_only(op_name: str):
@@ -164,6 +262,8 @@ def _inference_only(op_name: str):
 
 _inference_only("dwconv_bias_act")
 _inference_only("se_excite_scale")
+_inference_only("pointwise_bias_act")
+_inference_only("pointwise_dwconv")
 
 
 # --------------------------------------------------------------------------- functional API

@@ -61,6 +61,29 @@ def se_excite_scale(
     return _as_layout_of(x * g[:, :, None, None], x)
 
 
+def pointwise_bias_act(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    activation: str,
+    scale: torch.Tensor | None = None,
+    residual: torch.Tensor | None = None,
+) -> torch.Tensor:
+    if x.dim() == 4:
+        xs = x if scale is None else x * scale[:, :, None, None]
+        y = ACTIVATION_FNS[activation](F.conv2d(xs, weight[:, :, None, None], bias))
+        y = _as_layout_of(y, x)  # x is channels-last dense (the op's contract)
+    else:
+        y = ACTIVATION_FNS[activation](F.linear(x if scale is None else x * scale, weight, bias))
+    return y if residual is None else y.add_(residual)
+
+
+def pointwise_dwconv(x, weight, bias, activation, dw_weight, dw_bias, stride, padding, dilation, dw_activation,
+                     with_mean):
+    hidden = pointwise_bias_act(x, weight, bias, activation)
+    return dwconv_bias_act(hidden, dw_weight, dw_bias, stride, padding, dilation, dw_activation, with_mean)
+
+
 def fold_batchnorm(
     weight: torch.Tensor,
     bias: torch.Tensor | None,

@@ -1,0 +1,420 @@
+// CPU kernel of mnv3::pointwise_bias_act: a 1x1 convolution (or a Linear) as
+// a matrix product with its epilogue fused,
+//   y[m, :] = act(W (x[m, :] * scale[sample(m), :]) + b) (+ residual[m, :]),
+// on the rows of a channels-last activation ([N*H*W, Cin], the tensor's own
+// memory) or of a 2-d [M, Cin] matrix.  `scale` is the SE gate: applying it
+// where the projection reads its input saves the separate pass that scales the
+// whole activation.
+//
+// Register tiles of kRows rows x 16 output channels (one AVX-512 register per
+// row: 12 accumulators, the weight vector and the broadcast input), weights
+// read k-major (W[k][n] contiguous in n) in place when the caller stores them
+// so (cpu_conv.prepack), packed per call otherwise.  The tiles are the unit of
+// the parallel split (row blocks outer, 16-channel panels inner, so a thread
+// reuses its rows across panels).  fp32 only: it backs the fp32 CPU fast path;
+// other dtypes run the reference.
+#include "cpu_utils.h"
+#include "simd.h"
+
+#include <torch/csrc/stable/ops.h>
+
+#include <algorithm>
+#include <optional>
+#include <vector>
+
+namespace mnv3 {
+namespace {
+
+constexpr int kLanes = 16;  // output channels per panel
+constexpr int kRows = 12;   // rows per full register tile (measured best of 6x32, 8x32, 12x16, 14x16 on AVX-512)
+
+MNV3_HD vfloat<kLanes> vload_partial(const float* p, int n) {
+  vfloat<kLanes> v = vzero<kLanes>();
+  memcpy(&v, p, sizeof(float) * n);
+  return v;
+}
+
+// One tile: MR rows of a (row stride lda) x the 16-channel panel of b that
+// starts at b (row stride ldb; `valid` of its channels exist).  The last
+// weight row of a partial panel is read partially: the others may over-read
+// into the next row of the same tensor, the last would read past its end.
+template <int MR, Activation A>
+MNV3_HD void pw_tile(const float* a, int64_t lda, const float* b, int64_t ldb, int64_t K, int valid,
+                     const float* bias, const float* res, float* c, int64_t ldc) {
+  const bool full = valid == kLanes;
+  vfloat<kLanes> acc[MR];
+  const vfloat<kLanes> bv = full ? vload<kLanes>(bias) : vload_partial(bias, valid);
+  for (int i = 0; i < MR; ++i) acc[i] = bv;
+  const int64_t whole = full ? K : K - 1;
+  int64_t k = 0;
+  for (; k < whole; ++k) {
+    const vfloat<kLanes> w = vload<kLanes>(b + k * ldb);
+    for (int i = 0; i < MR; ++i) acc[i] += a[i * lda + k] * w;
+  }
+  if (k < K) {
+    const vfloat<kLanes> w = vload_partial(b + k * ldb, valid);
+    for (int i = 0; i < MR; ++i) acc[i] += a[i * lda + k] * w;
+  }
+  for (int i = 0; i < MR; ++i) {
+    vfloat<kLanes> y = activate<A>(acc[i]);
+    if (full) {
+      if (res != nullptr) y += vload<kLanes>(res + i * ldc);
+      vstore<kLanes>(c + i * ldc, y);
+    } else {
+      if (res != nullptr) y += vload_partial(res + i * ldc, valid);
+      float tmp[kLanes];
+      vstore<kLanes>(tmp, y);
+      memcpy(c + i * ldc, tmp, sizeof(float) * valid);
+    }
+  }
+}
+
+struct PwProblem {
+  const float* x;      // [M, K] row-major
+  const float* w;      // k-major: w[k * ldw + n]
+  int64_t ldw;
+  const float* bias;   // [Nc]
+  const float* scale;  // [samples, K] or nullptr
+  const float* res;    // [M, Nc] row-major or nullptr
+  float* y;            // [M, Nc] rows, row stride ldy
+  int64_t ldy;
+  int64_t M, K, Nc, rows_per_sample;
+};
+
+// R rows from row m of one panel (a: those rows' inputs).
+template <int R, Activation A>
+MNV3_HD void pw_tile_at(const PwProblem& p, const float* a, int64_t lda, int64_t m, int64_t n0, int valid) {
+  const float* res = p.res == nullptr ? nullptr : p.res + m * p.Nc + n0;
+  pw_tile<R, A>(a, lda, p.w + n0, p.ldw, p.K, valid, p.bias + n0, res, p.y + m * p.ldy + n0, p.ldy);
+}
+
+// Rows [m0, m0 + mr) of one panel, as tiles of kRows, then 8, 4, 2, 1 rows.
+// (No lambdas here: a target clone compiles only what is inlined into it.)
+template <Activation A>
+MNV3_HD void pw_rows(const PwProblem& p, const float* a, int64_t lda, int64_t m0, int64_t mr, int64_t n0) {
+  const int valid = static_cast<int>(std::min<int64_t>(kLanes, p.Nc - n0));
+  int64_t i = 0;
+  for (; i + kRows <= mr; i += kRows) pw_tile_at<kRows, A>(p, a + i * lda, lda, m0 + i, n0, valid);
+  if (i + 8 <= mr) { pw_tile_at<8, A>(p, a + i * lda, lda, m0 + i, n0, valid); i += 8; }
+  if (i + 4 <= mr) { pw_tile_at<4, A>(p, a + i * lda, lda, m0 + i, n0, valid); i += 4; }
+  if (i + 2 <= mr) { pw_tile_at<2, A>(p, a + i * lda, lda, m0 + i, n0, valid); i += 2; }
+  if (i + 1 <= mr) pw_tile_at<1, A>(p, a + i * lda, lda, m0 + i, n0, valid);
+}
+
+// Tasks [begin, end) of (row block, panel), row blocks outer.  With a scale,
+// a row block is first copied scaled into `scaled` (kRows x K), once per
+// block, and every panel reads the copy.
+template <Activation A>
+MNV3_CPU_CLONES void pw_range(const PwProblem& p, float* scaled, int64_t begin, int64_t end) {
+  const int64_t panels = (p.Nc + kLanes - 1) / kLanes;
+  int64_t copied = -1;
+  for (int64_t t = begin; t < end; ++t) {
+    const int64_t block = t / panels, panel = t % panels;
+    const int64_t m0 = block * kRows, mr = std::min<int64_t>(kRows, p.M - m0);
+    const float* a = p.x + m0 * p.K;
+    if (p.scale != nullptr) {
+      if (copied != block) {
+        for (int64_t i = 0; i < mr; ++i) {
+          const float* s = p.scale + ((m0 + i) / p.rows_per_sample) * p.K;
+          const float* src = a + i * p.K;
+          float* dst = scaled + i * p.K;
+          for (int64_t k = 0; k < p.K; ++k) dst[k] = src[k] * s[k];
+        }
+        copied = block;
+      }
+      a = scaled;
+    }
+    pw_rows<A>(p, a, p.K, m0, mr, panel * kLanes);
+  }
+}
+
+bool is_row_major(const Tensor& t) { return t.dim() == 2 && t.stride(1) == 1 && t.stride(0) == t.size(1); }
+
+Tensor pointwise_bias_act_cpu(const Tensor& x, const Tensor& weight, const Tensor& bias,
+                              const std::string& activation, std::optional<Tensor> scale,
+                              std::optional<Tensor> residual) {
+  STD_TORCH_CHECK(x.is_cpu(), "mnv3::pointwise_bias_act: x must be a CPU tensor");
+  STD_TORCH_CHECK(x.scalar_type() == ScalarType::Float, "mnv3::pointwise_bias_act: x must be float32");
+  STD_TORCH_CHECK((x.dim() == 4 && is_nhwc_dense(x)) || is_row_major(x),
+                  "mnv3::pointwise_bias_act: x must be a channels-last dense 4-d tensor or a row-major 2-d one");
+  const Activation act = parse_activation(activation);
+  const int64_t K = x.size(1);
+  STD_TORCH_CHECK(weight.dim() == 2 && weight.size(1) == K && weight.scalar_type() == ScalarType::Float,
+                  "weight must be a float32 [Cout, Cin] matrix with Cin = ", K);
+  const int64_t Nc = weight.size(0);
+  STD_TORCH_CHECK(bias.dim() == 1 && bias.size(0) == Nc && bias.scalar_type() == ScalarType::Float,
+                  "bias must be a float32 [Cout] vector with Cout = ", Nc);
+  check_same_device(x, "x", weight, "weight");
+  check_same_device(x, "x", bias, "bias");
+  const int64_t samples = x.size(0);
+  const int64_t rows_per_sample = x.dim() == 4 ? x.size(2) * x.size(3) : 1;
+  const int64_t M = samples * rows_per_sample;
+  if (scale.has_value()) {
+    const Tensor& s = *scale;
+    STD_TORCH_CHECK(is_row_major(s) && s.size(0) == samples && s.size(1) == K && s.scalar_type() == ScalarType::Float,
+                    "scale must be a row-major float32 [N, Cin] = [", samples, ", ", K, "] matrix");
+    check_same_device(x, "x", s, "scale");
+  }
+  Tensor y = x.dim() == 4 ? empty_4d(samples, Nc, x.size(2), x.size(3), true, ScalarType::Float, x)
+                          : empty_2d(M, Nc, ScalarType::Float, x);
+  if (residual.has_value()) {
+    const Tensor& r = *residual;
+    bool same_shape = r.dim() == y.dim();
+    for (int64_t d = 0; same_shape && d < y.dim(); ++d) same_shape = r.size(d) == y.size(d);
+    STD_TORCH_CHECK(same_shape && r.scalar_type() == ScalarType::Float &&
+                        (y.dim() == 4 ? is_nhwc_dense(r) : is_row_major(r)),
+                    "residual must be a float32 tensor of the output's shape and layout");
+    check_same_device(x, "x", r, "residual");
+  }
+  if (M == 0 || Nc == 0) return y;
+
+  // The k-major weight: the tensor's memory when stored so (strides (1, Cout)), else a packed copy.
+  std::vector<float> w_storage;
+  const float* w = static_cast<const float*>(weight.const_data_ptr());
+  if (!(weight.stride(0) == 1 && weight.stride(1) == Nc)) {
+    w_storage.resize(static_cast<size_t>(K * Nc));
+    for (int64_t k = 0; k < K; ++k)
+      for (int64_t n = 0; n < Nc; ++n) w_storage[k * Nc + n] = w[n * weight.stride(0) + k * weight.stride(1)];
+    w = w_storage.data();
+  }
+  std::vector<float> b_storage;
+  PwProblem p{};
+  p.x = static_cast<const float*>(x.const_data_ptr());
+  p.w = w;
+  p.ldw = Nc;
+  p.bias = vector_as_float<float>(bias, b_storage);
+  p.scale = scale.has_value() ? static_cast<const float*>(scale->const_data_ptr()) : nullptr;
+  p.res = residual.has_value() ? static_cast<const float*>(residual->const_data_ptr()) : nullptr;
+  p.y = static_cast<float*>(y.mutable_data_ptr());
+  p.ldy = Nc;
+  p.M = M;
+  p.K = K;
+  p.Nc = Nc;
+  p.rows_per_sample = rows_per_sample;
+
+  const int64_t panels = (Nc + kLanes - 1) / kLanes;
+  const int64_t tasks = ((M + kRows - 1) / kRows) * panels;
+  dispatch_activation(act, [&](auto act_tag) {
+    constexpr Activation A = decltype(act_tag)::value;
+    torch::stable::parallel_for(0, tasks, grain_for(kRows * kLanes * std::max<int64_t>(K, 1)),
+                                [&](int64_t begin, int64_t end) {
+                                  std::vector<float> scaled(p.scale != nullptr ? kRows * K : 0);
+                                  pw_range<A>(p, scaled.data(), begin, end);
+                                });
+  });
+  return y;
+}
+
+// ---------------------------------------------------------------------------
+// mnv3::pointwise_dwconv: the expand 1x1 conv and the depthwise conv of an
+// inverted residual block in one pass, so the expanded activation (the
+// block's widest tensor: 3.2 MB at 112x112x64 in MobileNetV3-Large) never
+// goes to memory.  A thread walks a band of output rows and keeps the
+// expanded input rows it needs in a ring of (K-1)*dilation+1 rows, each row
+// zero-padded left and right and its channels padded to a multiple of 16, so
+// the depthwise loop has no borders; a row is computed (pw_rows) once per
+// band, the first rows of a band again by the neighbouring band (the halo).
+
+struct DwProblem {
+  int64_t N, H, W, C, OH, OW, K, sh, sw, ph, pw, dh, dw, Cp, Wp;
+  const float* w;     // taps [K*K][Cp], zero-padded channels
+  const float* bias;  // [Cp]
+  float* y;           // [N, OH, OW, C]
+  float* row_sums;    // [N*OH, Cp] or nullptr
+};
+
+constexpr int kDwTile = 4;  // output pixels per depthwise tile
+
+// Output row (n, oh) from the expanded input rows `rows[kh]` (padded
+// coordinates; a zero row where the tap is outside the input).
+template <Activation A>
+MNV3_HD void dw_row(const DwProblem& d, const float* const* rows, int64_t n, int64_t oh) {
+  float* yrow = d.y + ((n * d.OH + oh) * d.OW) * d.C;
+  float* sums = d.row_sums == nullptr ? nullptr : d.row_sums + (n * d.OH + oh) * d.Cp;
+  for (int64_t c0 = 0; c0 < d.Cp; c0 += kLanes) {
+    const int valid = static_cast<int>(std::min<int64_t>(kLanes, d.C - c0));
+    const vfloat<kLanes> bias = vload<kLanes>(d.bias + c0);
+    vfloat<kLanes> sum = vzero<kLanes>();
+    int64_t ow = 0;
+    for (; ow < d.OW; ow += kDwTile) {
+      const int tw = static_cast<int>(std::min<int64_t>(kDwTile, d.OW - ow));
+      vfloat<kLanes> acc[kDwTile];
+      for (int t = 0; t < kDwTile; ++t) acc[t] = bias;
+      for (int64_t kh = 0; kh < d.K; ++kh) {
+        const float* row = rows[kh] + c0;
+        for (int64_t kw = 0; kw < d.K; ++kw) {
+          const vfloat<kLanes> w = vload<kLanes>(d.w + (kh * d.K + kw) * d.Cp + c0);
+          const float* px = row + (ow * d.sw + kw * d.dw) * d.Cp;
+          if (tw == kDwTile) {
+            for (int t = 0; t < kDwTile; ++t) acc[t] += vload<kLanes>(px + t * d.sw * d.Cp) * w;
+          } else {
+            for (int t = 0; t < tw; ++t) acc[t] += vload<kLanes>(px + t * d.sw * d.Cp) * w;
+          }
+        }
+      }
+      for (int t = 0; t < tw; ++t) {
+        const vfloat<kLanes> v = activate<A>(acc[t]);
+        sum += v;
+        float* out = yrow + (ow + t) * d.C + c0;
+        if (valid == kLanes) {
+          vstore<kLanes>(out, v);
+        } else {
+          float tmp[kLanes];
+          vstore<kLanes>(tmp, v);
+          memcpy(out, tmp, sizeof(float) * valid);
+        }
+      }
+    }
+    if (sums != nullptr) vstore<kLanes>(sums + c0, sum);
+  }
+}
+
+// Output rows [begin, end) of the flattened (n, oh) range.  ring: R rows of
+// Wp*Cp floats, zero-initialized (the padding columns and channels stay zero:
+// pw_rows writes only the W real pixels' C channels); zero: one zero row.
+template <Activation A1, Activation A2>
+MNV3_CPU_CLONES void pointwise_dw_range(const PwProblem& pw, const DwProblem& d, float* ring, int64_t* tags,
+                                        const float* zero, int64_t begin, int64_t end) {
+  const int64_t R = (d.K - 1) * d.dh + 1, row_floats = d.Wp * d.Cp;
+  const int64_t panels = (pw.Nc + kLanes - 1) / kLanes;
+  const float* rows[16];
+  for (int64_t i = 0; i < R; ++i) tags[i] = -1;
+  for (int64_t r = begin; r < end; ++r) {
+    const int64_t n = r / d.OH, oh = r % d.OH;
+    for (int64_t kh = 0; kh < d.K; ++kh) {
+      const int64_t ih = oh * d.sh - d.ph + kh * d.dh;
+      if (ih < 0 || ih >= d.H) {
+        rows[kh] = zero;
+        continue;
+      }
+      const int64_t slot = ih % R, tag = n * d.H + ih;
+      float* buf = ring + slot * row_floats;
+      if (tags[slot] != tag) {  // expand input row (n, ih) into the ring
+        PwProblem row = pw;
+        row.y = buf + d.pw * d.Cp;
+        const float* a = pw.x + tag * d.W * pw.K;
+        for (int64_t pnl = 0; pnl < panels; ++pnl) pw_rows<A1>(row, a, pw.K, 0, d.W, pnl * kLanes);
+        tags[slot] = tag;
+      }
+      rows[kh] = buf;
+    }
+    dw_row<A2>(d, rows, n, oh);
+  }
+}
+
+std::tuple<Tensor, Tensor> pointwise_dwconv_cpu(const Tensor& x, const Tensor& weight, const Tensor& bias,
+                                                const std::string& activation, const Tensor& dw_weight,
+                                                const Tensor& dw_bias, const std::vector<int64_t>& stride,
+                                                const std::vector<int64_t>& padding,
+                                                const std::vector<int64_t>& dilation,
+                                                const std::string& dw_activation, bool with_mean) {
+  STD_TORCH_CHECK(x.is_cpu(), "mnv3::pointwise_dwconv: x must be a CPU tensor");
+  STD_TORCH_CHECK(x.scalar_type() == ScalarType::Float && x.dim() == 4 && is_nhwc_dense(x),
+                  "mnv3::pointwise_dwconv: x must be a float32 channels-last dense 4-d tensor");
+  const int64_t Cin = x.size(1);
+  STD_TORCH_CHECK(weight.dim() == 2 && weight.size(1) == Cin && weight.scalar_type() == ScalarType::Float,
+                  "weight must be a float32 [Chid, Cin] matrix with Cin = ", Cin);
+  const int64_t C = weight.size(0);
+  STD_TORCH_CHECK(bias.dim() == 1 && bias.size(0) == C && bias.scalar_type() == ScalarType::Float,
+                  "bias must be a float32 [Chid] vector with Chid = ", C);
+  STD_TORCH_CHECK(dw_weight.dim() == 4 && dw_weight.size(0) == C && dw_weight.size(1) == 1 &&
+                      dw_weight.size(2) == dw_weight.size(3) && dw_weight.scalar_type() == ScalarType::Float,
+                  "dw_weight must be a float32 [Chid, 1, k, k] tensor with Chid = ", C);
+  STD_TORCH_CHECK(dw_bias.dim() == 1 && dw_bias.size(0) == C && dw_bias.scalar_type() == ScalarType::Float,
+                  "dw_bias must be a float32 [Chid] vector with Chid = ", C);
+  for (const Tensor* t : {&weight, &bias, &dw_weight, &dw_bias}) check_same_device(x, "x", *t, "weights");
+  STD_TORCH_CHECK(stride.size() == 2 && padding.size() == 2 && dilation.size() == 2,
+                  "stride, padding and dilation must have 2 elements each");
+  DwProblem d{};
+  d.N = x.size(0);
+  d.H = x.size(2);
+  d.W = x.size(3);
+  d.C = C;
+  d.K = dw_weight.size(2);
+  d.sh = stride[0];
+  d.sw = stride[1];
+  d.ph = padding[0];
+  d.pw = padding[1];
+  d.dh = dilation[0];
+  d.dw = dilation[1];
+  STD_TORCH_CHECK(d.K >= 1 && (d.K - 1) * d.dh + 1 <= 16, "kernel size and dilation too large (span > 16 rows)");
+  STD_TORCH_CHECK(d.sh >= 1 && d.sw >= 1 && d.dh >= 1 && d.dw >= 1 && d.ph >= 0 && d.pw >= 0,
+                  "stride and dilation must be positive, padding non-negative");
+  d.OH = conv_out_size(d.H, d.K, d.sh, d.ph, d.dh);
+  d.OW = conv_out_size(d.W, d.K, d.sw, d.pw, d.dw);
+  STD_TORCH_CHECK(d.OH >= 1 && d.OW >= 1, "the output would be empty: input ", d.H, "x", d.W,
+                  " is smaller than the dilated kernel");
+  const Activation act1 = parse_activation(activation), act2 = parse_activation(dw_activation);
+  d.Cp = (C + kLanes - 1) / kLanes * kLanes;
+  d.Wp = std::max(d.W + 2 * d.pw, (d.OW - 1) * d.sw + (d.K - 1) * d.dw + 1);
+  Tensor y = empty_4d(d.N, C, d.OH, d.OW, true, ScalarType::Float, x);
+  Tensor mean = with_mean ? empty_2d(d.N, C, ScalarType::Float, x)
+                          : torch::stable::empty({0}, ScalarType::Float, std::nullopt, x.device());
+  if (d.N == 0 || C == 0) return {y, mean};
+
+  // Depthwise taps and bias, channel-padded with zeros.
+  std::vector<float> wd(static_cast<size_t>(d.K * d.K * d.Cp), 0.f), bd(static_cast<size_t>(d.Cp), 0.f);
+  const float* wsrc = static_cast<const float*>(dw_weight.const_data_ptr());
+  for (int64_t c = 0; c < C; ++c) {
+    bd[c] = static_cast<const float*>(dw_bias.const_data_ptr())[c * dw_bias.stride(0)];
+    for (int64_t kh = 0; kh < d.K; ++kh)
+      for (int64_t kw = 0; kw < d.K; ++kw)
+        wd[(kh * d.K + kw) * d.Cp + c] = wsrc[c * dw_weight.stride(0) + kh * dw_weight.stride(2) + kw * dw_weight.stride(3)];
+  }
+  d.w = wd.data();
+  d.bias = bd.data();
+  d.y = static_cast<float*>(y.mutable_data_ptr());
+  std::vector<float> row_sums(with_mean ? static_cast<size_t>(d.N * d.OH * d.Cp) : 0);
+  d.row_sums = with_mean ? row_sums.data() : nullptr;
+
+  std::vector<float> w_storage, b_storage;
+  PwProblem pw{};
+  pw.x = static_cast<const float*>(x.const_data_ptr());
+  pw.w = static_cast<const float*>(weight.const_data_ptr());
+  if (!(weight.stride(0) == 1 && weight.stride(1) == C)) {
+    w_storage.resize(static_cast<size_t>(Cin * C));
+    for (int64_t k = 0; k < Cin; ++k)
+      for (int64_t c = 0; c < C; ++c) w_storage[k * C + c] = pw.w[c * weight.stride(0) + k * weight.stride(1)];
+    pw.w = w_storage.data();
+  }
+  pw.ldw = C;
+  pw.bias = vector_as_float<float>(bias, b_storage);
+  pw.ldy = d.Cp;
+  pw.M = d.W;
+  pw.K = Cin;
+  pw.Nc = C;
+  pw.rows_per_sample = 1;
+
+  const int64_t R = (d.K - 1) * d.dh + 1;
+  const std::vector<float> zero(static_cast<size_t>(d.Wp * d.Cp), 0.f);
+  const int64_t row_work = d.OW * d.Cp * d.K * d.K + d.W * C * Cin;
+  dispatch_activation(act1, [&](auto a1) {
+    dispatch_activation(act2, [&](auto a2) {
+      constexpr Activation A1 = decltype(a1)::value, A2 = decltype(a2)::value;
+      torch::stable::parallel_for(0, d.N * d.OH, grain_for(row_work), [&](int64_t begin, int64_t end) {
+        std::vector<float> ring(static_cast<size_t>(R * d.Wp * d.Cp), 0.f);
+        int64_t tags[16];
+        pointwise_dw_range<A1, A2>(pw, d, ring.data(), tags, zero.data(), begin, end);
+      });
+    });
+  });
+  if (with_mean) {
+    float* mp = static_cast<float*>(mean.mutable_data_ptr());
+    const float inv = 1.f / static_cast<float>(d.OH * d.OW);
+    for (int64_t n = 0; n < d.N; ++n)
+      for (int64_t c = 0; c < C; ++c) {
+        float acc = 0.f;
+        for (int64_t oh = 0; oh < d.OH; ++oh) acc += row_sums[(n * d.OH + oh) * d.Cp + c];
+        mp[n * C + c] = acc * inv;
+      }
+  }
+  return {y, mean};
+}
+
+}  // namespace
+}  // namespace mnv3
+
+STABLE_TORCH_LIBRARY_IMPL(mnv3, CPU, m) {
+  m.impl("pointwise_bias_act", TORCH_BOX(&mnv3::pointwise_bias_act_cpu));
+  m.impl("pointwise_dwconv", TORCH_BOX(&mnv3::pointwise_dwconv_cpu));
+}

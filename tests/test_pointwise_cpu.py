@@ -1,0 +1,155 @@
+"""The CPU fast path's GEMM ops: mnv3::pointwise_bias_act (1x1 conv / Linear + bias +
+activation, with the SE gate applied to its input and the residual in its epilogue)
+and mnv3::pointwise_dwconv (an inverted residual's expand and depthwise convs in one
+pass), against the pure-PyTorch reference."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from tolerances import assert_op_close
+
+from mnv3_kernels import cpu_conv, reference
+
+pytestmark = pytest.mark.skipif(not cpu_conv.native_available(), reason="the CPU extension is not built")
+
+ACTS = ("identity", "relu", "relu6", "hardswish")
+pointwise = torch.ops.mnv3.pointwise_bias_act.default
+pointwise_dw = torch.ops.mnv3.pointwise_dwconv.default
+
+
+def nhwc(*shape) -> torch.Tensor:
+    return torch.empty(shape, memory_format=torch.channels_last).normal_()
+
+
+def k_major(w: torch.Tensor) -> torch.Tensor:
+    return w.t().contiguous().t()
+
+
+def assert_same_layout(actual: torch.Tensor, expected: torch.Tensor) -> None:
+    assert actual.stride() == expected.stride(), (actual.stride(), expected.stride())
+
+
+# Row counts around the 12-row register tile (tails of 8, 4, 2, 1 rows) and channel
+# counts around the 16-lane panel (partial last panels).
+@pytest.mark.parametrize("shape,cout", [((1, 16, 7, 5), 24), ((2, 40, 3, 3), 120), ((1, 33, 1, 1), 16),
+                                        ((3, 17, 4, 4), 1), ((1, 5, 13, 1), 33), ((1, 1, 6, 2), 7)])
+@pytest.mark.parametrize("activation", ACTS)
+def test_pointwise_conv_matches_reference(shape, cout, activation):
+    n, cin = shape[:2]
+    x = nhwc(*shape)
+    w, b = torch.randn(cout, cin) / cin**0.5, torch.randn(cout)
+    scale = torch.rand(n, cin)
+    residual = nhwc(n, cout, *shape[2:])
+    for weight in (w, k_major(w)):  # packed per call / read in place
+        for s, r in ((None, None), (scale, None), (None, residual), (scale, residual)):
+            y = pointwise(x, weight, b, activation, s, r)
+            expected = reference.pointwise_bias_act(x, w, b, activation, s, r)
+            assert_same_layout(y, expected)
+            assert_op_close(y, expected)
+
+
+@pytest.mark.parametrize("rows,cin,cout", [(1, 960, 1280), (5, 40, 24), (13, 7, 17)])
+def test_pointwise_linear_matches_reference(rows, cin, cout):
+    x, w, b = torch.randn(rows, cin), torch.randn(cout, cin) / cin**0.5, torch.randn(cout)
+    for activation in ("identity", "hardswish"):
+        y = pointwise(x, k_major(w), b, activation)
+        assert_op_close(y, reference.pointwise_bias_act(x, w, b, activation))
+
+
+def test_pointwise_empty_inputs():
+    w, b = torch.randn(8, 4), torch.randn(8)
+    assert pointwise(nhwc(0, 4, 3, 3), w, b, "relu").shape == (0, 8, 3, 3)
+    assert pointwise(torch.randn(0, 4), w, b, "relu").shape == (0, 8)
+
+
+# (shape, hidden, k, stride, padding, dilation): MobileNetV3's strided 3x3 / 5x5 at
+# high resolution, dilation 2, no padding, 1x1, odd sizes and channel tails.
+DW_CASES = [((1, 16, 112, 112), 64, 3, 2, 1, 1), ((2, 24, 9, 7), 72, 5, 1, 2, 1), ((1, 40, 14, 14), 120, 5, 2, 2, 1),
+            ((1, 7, 6, 5), 20, 3, 1, 2, 2), ((3, 8, 5, 9), 17, 3, 2, 0, 1), ((1, 8, 4, 4), 16, 1, 1, 0, 1),
+            ((2, 3, 1, 1), 5, 3, 1, 1, 1)]
+
+
+@pytest.mark.parametrize("case", DW_CASES, ids=str)
+@pytest.mark.parametrize("acts", [("relu", "relu"), ("hardswish", "hardswish"), ("identity", "relu6")], ids=str)
+def test_pointwise_dwconv_matches_the_two_ops(case, acts):
+    shape, hidden, k, s, p, d = case
+    cin = shape[1]
+    x = nhwc(*shape)
+    w1, b1 = torch.randn(hidden, cin) / cin**0.5, torch.randn(hidden)
+    wd, bd = torch.randn(hidden, 1, k, k) / k, torch.randn(hidden)
+    for with_mean in (False, True):
+        args = (acts[0], wd, bd, [s, s], [p, p], [d, d], acts[1], with_mean)
+        y, mean = pointwise_dw(x, k_major(w1), b1, *args)
+        ey, emean = reference.pointwise_dwconv(x, w1, b1, *args)
+        assert_same_layout(y, ey)
+        assert_op_close(y, ey)
+        assert_op_close(mean, emean)
+
+
+def test_opcheck():
+    x, w, b = nhwc(2, 6, 5, 4), torch.randn(10, 6), torch.randn(10)
+    torch.library.opcheck(pointwise, (x, k_major(w), b, "hardswish", torch.rand(2, 6), nhwc(2, 10, 5, 4)))
+    torch.library.opcheck(pointwise, (torch.randn(3, 6), w, b, "relu"))
+    wd, bd = torch.randn(10, 1, 3, 3), torch.randn(10)
+    torch.library.opcheck(pointwise_dw, (x, w, b, "relu", wd, bd, [2, 2], [1, 1], [1, 1], "hardswish", True))
+
+
+def test_backward_raises_a_clear_error():
+    x = torch.randn(2, 4, requires_grad=True)
+    y = pointwise(x, torch.randn(3, 4), torch.randn(3), "relu")
+    with pytest.raises(RuntimeError, match="inference op and has no backward"):
+        y.sum().backward()
+
+
+def _pw_args(**overrides):
+    args = {"x": nhwc(1, 4, 3, 3), "weight": torch.randn(8, 4), "bias": torch.randn(8), "activation": "relu",
+            "scale": None, "residual": None}
+    args.update(overrides)
+    return args
+
+
+@pytest.mark.parametrize("overrides,match", [
+    ({"x": torch.randn(1, 4, 3, 3)}, "x must be a channels-last dense"),  # NCHW
+    ({"x": nhwc(1, 4, 3, 3).half()}, "x must be float32"),
+    ({"x": torch.randn(4)}, "x must be a channels-last dense"),
+    ({"weight": torch.randn(8, 5)}, "weight must be a float32 \\[Cout, Cin\\] matrix with Cin = 4"),
+    ({"bias": torch.randn(7)}, "bias must be a float32 \\[Cout\\] vector with Cout = 8"),
+    ({"activation": "gelu"}, "activation must be one of"),
+    ({"scale": torch.rand(2, 4)}, "scale must be a row-major float32 \\[N, Cin\\]"),
+    ({"residual": torch.randn(1, 8, 3, 3)}, "residual must be a float32 tensor of the output's shape and layout"),
+])
+def test_pointwise_bad_input_names_the_argument(overrides, match):
+    with pytest.raises(RuntimeError, match=match):
+        pointwise(**_pw_args(**overrides))
+
+
+@pytest.mark.parametrize("overrides,match", [
+    ({"x": torch.randn(1, 4, 3, 3)}, "x must be channels-last dense"),
+    ({"weight": torch.randn(8, 5)}, "weight must have shape \\[Cout, Cin\\] with Cin = 4"),
+    ({"residual": torch.randn(1, 8, 3, 3)}, "residual must have the output's shape"),
+    ({"scale": torch.rand(1, 5)}, "scale must be a contiguous \\[N, Cin\\]"),
+])
+def test_pointwise_fake_kernel_checks_too(overrides, match):
+    """Under torch.compile / export the fake kernel raises the same kind of error."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    args = _pw_args(**overrides)
+    with FakeTensorMode() as mode, pytest.raises(ValueError, match=match):
+        pointwise(**{k: mode.from_tensor(v) if isinstance(v, torch.Tensor) else v for k, v in args.items()})
+
+
+@pytest.mark.parametrize("overrides,match", [
+    ({"dw_weight": torch.randn(9, 1, 3, 3)}, "dw_weight must be a float32 \\[Chid, 1, k, k\\] tensor with Chid = 8"),
+    ({"dw_bias": torch.randn(3)}, "dw_bias must be a float32 \\[Chid\\] vector"),
+    ({"dilation": [9, 9]}, "span > 16 rows"),
+    ({"padding": [0, 0], "x": nhwc(1, 4, 2, 2)}, "the output would be empty"),
+    ({"dw_activation": "tanh"}, "activation must be one of"),
+])
+def test_pointwise_dwconv_bad_input_names_the_argument(overrides, match):
+    args = {"x": nhwc(1, 4, 5, 5), "weight": torch.randn(8, 4), "bias": torch.randn(8), "activation": "relu",
+            "dw_weight": torch.randn(8, 1, 3, 3), "dw_bias": torch.randn(8), "stride": [1, 1], "padding": [1, 1],
+            "dilation": [1, 1], "dw_activation": "relu", "with_mean": False}
+    args.update(overrides)
+    with pytest.raises(RuntimeError, match=match):
+        pointwise_dw(**args)
