@@ -61,8 +61,8 @@ def test_fused_model_uses_the_packed_convs_and_matches_without_them(monkeypatch)
     x = torch.randn(2, 3, 96, 96)
     calls = []
     run = cpu_conv.run
-    monkeypatch.setattr(cpu_conv, "run", lambda p, xx, residual=None: calls.append(
-        (xx.dim(), p.linear, residual is not None)) or run(p, xx, residual))
+    monkeypatch.setattr(cpu_conv, "run", lambda p, xx, residual=None, scale=None: calls.append(
+        (xx.dim(), p.linear, residual is not None)) or run(p, xx, residual, scale))
     with torch.inference_mode():
         packed_out = fused(x)
         expected = tv(x)
@@ -73,6 +73,7 @@ def test_fused_model_uses_the_packed_convs_and_matches_without_them(monkeypatch)
     assert calls.count((4, True, False)) == 20 and calls.count((4, True, True)) == 10
     assert calls.count((2, True, False)) == 2 and len(calls) == 33
     monkeypatch.setattr(cpu_conv, "available", lambda: False)
+    monkeypatch.setattr(cpu_conv, "native_available", lambda: False)
     plain = mk.fuse(tv)
     with torch.inference_mode():
         plain_out = plain(x)

@@ -22,6 +22,7 @@ from tolerances import assert_model_close
 from torch import fx, nn
 
 import mnv3_kernels as mk
+from mnv3_kernels import cpu_conv
 from mnv3_kernels import ops
 from mnv3_kernels.fx_fuse import FusedDWConvBNAct, FusedSqueezeExcite
 
@@ -67,6 +68,10 @@ MODELS = {
 }
 
 
+# The drop-in models' 1x1 convs + Linears: expand (14 / 10), project (15 / 11), last conv, classifier (2).
+DROP_IN_POINTWISE = {"tv_mobilenet_v3_large": 32, "tv_mobilenet_v3_small": 24}
+
+
 @pytest.mark.parametrize("name", list(MODELS))
 def test_model_is_fused_and_matches(name):
     build, n_dw, n_se, fx_path = MODELS[name]
@@ -85,7 +90,12 @@ def test_model_is_fused_and_matches(name):
         reference64 = copy.deepcopy(model).double()(x.double())  # the seed is ill-conditioned in fp32
         calls = mnv3_op_calls(fused, x)
         actual = fused(x)
-    assert calls == +Counter({"dwconv_bias_act": n_dw, "se_excite_scale": n_se})  # + drops zero counts
+    expected_calls = Counter({"dwconv_bias_act": n_dw, "se_excite_scale": n_se})
+    if not fx_path and cpu_conv.native_available():
+        # The drop-in model's CPU path: its 1x1 convs and Linears run pointwise_bias_act,
+        # which also applies the SE gates (as it reads the projection's input).
+        expected_calls.update(pointwise_bias_act=DROP_IN_POINTWISE[name], se_excite_scale=-n_se)
+    assert calls == +expected_calls  # + drops zero counts
     assert_model_close(actual, expected, reference64)
 
 

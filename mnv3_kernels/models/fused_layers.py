@@ -271,10 +271,18 @@ class Conv2dNormActivation(FoldCacheMixin, nn.Sequential):
         return FoldedConv(w, b, tuple(conv.stride), tuple(conv.padding), tuple(conv.dilation),
                           conv.groups, act, depthwise, packed)
 
-    def fused(self, x: torch.Tensor, want_mean: bool = False, residual: torch.Tensor | None = None):
+    def fused(self, x: torch.Tensor, want_mean: bool = False, residual: torch.Tensor | None = None,
+              scale: torch.Tensor | None = None):
         """(y, mean or None): the fused computation, y + residual when residual is given;
-        mean is the fp32 [N, C] SE squeeze of y."""
+        mean is the fp32 [N, C] SE squeeze of y.  scale: an [N, Cin] factor per input
+        channel (an SE gate), applied to x as it is read where the layer takes_scale(),
+        else to x first."""
         f = self.folded()
+        if scale is not None:
+            if f is not None and f.packed is not None and f.packed.native and self._packed_path(f, x, residual):
+                y = cpu_conv.run(f.packed, x, residual, scale)
+                return y, (y.mean(dim=(2, 3), dtype=torch.float32) if want_mean else None)
+            x = x * scale.to(x.dtype)[:, :, None, None]
         if f is None:  # e.g. a norm layer we cannot fold: the ordinary modules
             y = nn.Sequential.forward(self, x)
         elif f.depthwise and x.dtype in ops.SUPPORTED_DTYPES:
@@ -292,13 +300,28 @@ class Conv2dNormActivation(FoldCacheMixin, nn.Sequential):
             y = y + residual
         return y, (y.mean(dim=(2, 3), dtype=torch.float32) if want_mean else None)
 
-    def fast_step(self, want_mean: bool, residual: bool) -> Step | None:
+    def takes_scale(self) -> bool:
+        """Whether fast_step(..., scaled=True) exists: a 1x1 conv on mnv3::pointwise_bias_act,
+        which applies a per-channel input scale (the SE gate) as it reads its input."""
+        f = self.folded()
+        return f is not None and f.packed is not None and f.packed.native
+
+    def fast_step(self, want_mean: bool, residual: bool, scaled: bool = False) -> Step | None:
         """fused() as a Step with everything but the input bound, for fp32 channels-last
         CPU inputs on the native backend (the caller checks packed_path_ok); None where
-        this layer has no such path (then the caller runs the modules)."""
+        this layer has no such path (then the caller runs the modules).  scaled: the
+        step's second argument is an fp32 [N, Cin] gate that scales the input (see
+        takes_scale and SqueezeExcitation.gate_step)."""
         f = self.folded()
         if f is None or f.weight.dtype != torch.float32 or f.weight.device.type != "cpu":
             return None
+        if scaled:
+            if not self.takes_scale() or want_mean or (residual and f.activation != "identity"):
+                return None
+            p, run = f.packed, cpu_conv.run
+            if residual:
+                return lambda y, gate, x0: (run(p, y, x0, gate), None)
+            return lambda y, gate, x0: (run(p, y, None, gate), None)
         if f.depthwise:
             if residual:
                 return None
@@ -338,6 +361,14 @@ class FoldedSE:
     w2: torch.Tensor
     b2: torch.Tensor
     gate: str
+
+
+def _gate(f: FoldedSE, y: torch.Tensor, mean: torch.Tensor | None) -> torch.Tensor:
+    if mean is None:
+        mean = y.mean(dim=(2, 3), dtype=torch.float32)
+    hidden = torch.addmm(f.b1, mean, f.w1.t()).relu_()
+    logits = torch.addmm(f.b2, hidden, f.w2.t())
+    return logits.sigmoid_() if f.gate == "sigmoid" else torch.ops.aten.hardsigmoid_.default(logits)
 
 
 class SqueezeExcitation(FoldCacheMixin, nn.Module):
@@ -400,6 +431,24 @@ class SqueezeExcitation(FoldCacheMixin, nn.Module):
                 mean = y.mean(dim=(2, 3), dtype=torch.float32)
             return op(y, mean, f.w1, f.b1, f.w2, f.b2, f.gate), None
         return step
+
+    def gate_step(self) -> Step | None:
+        """A Step that returns (y, gate): y unchanged and the fp32 [N, C] SE gate, for a
+        next step that applies it where it reads y (Conv2dNormActivation.fast_step with
+        scaled=True), so the scaled activation is never written.  The gate is four
+        small aten calls on [N, C] (the C++ op's fixed cost is larger)."""
+        f = self.folded()
+        if f is None or f.w1.dtype != torch.float32 or f.w1.device.type != "cpu":
+            return None
+        return lambda y, mean, x0: (y, _gate(f, y, mean))
+
+    def gate(self, y: torch.Tensor, mean: torch.Tensor | None) -> torch.Tensor | None:
+        """The fp32 [N, C] gate for y (mean: y's squeeze, if computed), as gate_step
+        computes it, or None where the SE layer cannot be folded or y is not fp32 CPU."""
+        f = self.folded()
+        if f is None or f.w1.dtype != torch.float32 or f.w1.device.type != "cpu" or y.dtype != torch.float32:
+            return None
+        return _gate(f, y, mean)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if fused_active(self, x):

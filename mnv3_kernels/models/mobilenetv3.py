@@ -109,14 +109,21 @@ class InvertedResidual(nn.Module):
             yield layer, want_mean, residual
 
     def _fused_forward(self, x: torch.Tensor) -> torch.Tensor:
-        y, mean = x, None
+        y, mean, gate = x, None, None
         residual_added = False
-        for layer, want_mean, residual in self._schedule():
+        layers = list(self.block)
+        for i, (layer, want_mean, residual) in enumerate(self._schedule()):
             if isinstance(layer, SqueezeExcitation):
-                y, mean = layer.fused(y, mean), None
+                after = layers[i + 1] if i + 1 < len(layers) else None
+                # As in the CPU plan: the projection applies the gate as it reads y.
+                if isinstance(after, Conv2dNormActivation) and after.takes_scale() and packed_path_ok(y):
+                    gate = layer.gate(y, mean)
+                if gate is None:
+                    y = layer.fused(y, mean)
+                mean = None
             elif isinstance(layer, Conv2dNormActivation):
-                y, mean = layer.fused(y, want_mean, x if residual else None)
-                residual_added = residual
+                y, mean = layer.fused(y, want_mean, x if residual else None, gate)
+                residual_added, gate = residual, None
             else:
                 y, mean = layer(y), None
         return y + x if self.use_res_connect and not residual_added else y
@@ -124,13 +131,26 @@ class InvertedResidual(nn.Module):
     def fast_steps(self) -> tuple[list[Step], bool] | None:
         """_fused_forward as Steps (fused_layers.Step) and whether the block input is
         added after them; None if a layer has no fast step."""
-        steps, residual_added = [], False
-        for layer, want_mean, residual in self._schedule():
+        steps, residual_added, gated = [], False, False
+        layers = list(self.block)
+        schedule = list(self._schedule())
+        merged = _expand_dw_step(layers, schedule)
+        if merged is not None:  # the expand and depthwise layers as one step
+            steps.append(merged)
+            schedule[:2] = [(None, False, False)]
+        for i, (layer, want_mean, residual) in enumerate(schedule):
+            if layer is None:
+                continue
+            i += len(layers) - len(schedule)
             if isinstance(layer, SqueezeExcitation):
-                step = layer.fast_step()
+                after = layers[i + 1] if i + 1 < len(layers) else None
+                # The gate goes to the projection, which scales its input as it reads it.
+                gated = isinstance(after, Conv2dNormActivation) and after.takes_scale()
+                step = layer.gate_step() if gated else layer.fast_step()
+                gated = gated and step is not None
             elif isinstance(layer, Conv2dNormActivation):
-                step = layer.fast_step(want_mean, residual)
-                residual_added = residual
+                step = layer.fast_step(want_mean, residual, scaled=gated)
+                residual_added, gated = residual, False
             else:
                 step = None
             if step is None:
@@ -145,6 +165,42 @@ class InvertedResidual(nn.Module):
         if self.use_res_connect:
             result = result + x
         return result
+
+
+# Input widths from which the expand + depthwise pair runs as one op.  Below it
+# the separate ops win (measured on 2 cores, Large at batch 1: the row-at-a-time
+# expand GEMM of a 7- or 14-pixel row fills few register rows, and two threads
+# recompute a large share of halo rows).
+_MERGE_MIN_WIDTH = 56
+
+
+def _expand_dw_step(layers, schedule):
+    """A Step running a block's expand 1x1 conv and its depthwise conv as one
+    mnv3::pointwise_dwconv call (the expanded activation is never written), or None
+    where the block does not start with such a pair on the native CPU path."""
+    if len(layers) < 2 or not all(isinstance(m, Conv2dNormActivation) for m in layers[:2]):
+        return None
+    expand, dw = layers[0].folded(), layers[1].folded()
+    if (expand is None or dw is None or expand.packed is None or not expand.packed.native
+            or not expand.packed.linear or not dw.depthwise or dw.weight.dtype != torch.float32
+            or dw.weight.shape[2] != dw.weight.shape[3] or dw.stride[0] != dw.stride[1]
+            or dw.padding[0] != dw.padding[1] or dw.dilation[0] != dw.dilation[1]
+            or (dw.weight.shape[2] - 1) * dw.dilation[0] + 1 > 16):
+        return None
+    p, want_mean = expand.packed, schedule[1][1]
+    merged = torch.ops.mnv3.pointwise_dwconv.default
+    args = (p.weight, p.bias, p.activation, dw.weight, dw.bias, list(dw.stride), list(dw.padding),
+            list(dw.dilation), dw.activation, want_mean)
+    first, second = layers[0].fast_step(False, False), layers[1].fast_step(want_mean, False)
+    if first is None or second is None:
+        return None
+
+    def step(y, mean, x0):
+        if y.shape[3] >= _MERGE_MIN_WIDTH:
+            out = merged(y, *args)
+            return out if want_mean else (out[0], None)
+        return second(first(y, None, x0)[0], None, x0)
+    return step
 
 
 class MobileNetV3(DropsCachesOnCopy, nn.Module):
