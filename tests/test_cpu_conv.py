@@ -68,10 +68,12 @@ def test_fused_model_uses_the_packed_convs_and_matches_without_them(monkeypatch)
         expected = tv(x)
     # the 3x3 stem as a convolution; head + 14 expand + 15 project 1x1 convs as
     # linears on the channels-last rows, 10 projections with the residual; the
-    # classifier's two Linear layers
+    # classifier's two Linear layers.  With the CPU extension the 14 expand convs
+    # run inside pointwise_dwconv instead (with their depthwise convs).
+    expand = 0 if cpu_conv.native_available() else 14
     assert calls.count((4, False, False)) == 1
-    assert calls.count((4, True, False)) == 20 and calls.count((4, True, True)) == 10
-    assert calls.count((2, True, False)) == 2 and len(calls) == 33
+    assert calls.count((4, True, False)) == 6 + expand and calls.count((4, True, True)) == 10
+    assert calls.count((2, True, False)) == 2 and len(calls) == 19 + expand
     monkeypatch.setattr(cpu_conv, "available", lambda: False)
     monkeypatch.setattr(cpu_conv, "native_available", lambda: False)
     plain = mk.fuse(tv)

@@ -68,8 +68,8 @@ MODELS = {
 }
 
 
-# The drop-in models' 1x1 convs + Linears: expand (14 / 10), project (15 / 11), last conv, classifier (2).
-DROP_IN_POINTWISE = {"tv_mobilenet_v3_large": 32, "tv_mobilenet_v3_small": 24}
+# The drop-in models' CPU ops: (expanding blocks, other 1x1 convs + Linears: project, last conv, classifier).
+DROP_IN_CPU_OPS = {"tv_mobilenet_v3_large": (14, 15 + 1 + 2), "tv_mobilenet_v3_small": (10, 11 + 1 + 2)}
 
 
 @pytest.mark.parametrize("name", list(MODELS))
@@ -92,9 +92,12 @@ def test_model_is_fused_and_matches(name):
         actual = fused(x)
     expected_calls = Counter({"dwconv_bias_act": n_dw, "se_excite_scale": n_se})
     if not fx_path and cpu_conv.native_available():
-        # The drop-in model's CPU path: its 1x1 convs and Linears run pointwise_bias_act,
-        # which also applies the SE gates (as it reads the projection's input).
-        expected_calls.update(pointwise_bias_act=DROP_IN_POINTWISE[name], se_excite_scale=-n_se)
+        # The drop-in model's CPU path (see test_model.test_fused_ops_really_run): the
+        # expanding blocks as pointwise_dwconv, the other 1x1 convs and the Linears as
+        # pointwise_bias_act, which also applies the SE gates.
+        merged, pointwise = DROP_IN_CPU_OPS[name]
+        expected_calls.update(pointwise_dwconv=merged, dwconv_bias_act=-merged, pointwise_bias_act=pointwise,
+                              se_excite_scale=-n_se)
     assert calls == +expected_calls  # + drops zero counts
     assert_model_close(actual, expected, reference64)
 

@@ -91,26 +91,18 @@ def test_fused_ops_really_run(monkeypatch):
     _, ours = make_pair("large")
     x = torch.randn(1, 3, 64, 64)
 
-    # 15 bottlenecks, 8 with SE; 1x1 convs: 14 expand, 15 project, the last conv, and
-    # the classifier's 2 Linears.  With the CPU extension both paths apply the SE gate
-    # where the projection reads its input (no se_excite_scale).
-    pointwise = 14 + 15 + 1 + 2 if cpu_conv.native_available() else 0
-    expected = +Counter(dwconv_bias_act=15, pointwise_bias_act=pointwise, se_excite_scale=0 if pointwise else 8)
+    # 15 bottlenecks, 8 with SE.  With the CPU extension: the 14 that expand run their
+    # expand and depthwise convs as one pointwise_dwconv; the 15 projections, the last
+    # conv and the classifier's 2 Linears run pointwise_bias_act, which also applies the
+    # SE gates as it reads the projection's input (no se_excite_scale).
+    if cpu_conv.native_available():
+        expected = Counter(pointwise_dwconv=14, dwconv_bias_act=1, pointwise_bias_act=15 + 1 + 2)
+    else:
+        expected = Counter(dwconv_bias_act=15, se_excite_scale=8)
     with torch.inference_mode():
         assert mnv3_op_calls(ours, x) == expected
         monkeypatch.setattr(type(ours), "_fast_plan", lambda self: None)
         assert mnv3_op_calls(ours, x) == expected
-
-
-@pytest.mark.skipif(not cpu_conv.native_available(), reason="the CPU extension is not built")
-def test_plan_merges_expand_and_depthwise_at_high_resolution():
-    """From _MERGE_MIN_WIDTH on, a block's expand and depthwise convs run as one
-    pointwise_dwconv: at 128x128 only the second bottleneck (64x64 input) qualifies."""
-    tv, ours = make_pair("large")
-    x = torch.randn(1, 3, 128, 128)
-    with torch.inference_mode():
-        assert mnv3_op_calls(ours, x) == Counter(pointwise_dwconv=1, dwconv_bias_act=14, pointwise_bias_act=31)
-        assert_model_close(ours(x), tv(x))
 
 
 def test_train_mode_is_an_ordinary_trainable_module():

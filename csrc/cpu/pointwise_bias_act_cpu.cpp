@@ -38,9 +38,11 @@ MNV3_HD vfloat<kLanes> vload_partial(const float* p, int n) {
 // starts at b (row stride ldb; `valid` of its channels exist).  The last
 // weight row of a partial panel is read partially: the others may over-read
 // into the next row of the same tensor, the last would read past its end.
+// Output row i goes to c[i] (rows may be anywhere: the padded layout of
+// pointwise_dwconv); residual row i (if any) is res + i * ldr.
 template <int MR, Activation A>
 MNV3_HD void pw_tile(const float* a, int64_t lda, const float* b, int64_t ldb, int64_t K, int valid,
-                     const float* bias, const float* res, float* c, int64_t ldc) {
+                     const float* bias, const float* res, int64_t ldr, float* const* c) {
   const bool full = valid == kLanes;
   vfloat<kLanes> acc[MR];
   const vfloat<kLanes> bv = full ? vload<kLanes>(bias) : vload_partial(bias, valid);
@@ -58,13 +60,13 @@ MNV3_HD void pw_tile(const float* a, int64_t lda, const float* b, int64_t ldb, i
   for (int i = 0; i < MR; ++i) {
     vfloat<kLanes> y = activate<A>(acc[i]);
     if (full) {
-      if (res != nullptr) y += vload<kLanes>(res + i * ldc);
-      vstore<kLanes>(c + i * ldc, y);
+      if (res != nullptr) y += vload<kLanes>(res + i * ldr);
+      vstore<kLanes>(c[i], y);
     } else {
-      if (res != nullptr) y += vload_partial(res + i * ldc, valid);
+      if (res != nullptr) y += vload_partial(res + i * ldr, valid);
       float tmp[kLanes];
       vstore<kLanes>(tmp, y);
-      memcpy(c + i * ldc, tmp, sizeof(float) * valid);
+      memcpy(c[i], tmp, sizeof(float) * valid);
     }
   }
 }
@@ -79,52 +81,67 @@ struct PwProblem {
   float* y;            // [M, Nc] rows, row stride ldy
   int64_t ldy;
   int64_t M, K, Nc, rows_per_sample;
+  // Padded output (pointwise_dwconv): when out_w > 0, row m = pixel (n, h, w)
+  // of an out_h x out_w image goes to y + ((n * Hp + h + ph) * Wp + w + pw) * ldy.
+  int64_t out_h, out_w, Hp, Wp, ph, pw;
 };
 
-// R rows from row m of one panel (a: those rows' inputs).
-template <int R, Activation A>
-MNV3_HD void pw_tile_at(const PwProblem& p, const float* a, int64_t lda, int64_t m, int64_t n0, int valid) {
-  const float* res = p.res == nullptr ? nullptr : p.res + m * p.Nc + n0;
-  pw_tile<R, A>(a, lda, p.w + n0, p.ldw, p.K, valid, p.bias + n0, res, p.y + m * p.ldy + n0, p.ldy);
+MNV3_HD float* pw_out_row(const PwProblem& p, int64_t m) {
+  if (p.out_w == 0) return p.y + m * p.ldy;
+  const int64_t n = m / (p.out_h * p.out_w), r = m % (p.out_h * p.out_w);
+  return p.y + ((n * p.Hp + r / p.out_w + p.ph) * p.Wp + r % p.out_w + p.pw) * p.ldy;
 }
 
-// Rows [m0, m0 + mr) of one panel, as tiles of kRows, then 8, 4, 2, 1 rows.
+// R rows from row m of one panel (a: those rows' inputs; out: their output rows).
+template <int R, Activation A>
+MNV3_HD void pw_tile_at(const PwProblem& p, const float* a, int64_t lda, int64_t m, float* const* out, int64_t n0,
+                        int valid) {
+  const float* res = p.res == nullptr ? nullptr : p.res + m * p.Nc + n0;
+  float* rows[R];
+  for (int i = 0; i < R; ++i) rows[i] = out[i] + n0;
+  pw_tile<R, A>(a, lda, p.w + n0, p.ldw, p.K, valid, p.bias + n0, res, p.Nc, rows);
+}
+
+// Rows [m0, m0 + mr) of one panel, as tiles of kRows, then 8, 4, 2, 1 rows;
+// out[i]: the output row of row m0 + i.
 // (No lambdas here: a target clone compiles only what is inlined into it.)
 template <Activation A>
-MNV3_HD void pw_rows(const PwProblem& p, const float* a, int64_t lda, int64_t m0, int64_t mr, int64_t n0) {
+MNV3_HD void pw_rows(const PwProblem& p, const float* a, int64_t lda, int64_t m0, int64_t mr, float* const* out,
+                     int64_t n0) {
   const int valid = static_cast<int>(std::min<int64_t>(kLanes, p.Nc - n0));
   int64_t i = 0;
-  for (; i + kRows <= mr; i += kRows) pw_tile_at<kRows, A>(p, a + i * lda, lda, m0 + i, n0, valid);
-  if (i + 8 <= mr) { pw_tile_at<8, A>(p, a + i * lda, lda, m0 + i, n0, valid); i += 8; }
-  if (i + 4 <= mr) { pw_tile_at<4, A>(p, a + i * lda, lda, m0 + i, n0, valid); i += 4; }
-  if (i + 2 <= mr) { pw_tile_at<2, A>(p, a + i * lda, lda, m0 + i, n0, valid); i += 2; }
-  if (i + 1 <= mr) pw_tile_at<1, A>(p, a + i * lda, lda, m0 + i, n0, valid);
+  for (; i + kRows <= mr; i += kRows) pw_tile_at<kRows, A>(p, a + i * lda, lda, m0 + i, out + i, n0, valid);
+  if (i + 8 <= mr) { pw_tile_at<8, A>(p, a + i * lda, lda, m0 + i, out + i, n0, valid); i += 8; }
+  if (i + 4 <= mr) { pw_tile_at<4, A>(p, a + i * lda, lda, m0 + i, out + i, n0, valid); i += 4; }
+  if (i + 2 <= mr) { pw_tile_at<2, A>(p, a + i * lda, lda, m0 + i, out + i, n0, valid); i += 2; }
+  if (i + 1 <= mr) pw_tile_at<1, A>(p, a + i * lda, lda, m0 + i, out + i, n0, valid);
 }
 
-// Tasks [begin, end) of (row block, panel), row blocks outer.  With a scale,
-// a row block is first copied scaled into `scaled` (kRows x K), once per
-// block, and every panel reads the copy.
+// Tasks [begin, end) of (row block, panel), row blocks outer.  Per row block,
+// once: its output row addresses and, with a scale, its rows copied scaled
+// into `scaled` (kRows x K), which every panel then reads.
 template <Activation A>
 MNV3_CPU_CLONES void pw_range(const PwProblem& p, float* scaled, int64_t begin, int64_t end) {
   const int64_t panels = (p.Nc + kLanes - 1) / kLanes;
-  int64_t copied = -1;
+  int64_t current = -1;
+  float* out[kRows];
   for (int64_t t = begin; t < end; ++t) {
     const int64_t block = t / panels, panel = t % panels;
     const int64_t m0 = block * kRows, mr = std::min<int64_t>(kRows, p.M - m0);
     const float* a = p.x + m0 * p.K;
-    if (p.scale != nullptr) {
-      if (copied != block) {
+    if (current != block) {
+      for (int64_t i = 0; i < mr; ++i) out[i] = pw_out_row(p, m0 + i);
+      if (p.scale != nullptr) {
         for (int64_t i = 0; i < mr; ++i) {
           const float* s = p.scale + ((m0 + i) / p.rows_per_sample) * p.K;
           const float* src = a + i * p.K;
           float* dst = scaled + i * p.K;
           for (int64_t k = 0; k < p.K; ++k) dst[k] = src[k] * s[k];
         }
-        copied = block;
       }
-      a = scaled;
+      current = block;
     }
-    pw_rows<A>(p, a, p.K, m0, mr, panel * kLanes);
+    pw_rows<A>(p, p.scale != nullptr ? scaled : a, p.K, m0, mr, out, panel * kLanes);
   }
 }
 
@@ -173,8 +190,9 @@ Tensor pointwise_bias_act_cpu(const Tensor& x, const Tensor& weight, const Tenso
   const float* w = static_cast<const float*>(weight.const_data_ptr());
   if (!(weight.stride(0) == 1 && weight.stride(1) == Nc)) {
     w_storage.resize(static_cast<size_t>(K * Nc));
+    const int64_t s0 = weight.stride(0), s1 = weight.stride(1);
     for (int64_t k = 0; k < K; ++k)
-      for (int64_t n = 0; n < Nc; ++n) w_storage[k * Nc + n] = w[n * weight.stride(0) + k * weight.stride(1)];
+      for (int64_t n = 0; n < Nc; ++n) w_storage[k * Nc + n] = w[n * s0 + k * s1];
     w = w_storage.data();
   }
   std::vector<float> b_storage;
@@ -271,10 +289,11 @@ MNV3_HD void dw_row(const DwProblem& d, const float* const* rows, int64_t n, int
 
 // Output rows [begin, end) of the flattened (n, oh) range.  ring: R rows of
 // Wp*Cp floats, zero-initialized (the padding columns and channels stay zero:
-// pw_rows writes only the W real pixels' C channels); zero: one zero row.
+// pw_rows writes only the W real pixels' C channels); zero: one zero row;
+// out: room for W row addresses.
 template <Activation A1, Activation A2>
 MNV3_CPU_CLONES void pointwise_dw_range(const PwProblem& pw, const DwProblem& d, float* ring, int64_t* tags,
-                                        const float* zero, int64_t begin, int64_t end) {
+                                        const float* zero, float** out, int64_t begin, int64_t end) {
   const int64_t R = (d.K - 1) * d.dh + 1, row_floats = d.Wp * d.Cp;
   const int64_t panels = (pw.Nc + kLanes - 1) / kLanes;
   const float* rows[16];
@@ -290,10 +309,9 @@ MNV3_CPU_CLONES void pointwise_dw_range(const PwProblem& pw, const DwProblem& d,
       const int64_t slot = ih % R, tag = n * d.H + ih;
       float* buf = ring + slot * row_floats;
       if (tags[slot] != tag) {  // expand input row (n, ih) into the ring
-        PwProblem row = pw;
-        row.y = buf + d.pw * d.Cp;
         const float* a = pw.x + tag * d.W * pw.K;
-        for (int64_t pnl = 0; pnl < panels; ++pnl) pw_rows<A1>(row, a, pw.K, 0, d.W, pnl * kLanes);
+        for (int64_t w = 0; w < d.W; ++w) out[w] = buf + (d.pw + w) * d.Cp;
+        for (int64_t pnl = 0; pnl < panels; ++pnl) pw_rows<A1>(pw, a, pw.K, 0, d.W, out, pnl * kLanes);
         tags[slot] = tag;
       }
       rows[kh] = buf;
@@ -301,6 +319,23 @@ MNV3_CPU_CLONES void pointwise_dw_range(const PwProblem& pw, const DwProblem& d,
     dw_row<A2>(d, rows, n, oh);
   }
 }
+
+// Output rows [begin, end) of (n, oh) from a zero-padded expanded image [N][Hp][Wp][Cp].
+template <Activation A>
+MNV3_CPU_CLONES void dw_rows_padded(const DwProblem& d, const float* padded, int64_t Hp, int64_t begin, int64_t end) {
+  const float* rows[16];
+  for (int64_t r = begin; r < end; ++r) {
+    const int64_t n = r / d.OH, oh = r % d.OH;
+    for (int64_t kh = 0; kh < d.K; ++kh) rows[kh] = padded + ((n * Hp + oh * d.sh + kh * d.dh) * d.Wp) * d.Cp;
+    dw_row<A>(d, rows, n, oh);
+  }
+}
+
+// From this input width on, pointwise_dwconv walks rows with a ring of
+// expanded rows; below it, it expands the whole image first (measured on 2
+// cores: a row of 7 or 14 pixels fills few GEMM register rows, and two threads
+// would recompute a large share of halo rows).
+constexpr int64_t kRingMinWidth = 56;
 
 std::tuple<Tensor, Tensor> pointwise_dwconv_cpu(const Tensor& x, const Tensor& weight, const Tensor& bias,
                                                 const std::string& activation, const Tensor& dw_weight,
@@ -354,13 +389,15 @@ std::tuple<Tensor, Tensor> pointwise_dwconv_cpu(const Tensor& x, const Tensor& w
 
   // Depthwise taps and bias, channel-padded with zeros.
   std::vector<float> wd(static_cast<size_t>(d.K * d.K * d.Cp), 0.f), bd(static_cast<size_t>(d.Cp), 0.f);
+  // (Strides read once: each Tensor accessor is a call through the stable ABI.)
   const float* wsrc = static_cast<const float*>(dw_weight.const_data_ptr());
-  for (int64_t c = 0; c < C; ++c) {
-    bd[c] = static_cast<const float*>(dw_bias.const_data_ptr())[c * dw_bias.stride(0)];
-    for (int64_t kh = 0; kh < d.K; ++kh)
-      for (int64_t kw = 0; kw < d.K; ++kw)
-        wd[(kh * d.K + kw) * d.Cp + c] = wsrc[c * dw_weight.stride(0) + kh * dw_weight.stride(2) + kw * dw_weight.stride(3)];
-  }
+  const float* bsrc = static_cast<const float*>(dw_bias.const_data_ptr());
+  const int64_t ws0 = dw_weight.stride(0), ws2 = dw_weight.stride(2), ws3 = dw_weight.stride(3);
+  const int64_t bs0 = dw_bias.stride(0);
+  for (int64_t kh = 0; kh < d.K; ++kh)
+    for (int64_t kw = 0; kw < d.K; ++kw)
+      for (int64_t c = 0; c < C; ++c) wd[(kh * d.K + kw) * d.Cp + c] = wsrc[c * ws0 + kh * ws2 + kw * ws3];
+  for (int64_t c = 0; c < C; ++c) bd[c] = bsrc[c * bs0];
   d.w = wd.data();
   d.bias = bd.data();
   d.y = static_cast<float*>(y.mutable_data_ptr());
@@ -373,8 +410,9 @@ std::tuple<Tensor, Tensor> pointwise_dwconv_cpu(const Tensor& x, const Tensor& w
   pw.w = static_cast<const float*>(weight.const_data_ptr());
   if (!(weight.stride(0) == 1 && weight.stride(1) == C)) {
     w_storage.resize(static_cast<size_t>(Cin * C));
+    const int64_t s0 = weight.stride(0), s1 = weight.stride(1);
     for (int64_t k = 0; k < Cin; ++k)
-      for (int64_t c = 0; c < C; ++c) w_storage[k * C + c] = pw.w[c * weight.stride(0) + k * weight.stride(1)];
+      for (int64_t c = 0; c < C; ++c) w_storage[k * C + c] = pw.w[c * s0 + k * s1];
     pw.w = w_storage.data();
   }
   pw.ldw = C;
@@ -386,15 +424,39 @@ std::tuple<Tensor, Tensor> pointwise_dwconv_cpu(const Tensor& x, const Tensor& w
   pw.rows_per_sample = 1;
 
   const int64_t R = (d.K - 1) * d.dh + 1;
-  const std::vector<float> zero(static_cast<size_t>(d.Wp * d.Cp), 0.f);
   const int64_t row_work = d.OW * d.Cp * d.K * d.K + d.W * C * Cin;
   dispatch_activation(act1, [&](auto a1) {
     dispatch_activation(act2, [&](auto a2) {
       constexpr Activation A1 = decltype(a1)::value, A2 = decltype(a2)::value;
-      torch::stable::parallel_for(0, d.N * d.OH, grain_for(row_work), [&](int64_t begin, int64_t end) {
-        std::vector<float> ring(static_cast<size_t>(R * d.Wp * d.Cp), 0.f);
-        int64_t tags[16];
-        pointwise_dw_range<A1, A2>(pw, d, ring.data(), tags, zero.data(), begin, end);
+      if (d.W >= kRingMinWidth) {
+        const std::vector<float> zero(static_cast<size_t>(d.Wp * d.Cp), 0.f);
+        torch::stable::parallel_for(0, d.N * d.OH, grain_for(row_work), [&](int64_t begin, int64_t end) {
+          std::vector<float> ring(static_cast<size_t>(R * d.Wp * d.Cp), 0.f);
+          std::vector<float*> out(static_cast<size_t>(d.W));
+          int64_t tags[16];
+          pointwise_dw_range<A1, A2>(pw, d, ring.data(), tags, zero.data(), out.data(), begin, end);
+        });
+        return;
+      }
+      // Small images: the expand GEMM over every pixel at once (full register
+      // tiles), written into a zero-padded copy of the expanded image, then the
+      // depthwise rows from it.
+      const int64_t Hp = std::max(d.H + 2 * d.ph, (d.OH - 1) * d.sh + (d.K - 1) * d.dh + 1);
+      std::vector<float> padded(static_cast<size_t>(d.N * Hp * d.Wp * d.Cp), 0.f);
+      PwProblem all = pw;
+      all.y = padded.data();
+      all.M = d.N * d.H * d.W;
+      all.out_h = d.H;
+      all.out_w = d.W;
+      all.Hp = Hp;
+      all.Wp = d.Wp;
+      all.ph = d.ph;
+      all.pw = d.pw;
+      const int64_t panels = (C + kLanes - 1) / kLanes;
+      torch::stable::parallel_for(0, ((all.M + kRows - 1) / kRows) * panels, grain_for(kRows * kLanes * Cin),
+                                  [&](int64_t begin, int64_t end) { pw_range<A1>(all, nullptr, begin, end); });
+      torch::stable::parallel_for(0, d.N * d.OH, grain_for(d.OW * d.Cp * d.K * d.K), [&](int64_t begin, int64_t end) {
+        dw_rows_padded<A2>(d, padded.data(), Hp, begin, end);
       });
     });
   });

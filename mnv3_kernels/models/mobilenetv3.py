@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from .. import cpu_conv
+from ..layout import is_nhwc_dense
 from .fused_layers import (Conv2dNormActivation, DropsCachesOnCopy, SqueezeExcitation, Step, activation_name,
                            cached_fold, fused_active, packed_path_ok)
 
@@ -112,7 +113,16 @@ class InvertedResidual(nn.Module):
         y, mean, gate = x, None, None
         residual_added = False
         layers = list(self.block)
-        for i, (layer, want_mean, residual) in enumerate(self._schedule()):
+        schedule = list(self._schedule())
+        merged = _merged_args(layers, schedule) if packed_path_ok(x) and is_nhwc_dense(x) else None
+        if merged is not None:  # as in the CPU plan: expand + depthwise in one op
+            y, mean = torch.ops.mnv3.pointwise_dwconv.default(x, *merged)
+            mean = mean if merged[-1] else None
+            schedule[:2] = [(None, False, False)]
+        for i, (layer, want_mean, residual) in enumerate(schedule):
+            i += len(layers) - len(schedule)
+            if layer is None:
+                continue
             if isinstance(layer, SqueezeExcitation):
                 after = layers[i + 1] if i + 1 < len(layers) else None
                 # As in the CPU plan: the projection applies the gate as it reads y.
@@ -134,9 +144,11 @@ class InvertedResidual(nn.Module):
         steps, residual_added, gated = [], False, False
         layers = list(self.block)
         schedule = list(self._schedule())
-        merged = _expand_dw_step(layers, schedule)
+        merged = _merged_args(layers, schedule)
         if merged is not None:  # the expand and depthwise layers as one step
-            steps.append(merged)
+            op, want_mean = torch.ops.mnv3.pointwise_dwconv.default, merged[-1]
+            steps.append((lambda y, mean, x0: op(y, *merged)) if want_mean
+                         else (lambda y, mean, x0: (op(y, *merged)[0], None)))
             schedule[:2] = [(None, False, False)]
         for i, (layer, want_mean, residual) in enumerate(schedule):
             if layer is None:
@@ -167,40 +179,21 @@ class InvertedResidual(nn.Module):
         return result
 
 
-# Input widths from which the expand + depthwise pair runs as one op.  Below it
-# the separate ops win (measured on 2 cores, Large at batch 1: the row-at-a-time
-# expand GEMM of a 7- or 14-pixel row fills few register rows, and two threads
-# recompute a large share of halo rows).
-_MERGE_MIN_WIDTH = 56
-
-
-def _expand_dw_step(layers, schedule):
-    """A Step running a block's expand 1x1 conv and its depthwise conv as one
-    mnv3::pointwise_dwconv call (the expanded activation is never written), or None
-    where the block does not start with such a pair on the native CPU path."""
+def _merged_args(layers, schedule):
+    """The arguments (after the input) of mnv3::pointwise_dwconv running a block's
+    expand 1x1 conv and its depthwise conv as one op (the expanded activation is
+    never written), or None where the block does not start with such a pair on
+    the native fp32 CPU path."""
     if len(layers) < 2 or not all(isinstance(m, Conv2dNormActivation) for m in layers[:2]):
         return None
     expand, dw = layers[0].folded(), layers[1].folded()
     if (expand is None or dw is None or expand.packed is None or not expand.packed.native
             or not expand.packed.linear or not dw.depthwise or dw.weight.dtype != torch.float32
-            or dw.weight.shape[2] != dw.weight.shape[3] or dw.stride[0] != dw.stride[1]
-            or dw.padding[0] != dw.padding[1] or dw.dilation[0] != dw.dilation[1]
-            or (dw.weight.shape[2] - 1) * dw.dilation[0] + 1 > 16):
+            or dw.weight.shape[2] != dw.weight.shape[3] or (dw.weight.shape[2] - 1) * dw.dilation[0] + 1 > 16):
         return None
-    p, want_mean = expand.packed, schedule[1][1]
-    merged = torch.ops.mnv3.pointwise_dwconv.default
-    args = (p.weight, p.bias, p.activation, dw.weight, dw.bias, list(dw.stride), list(dw.padding),
-            list(dw.dilation), dw.activation, want_mean)
-    first, second = layers[0].fast_step(False, False), layers[1].fast_step(want_mean, False)
-    if first is None or second is None:
-        return None
-
-    def step(y, mean, x0):
-        if y.shape[3] >= _MERGE_MIN_WIDTH:
-            out = merged(y, *args)
-            return out if want_mean else (out[0], None)
-        return second(first(y, None, x0)[0], None, x0)
-    return step
+    p = expand.packed
+    return (p.weight, p.bias, p.activation, dw.weight, dw.bias, list(dw.stride), list(dw.padding),
+            list(dw.dilation), dw.activation, schedule[1][1])
 
 
 class MobileNetV3(DropsCachesOnCopy, nn.Module):
@@ -306,9 +299,13 @@ class _FastPlan:
 
     Valid while no parameter, buffer or submodule of the model was assigned
     (torch's global registration hooks bump a counter), no tensor changed in place
-    (version counters) or moved (data pointers), and no module changed train/eval
-    mode.  As with the fold caches, in-place edits of inference tensors (which have
-    no version counter) are not seen.
+    (version counters) or moved (data pointers), and no BatchNorm or Dropout layer
+    (the layers whose train mode changes the result) changed train/eval mode.  As
+    with the fold caches, in-place edits of inference tensors (which have no version
+    counter) are not seen.  The check runs on every forward and touches every
+    tensor (on 2 cores ~0.2 ms for Large, its objects cold in cache after the
+    forward), so it walks only what can change the result: not BatchNorm's
+    num_batches_tracked, not the parameter-free activations' modes.
     """
 
     registrations = [0]
@@ -317,12 +314,15 @@ class _FastPlan:
     def __init__(self, model: MobileNetV3, blocks, head):
         self.blocks, self.head = blocks, head
         self.counter = _FastPlan.registrations[0]
-        self.modules = list(model.modules())
-        self.training = [m.training for m in self.modules]
-        self.tensors = [*model.parameters(), *model.buffers()]
-        self.versioned = [t for t in self.tensors if not t.is_inference()]
-        self.versions = [t._version for t in self.versioned]
-        self.ptrs = [t.data_ptr() for t in self.tensors]
+        self.modes = [m for m in model.modules() if isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.Dropout))]
+        self.training = [m.training for m in self.modes]
+        tensors = [t for m in model.modules()
+                   for name, t in (*m._parameters.items(), *m._buffers.items())
+                   if t is not None and name != "num_batches_tracked"]
+        self.versioned = [t for t in tensors if not t.is_inference()]
+        self.inference = [t for t in tensors if t.is_inference()]
+        self.keys = [(t._version, t.data_ptr()) for t in self.versioned]
+        self.ptrs = [t.data_ptr() for t in self.inference]
 
     @classmethod
     def build(cls, model: MobileNetV3) -> _FastPlan:
@@ -359,9 +359,9 @@ class _FastPlan:
 
     def valid(self) -> bool:
         return (self.counter == _FastPlan.registrations[0]
-                and [m.training for m in self.modules] == self.training
-                and [t._version for t in self.versioned] == self.versions
-                and [t.data_ptr() for t in self.tensors] == self.ptrs)
+                and [m.training for m in self.modes] == self.training
+                and [(t._version, t.data_ptr()) for t in self.versioned] == self.keys
+                and [t.data_ptr() for t in self.inference] == self.ptrs)
 
     def run(self, x: torch.Tensor, avgpool: nn.Module, classifier: nn.Module) -> torch.Tensor:
         for steps, add_input in self.blocks:
