@@ -71,7 +71,7 @@ def native_available() -> bool:
     return torch._C._dispatch_has_kernel_for_dispatch_key("mnv3::pointwise_bias_act", "CPU")
 
 
-def _k_major(w: torch.Tensor) -> torch.Tensor:
+def k_major(w: torch.Tensor) -> torch.Tensor:
     """[Cout, Cin] with the same values, stored k-major (strides (1, Cout)): the
     layout mnv3::pointwise_bias_act reads in place."""
     return w.t().contiguous().t()
@@ -94,7 +94,7 @@ def prepack(weight: torch.Tensor, bias: torch.Tensor, stride, padding, dilation,
     attr, scalars = _ATTRS[activation]
     pointwise = (weight.shape[2:] == (1, 1) and groups == 1 and stride == [1, 1] and padding == [0, 0])
     if pointwise and native_available():
-        return PackedConv(_k_major(weight.flatten(1)), bias.contiguous(), stride, padding, dilation, groups,
+        return PackedConv(k_major(weight.flatten(1)), bias.contiguous(), stride, padding, dilation, groups,
                           attr, scalars, True, weight.shape[0], activation, True)
     if not available():
         return None
@@ -117,7 +117,7 @@ def prepack_linear(weight: torch.Tensor, bias: torch.Tensor, activation: str = "
         return None
     attr, scalars = _ATTRS[activation]
     if native_available():
-        return PackedConv(_k_major(weight), bias.contiguous(), [], [], [], 1, attr, scalars, True, weight.shape[0],
+        return PackedConv(k_major(weight), bias.contiguous(), [], [], [], 1, attr, scalars, True, weight.shape[0],
                           activation, True)
     if not available():
         return None

@@ -94,9 +94,10 @@ def test_fused_ops_really_run(monkeypatch):
     # 15 bottlenecks, 8 with SE.  With the CPU extension: the 14 that expand run their
     # expand and depthwise convs as one pointwise_dwconv; the 15 projections, the last
     # conv and the classifier's 2 Linears run pointwise_bias_act, which also applies the
-    # SE gates as it reads the projection's input (no se_excite_scale).
+    # SE gates as it reads the projection's input (no se_excite_scale); each gate's two
+    # small fc layers run pointwise_bias_act too.
     if cpu_conv.native_available():
-        expected = Counter(pointwise_dwconv=14, dwconv_bias_act=1, pointwise_bias_act=15 + 1 + 2)
+        expected = Counter(pointwise_dwconv=14, dwconv_bias_act=1, pointwise_bias_act=15 + 1 + 2 + 2 * 8)
     else:
         expected = Counter(dwconv_bias_act=15, se_excite_scale=8)
     with torch.inference_mode():

@@ -362,12 +362,27 @@ class FoldedSE:
     b2: torch.Tensor
     gate: str
 
+    def k_major(self):
+        """(w1, w2) stored k-major for mnv3::pointwise_bias_act, made on first use; (None,
+        None) without the CPU extension or off the fp32 CPU."""
+        cached = self.__dict__.get("_k_major")
+        if cached is None:
+            usable = self.w1.dtype == torch.float32 and self.w1.device.type == "cpu" and cpu_conv.native_available()
+            cached = (cpu_conv.k_major(self.w1), cpu_conv.k_major(self.w2)) if usable else (None, None)
+            object.__setattr__(self, "_k_major", cached)
+        return cached
+
 
 def _gate(f: FoldedSE, y: torch.Tensor, mean: torch.Tensor | None) -> torch.Tensor:
     if mean is None:
         mean = y.mean(dim=(2, 3), dtype=torch.float32)
-    hidden = torch.addmm(f.b1, mean, f.w1.t()).relu_()
-    logits = torch.addmm(f.b2, hidden, f.w2.t())
+    k1, k2 = f.k_major()
+    if k1 is not None:  # the CPU GEMM reads the weights k-major, streaming them once
+        op = torch.ops.mnv3.pointwise_bias_act.default
+        logits = op(op(mean, k1, f.b1, "relu"), k2, f.b2, "identity")
+    else:
+        hidden = torch.addmm(f.b1, mean, f.w1.t()).relu_()
+        logits = torch.addmm(f.b2, hidden, f.w2.t())
     return logits.sigmoid_() if f.gate == "sigmoid" else torch.ops.aten.hardsigmoid_.default(logits)
 
 
