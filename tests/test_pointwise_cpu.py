@@ -30,10 +30,12 @@ def assert_same_layout(actual: torch.Tensor, expected: torch.Tensor) -> None:
     assert actual.stride() == expected.stride(), (actual.stride(), expected.stride())
 
 
-# Row counts around the 12-row register tile (tails of 8, 4, 2, 1 rows) and channel
-# counts around the 16-lane panel (partial last panels).
+# Row counts around the 12-row register tile (tails of 8, 4, 2, 1 rows), channel
+# counts around the 16-lane panel (partial last panels), and single rows (the
+# matrix-vector walk: 128-column blocks, partial last block and vector).
 @pytest.mark.parametrize("shape,cout", [((1, 16, 7, 5), 24), ((2, 40, 3, 3), 120), ((1, 33, 1, 1), 16),
-                                        ((3, 17, 4, 4), 1), ((1, 5, 13, 1), 33), ((1, 1, 6, 2), 7)])
+                                        ((3, 17, 4, 4), 1), ((1, 5, 13, 1), 33), ((1, 1, 6, 2), 7),
+                                        ((1, 24, 1, 1), 1000), ((1, 7, 1, 1), 131), ((1, 9, 1, 1), 256)])
 @pytest.mark.parametrize("activation", ACTS)
 def test_pointwise_conv_matches_reference(shape, cout, activation):
     n, cin = shape[:2]
