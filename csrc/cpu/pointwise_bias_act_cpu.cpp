@@ -388,6 +388,14 @@ MNV3_CPU_CLONES void dw_rows_padded(const DwProblem& d, const float* padded, int
   }
 }
 
+// A float buffer of at least n elements, kept per thread and reused across
+// calls (no allocation, no page faults on the hot path; contents unspecified).
+float* scratch(int64_t n) {
+  thread_local std::vector<float> buffer;
+  if (buffer.size() < static_cast<size_t>(n)) buffer.resize(static_cast<size_t>(n));
+  return buffer.data();
+}
+
 // From this input width on, pointwise_dwconv walks rows with a ring of
 // expanded rows; below it, it expands the whole image first (measured on 2
 // cores: a row of 7 or 14 pixels fills few GEMM register rows, and two threads
@@ -499,9 +507,23 @@ std::tuple<Tensor, Tensor> pointwise_dwconv_cpu(const Tensor& x, const Tensor& w
       // tiles), written into a zero-padded copy of the expanded image, then the
       // depthwise rows from it.
       const int64_t Hp = std::max(d.H + 2 * d.ph, (d.OH - 1) * d.sh + (d.K - 1) * d.dh + 1);
-      std::vector<float> padded(static_cast<size_t>(d.N * Hp * d.Wp * d.Cp), 0.f);
+      // The copy is reused across calls (per calling thread) and only its border
+      // is zeroed: the GEMM writes every interior pixel (channels C..Cp of a pixel
+      // stay unset; the depthwise loop computes those lanes but never stores them).
+      const int64_t plane = Hp * d.Wp;
+      float* padded = scratch(d.N * plane * d.Cp);
+      for (int64_t n = 0; n < d.N; ++n)
+        for (int64_t r = 0; r < Hp; ++r) {
+          float* row = padded + (n * plane + r * d.Wp) * d.Cp;
+          if (r < d.ph || r >= d.ph + d.H) {
+            std::fill(row, row + d.Wp * d.Cp, 0.f);
+          } else {
+            std::fill(row, row + d.pw * d.Cp, 0.f);
+            std::fill(row + (d.pw + d.W) * d.Cp, row + d.Wp * d.Cp, 0.f);
+          }
+        }
       PwProblem all = pw;
-      all.y = padded.data();
+      all.y = padded;
       all.M = d.N * d.H * d.W;
       all.out_h = d.H;
       all.out_w = d.W;
@@ -513,7 +535,7 @@ std::tuple<Tensor, Tensor> pointwise_dwconv_cpu(const Tensor& x, const Tensor& w
       torch::stable::parallel_for(0, ((all.M + kRows - 1) / kRows) * panels, grain_for(kRows * kLanes * Cin),
                                   [&](int64_t begin, int64_t end) { pw_range<A1>(all, nullptr, begin, end); });
       torch::stable::parallel_for(0, d.N * d.OH, grain_for(d.OW * d.Cp * d.K * d.K), [&](int64_t begin, int64_t end) {
-        dw_rows_padded<A2>(d, padded.data(), Hp, begin, end);
+        dw_rows_padded<A2>(d, padded, Hp, begin, end);
       });
     });
   });
