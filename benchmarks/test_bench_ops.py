@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from conftest import sync
 
 import mnv3_kernels as mk
+from mnv3_kernels import cpu_conv
 from mnv3_kernels.models.fused_layers import Conv2dNormActivation, SqueezeExcitation
 
 
@@ -97,3 +98,47 @@ def test_se_excite_scale(benchmark, device, layer, variant):
     with torch.inference_mode():
         benchmark.pedantic(eager if variant == "eager" else fused, warmup_rounds=5, rounds=50, iterations=1)
     _gbps(benchmark, 4 * (2 * c * oh * oh + 2 * c * cr + cr + 2 * c))
+
+
+def _large_expand_shapes():
+    """(Cin, Chid, H, k, stride, activation) of every block of Large at 224 that expands."""
+    model = mk.mobilenet_v3_large().eval()
+    shapes, size = [], 112
+    for block in model.features[1:-1]:
+        layers = list(block.block)
+        dw = next(layer[0] for layer in layers if layer[0].groups > 1)
+        if layers[0][0].groups == 1:  # a 1x1 expand conv first
+            act = "hardswish" if isinstance(layers[0][-1], torch.nn.Hardswish) else "relu"
+            shapes.append((layers[0][0].in_channels, dw.in_channels, size, dw.kernel_size[0], dw.stride[0], act))
+        size = (size - 1) // dw.stride[0] + 1
+    return shapes
+
+
+EXPAND = _large_expand_shapes()
+EXPAND_IDS = [f"{ci}to{ch}-{h}x{h}-k{k}s{s}-{a}" for ci, ch, h, k, s, a in EXPAND]
+
+
+@pytest.mark.parametrize("layer", EXPAND, ids=EXPAND_IDS)
+@pytest.mark.parametrize("variant", ("eager", "fused"))
+def test_pointwise_dwconv(benchmark, device, layer, variant):
+    """The CPU fast path's expand 1x1 + depthwise in one op (mnv3::pointwise_dwconv)."""
+    if device.type != "cpu" or not cpu_conv.native_available():
+        pytest.skip("mnv3::pointwise_dwconv is a CPU op of the CPU extension")
+    cin, ch, h, k, s, act = layer
+    x = torch.randn(1, cin, h, h).contiguous(memory_format=torch.channels_last)
+    w1, b1 = torch.randn(ch, cin) / cin**0.5, torch.randn(ch)
+    wd, bd = torch.randn(ch, 1, k, k), torch.randn(ch)
+    w1k, pad = cpu_conv.k_major(w1), (k - 1) // 2
+    op = torch.ops.mnv3.pointwise_dwconv.default
+
+    def eager():
+        ACT[act](F.conv2d(ACT[act](F.conv2d(x, w1[:, :, None, None], b1)), wd, bd, s, pad, 1, ch))
+
+    def fused():
+        op(x, w1k, b1, act, wd, bd, [s, s], [pad, pad], [1, 1], act, False)
+
+    benchmark.group = f"pointwise_dwconv {EXPAND_IDS[EXPAND.index(layer)]} cpu"
+    with torch.inference_mode():
+        benchmark.pedantic(eager if variant == "eager" else fused, warmup_rounds=5, rounds=50, iterations=1)
+    oh = (h - 1) // s + 1
+    _gbps(benchmark, 4 * (cin * h * h + ch * oh * oh + ch * cin + ch * k * k + 2 * ch))

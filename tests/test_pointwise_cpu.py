@@ -142,9 +142,10 @@ def test_pointwise_fake_kernel_checks_too(overrides, match):
 
 
 @pytest.mark.parametrize("overrides,match", [
-    ({"dw_weight": torch.randn(9, 1, 3, 3)}, "dw_weight must be a float32 \\[Chid, 1, k, k\\] tensor with Chid = 8"),
-    ({"dw_bias": torch.randn(3)}, "dw_bias must be a float32 \\[Chid\\] vector"),
-    ({"dilation": [9, 9]}, "span > 16 rows"),
+    ({"dw_weight": torch.randn(9, 1, 3, 3)}, "dw_weight must have shape \\[C, 1, kh, kw\\] with C = 8"),
+    ({"dw_weight": torch.randn(8, 1, 3, 1)}, "dw_weight must be a square kernel"),
+    ({"dw_bias": torch.randn(3)}, "dw_bias must have shape \\[C\\] with C = 8"),
+    ({"dilation": [9, 9], "x": nhwc(1, 4, 40, 40)}, "dilated span is at most 16 rows"),
     ({"padding": [0, 0], "x": nhwc(1, 4, 2, 2)}, "the output would be empty"),
     ({"dw_activation": "tanh"}, "activation must be one of"),
 ])

@@ -79,28 +79,24 @@ inline void check_same_device(const Tensor& a, const char* a_name, const Tensor&
                   b_name, " must be on the same device as ", a_name);
 }
 
-// Validates the arguments of mnv3::dwconv_bias_act and returns its geometry.
-inline DwGeometry check_dwconv_args(const Tensor& x, const Tensor& weight, const Tensor& bias,
-                                    const std::vector<int64_t>& stride,
-                                    const std::vector<int64_t>& padding,
-                                    const std::vector<int64_t>& dilation) {
-  STD_TORCH_CHECK(x.dim() == 4, "x must be a 4-d tensor [N, C, H, W], got ", x.dim(), " dims");
-  STD_TORCH_CHECK(is_supported_dtype(x.scalar_type()), "x must be float32, float16 or bfloat16");
-  STD_TORCH_CHECK(weight.scalar_type() == x.scalar_type(), "weight must have the dtype of x");
-  STD_TORCH_CHECK(bias.scalar_type() == x.scalar_type(), "bias must have the dtype of x");
-  check_same_device(x, "x", weight, "weight");
-  check_same_device(x, "x", bias, "bias");
+// The geometry of a depthwise conv over an [N, C, H, W] input, after checking
+// its filter and bias shapes and its conv arguments (the names are the op's
+// argument names, for the error messages).
+inline DwGeometry dw_geometry(int64_t N, int64_t C, int64_t H, int64_t W, const Tensor& weight,
+                              const Tensor& bias, const std::vector<int64_t>& stride,
+                              const std::vector<int64_t>& padding,
+                              const std::vector<int64_t>& dilation,
+                              const char* weight_name = "weight", const char* bias_name = "bias") {
   STD_TORCH_CHECK(stride.size() == 2 && padding.size() == 2 && dilation.size() == 2,
                   "stride, padding and dilation must have 2 elements each");
-  const int64_t C = x.size(1);
-  STD_TORCH_CHECK(weight.dim() == 4 && weight.size(0) == C && weight.size(1) == 1,
-                  "weight must have shape [C, 1, kh, kw] with C = ", C);
-  STD_TORCH_CHECK(bias.dim() == 1 && bias.size(0) == C, "bias must have shape [C] with C = ", C);
+  STD_TORCH_CHECK(weight.dim() == 4 && weight.size(0) == C && weight.size(1) == 1, weight_name,
+                  " must have shape [C, 1, kh, kw] with C = ", C);
+  STD_TORCH_CHECK(bias.dim() == 1 && bias.size(0) == C, bias_name, " must have shape [C] with C = ", C);
   DwGeometry g{};
-  g.N = x.size(0);
+  g.N = N;
   g.C = C;
-  g.H = x.size(2);
-  g.W = x.size(3);
+  g.H = H;
+  g.W = W;
   g.kh = weight.size(2);
   g.kw = weight.size(3);
   g.sh = stride[0];
@@ -118,6 +114,20 @@ inline DwGeometry check_dwconv_args(const Tensor& x, const Tensor& weight, const
   STD_TORCH_CHECK(g.OH >= 1 && g.OW >= 1, "the output would be empty: input ", g.H, "x", g.W,
                   " is smaller than the dilated kernel");
   return g;
+}
+
+// Validates the arguments of mnv3::dwconv_bias_act and returns its geometry.
+inline DwGeometry check_dwconv_args(const Tensor& x, const Tensor& weight, const Tensor& bias,
+                                    const std::vector<int64_t>& stride,
+                                    const std::vector<int64_t>& padding,
+                                    const std::vector<int64_t>& dilation) {
+  STD_TORCH_CHECK(x.dim() == 4, "x must be a 4-d tensor [N, C, H, W], got ", x.dim(), " dims");
+  STD_TORCH_CHECK(is_supported_dtype(x.scalar_type()), "x must be float32, float16 or bfloat16");
+  STD_TORCH_CHECK(weight.scalar_type() == x.scalar_type(), "weight must have the dtype of x");
+  STD_TORCH_CHECK(bias.scalar_type() == x.scalar_type(), "bias must have the dtype of x");
+  check_same_device(x, "x", weight, "weight");
+  check_same_device(x, "x", bias, "bias");
+  return dw_geometry(x.size(0), x.size(1), x.size(2), x.size(3), weight, bias, stride, padding, dilation);
 }
 
 // Validates the arguments of mnv3::se_excite_scale; returns the squeeze width Cr.

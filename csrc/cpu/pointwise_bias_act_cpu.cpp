@@ -196,6 +196,19 @@ MNV3_CPU_CLONES void gemv_range(const PwProblem& p, int64_t begin, int64_t end) 
   }
 }
 
+// Checks the [Cout, Cin] weight and [Cout] bias of a 1x1 conv on x's channels; returns Cout.
+int64_t check_pointwise_weights(const Tensor& x, const Tensor& weight, const Tensor& bias) {
+  const int64_t K = x.size(1);
+  STD_TORCH_CHECK(weight.dim() == 2 && weight.size(1) == K && weight.scalar_type() == ScalarType::Float,
+                  "weight must be a float32 [Cout, Cin] matrix with Cin = ", K);
+  const int64_t Nc = weight.size(0);
+  STD_TORCH_CHECK(bias.dim() == 1 && bias.size(0) == Nc && bias.scalar_type() == ScalarType::Float,
+                  "bias must be a float32 [Cout] vector with Cout = ", Nc);
+  check_same_device(x, "x", weight, "weight");
+  check_same_device(x, "x", bias, "bias");
+  return Nc;
+}
+
 bool is_row_major(const Tensor& t) { return t.dim() == 2 && t.stride(1) == 1 && t.stride(0) == t.size(1); }
 
 Tensor pointwise_bias_act_cpu(const Tensor& x, const Tensor& weight, const Tensor& bias,
@@ -207,13 +220,7 @@ Tensor pointwise_bias_act_cpu(const Tensor& x, const Tensor& weight, const Tenso
                   "mnv3::pointwise_bias_act: x must be a channels-last dense 4-d tensor or a row-major 2-d one");
   const Activation act = parse_activation(activation);
   const int64_t K = x.size(1);
-  STD_TORCH_CHECK(weight.dim() == 2 && weight.size(1) == K && weight.scalar_type() == ScalarType::Float,
-                  "weight must be a float32 [Cout, Cin] matrix with Cin = ", K);
-  const int64_t Nc = weight.size(0);
-  STD_TORCH_CHECK(bias.dim() == 1 && bias.size(0) == Nc && bias.scalar_type() == ScalarType::Float,
-                  "bias must be a float32 [Cout] vector with Cout = ", Nc);
-  check_same_device(x, "x", weight, "weight");
-  check_same_device(x, "x", bias, "bias");
+  const int64_t Nc = check_pointwise_weights(x, weight, bias);
   const int64_t samples = x.size(0);
   const int64_t rows_per_sample = x.dim() == 4 ? x.size(2) * x.size(3) : 1;
   const int64_t M = samples * rows_per_sample;
@@ -412,38 +419,29 @@ std::tuple<Tensor, Tensor> pointwise_dwconv_cpu(const Tensor& x, const Tensor& w
   STD_TORCH_CHECK(x.scalar_type() == ScalarType::Float && x.dim() == 4 && is_nhwc_dense(x),
                   "mnv3::pointwise_dwconv: x must be a float32 channels-last dense 4-d tensor");
   const int64_t Cin = x.size(1);
-  STD_TORCH_CHECK(weight.dim() == 2 && weight.size(1) == Cin && weight.scalar_type() == ScalarType::Float,
-                  "weight must be a float32 [Chid, Cin] matrix with Cin = ", Cin);
-  const int64_t C = weight.size(0);
-  STD_TORCH_CHECK(bias.dim() == 1 && bias.size(0) == C && bias.scalar_type() == ScalarType::Float,
-                  "bias must be a float32 [Chid] vector with Chid = ", C);
-  STD_TORCH_CHECK(dw_weight.dim() == 4 && dw_weight.size(0) == C && dw_weight.size(1) == 1 &&
-                      dw_weight.size(2) == dw_weight.size(3) && dw_weight.scalar_type() == ScalarType::Float,
-                  "dw_weight must be a float32 [Chid, 1, k, k] tensor with Chid = ", C);
-  STD_TORCH_CHECK(dw_bias.dim() == 1 && dw_bias.size(0) == C && dw_bias.scalar_type() == ScalarType::Float,
-                  "dw_bias must be a float32 [Chid] vector with Chid = ", C);
-  for (const Tensor* t : {&weight, &bias, &dw_weight, &dw_bias}) check_same_device(x, "x", *t, "weights");
-  STD_TORCH_CHECK(stride.size() == 2 && padding.size() == 2 && dilation.size() == 2,
-                  "stride, padding and dilation must have 2 elements each");
+  const int64_t C = check_pointwise_weights(x, weight, bias);
+  STD_TORCH_CHECK(dw_weight.scalar_type() == ScalarType::Float && dw_bias.scalar_type() == ScalarType::Float,
+                  "dw_weight and dw_bias must be float32");
+  check_same_device(x, "x", dw_weight, "dw_weight");
+  check_same_device(x, "x", dw_bias, "dw_bias");
+  const DwGeometry g = dw_geometry(x.size(0), C, x.size(2), x.size(3), dw_weight, dw_bias, stride, padding,
+                                   dilation, "dw_weight", "dw_bias");
+  STD_TORCH_CHECK(g.kh == g.kw && (g.kh - 1) * g.dh + 1 <= 16,
+                  "dw_weight must be a square kernel whose dilated span is at most 16 rows");
   DwProblem d{};
-  d.N = x.size(0);
-  d.H = x.size(2);
-  d.W = x.size(3);
+  d.N = g.N;
+  d.H = g.H;
+  d.W = g.W;
   d.C = C;
-  d.K = dw_weight.size(2);
-  d.sh = stride[0];
-  d.sw = stride[1];
-  d.ph = padding[0];
-  d.pw = padding[1];
-  d.dh = dilation[0];
-  d.dw = dilation[1];
-  STD_TORCH_CHECK(d.K >= 1 && (d.K - 1) * d.dh + 1 <= 16, "kernel size and dilation too large (span > 16 rows)");
-  STD_TORCH_CHECK(d.sh >= 1 && d.sw >= 1 && d.dh >= 1 && d.dw >= 1 && d.ph >= 0 && d.pw >= 0,
-                  "stride and dilation must be positive, padding non-negative");
-  d.OH = conv_out_size(d.H, d.K, d.sh, d.ph, d.dh);
-  d.OW = conv_out_size(d.W, d.K, d.sw, d.pw, d.dw);
-  STD_TORCH_CHECK(d.OH >= 1 && d.OW >= 1, "the output would be empty: input ", d.H, "x", d.W,
-                  " is smaller than the dilated kernel");
+  d.K = g.kh;
+  d.sh = g.sh;
+  d.sw = g.sw;
+  d.ph = g.ph;
+  d.pw = g.pw;
+  d.dh = g.dh;
+  d.dw = g.dw;
+  d.OH = g.OH;
+  d.OW = g.OW;
   const Activation act1 = parse_activation(activation), act2 = parse_activation(dw_activation);
   d.Cp = (C + kLanes - 1) / kLanes * kLanes;
   d.Wp = std::max(d.W + 2 * d.pw, (d.OW - 1) * d.sw + (d.K - 1) * d.dw + 1);
