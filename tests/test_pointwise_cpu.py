@@ -69,7 +69,10 @@ def test_pointwise_empty_inputs():
 # high resolution, dilation 2, no padding, 1x1, odd sizes and channel tails.
 DW_CASES = [((1, 16, 112, 112), 64, 3, 2, 1, 1), ((2, 24, 9, 7), 72, 5, 1, 2, 1), ((1, 40, 14, 14), 120, 5, 2, 2, 1),
             ((1, 7, 6, 5), 20, 3, 1, 2, 2), ((3, 8, 5, 9), 17, 3, 2, 0, 1), ((1, 8, 4, 4), 16, 1, 1, 0, 1),
-            ((2, 3, 1, 1), 5, 3, 1, 1, 1)]
+            ((2, 3, 1, 1), 5, 3, 1, 1, 1),
+            # the whole-image walk in sample groups (2 + 1 samples), and one sample too
+            # large for the kept scratch buffer
+            ((3, 8, 50, 50), 144, 3, 1, 1, 1), ((1, 4, 54, 54), 400, 3, 1, 1, 1)]
 
 
 @pytest.mark.parametrize("case", DW_CASES, ids=str)

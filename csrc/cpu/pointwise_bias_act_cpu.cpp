@@ -384,24 +384,43 @@ MNV3_CPU_CLONES void pointwise_dw_range(const PwProblem& pw, const DwProblem& d,
   }
 }
 
-// Output rows [begin, end) of (n, oh) from a zero-padded expanded image [N][Hp][Wp][Cp].
+// Output rows [begin, end) of (n, oh) from the zero-padded expanded images
+// [samples from n_first][Hp][Wp][Cp].
 template <Activation A>
-MNV3_CPU_CLONES void dw_rows_padded(const DwProblem& d, const float* padded, int64_t Hp, int64_t begin, int64_t end) {
+MNV3_CPU_CLONES void dw_rows_padded(const DwProblem& d, const float* padded, int64_t Hp, int64_t n_first,
+                                    int64_t begin, int64_t end) {
   const float* rows[16];
   for (int64_t r = begin; r < end; ++r) {
     const int64_t n = r / d.OH, oh = r % d.OH;
-    for (int64_t kh = 0; kh < d.K; ++kh) rows[kh] = padded + ((n * Hp + oh * d.sh + kh * d.dh) * d.Wp) * d.Cp;
+    for (int64_t kh = 0; kh < d.K; ++kh)
+      rows[kh] = padded + (((n - n_first) * Hp + oh * d.sh + kh * d.dh) * d.Wp) * d.Cp;
     dw_row<A>(d, rows, n, oh);
   }
 }
 
-// A float buffer of at least n elements, kept per thread and reused across
-// calls (no allocation, no page faults on the hot path; contents unspecified).
-float* scratch(int64_t n) {
-  thread_local std::vector<float> buffer;
-  if (buffer.size() < static_cast<size_t>(n)) buffer.resize(static_cast<size_t>(n));
-  return buffer.data();
-}
+// Up to this many floats (4 MB) of scratch stay allocated per calling thread
+// between calls (no allocation, no page faults on the hot path); a larger
+// request gets a buffer of its own, freed with the Scratch.
+constexpr int64_t kKeptScratchFloats = int64_t{1} << 20;
+
+class Scratch {
+ public:
+  explicit Scratch(int64_t n) {
+    thread_local std::vector<float> kept;
+    if (n <= kKeptScratchFloats) {
+      if (kept.size() < static_cast<size_t>(n)) kept.resize(static_cast<size_t>(n));
+      data_ = kept.data();
+    } else {
+      own_.resize(static_cast<size_t>(n));
+      data_ = own_.data();
+    }
+  }
+  float* data() const { return data_; }  // contents unspecified
+
+ private:
+  std::vector<float> own_;
+  float* data_ = nullptr;
+};
 
 // From this input width on, pointwise_dwconv walks rows with a ring of
 // expanded rows; below it, it expands the whole image first (measured on 2
@@ -503,38 +522,45 @@ std::tuple<Tensor, Tensor> pointwise_dwconv_cpu(const Tensor& x, const Tensor& w
       }
       // Small images: the expand GEMM over every pixel at once (full register
       // tiles), written into a zero-padded copy of the expanded image, then the
-      // depthwise rows from it.
+      // depthwise rows from it; samples in groups whose copies fit the kept
+      // scratch.  Only the copy's border is zeroed: the GEMM writes every
+      // interior pixel (channels C..Cp of a pixel stay unset; the depthwise
+      // loop computes those lanes but never stores them).
       const int64_t Hp = std::max(d.H + 2 * d.ph, (d.OH - 1) * d.sh + (d.K - 1) * d.dh + 1);
-      // The copy is reused across calls (per calling thread) and only its border
-      // is zeroed: the GEMM writes every interior pixel (channels C..Cp of a pixel
-      // stay unset; the depthwise loop computes those lanes but never stores them).
       const int64_t plane = Hp * d.Wp;
-      float* padded = scratch(d.N * plane * d.Cp);
-      for (int64_t n = 0; n < d.N; ++n)
-        for (int64_t r = 0; r < Hp; ++r) {
-          float* row = padded + (n * plane + r * d.Wp) * d.Cp;
-          if (r < d.ph || r >= d.ph + d.H) {
-            std::fill(row, row + d.Wp * d.Cp, 0.f);
-          } else {
-            std::fill(row, row + d.pw * d.Cp, 0.f);
-            std::fill(row + (d.pw + d.W) * d.Cp, row + d.Wp * d.Cp, 0.f);
+      const int64_t group = std::max<int64_t>(1, std::min<int64_t>(d.N, kKeptScratchFloats / (plane * d.Cp)));
+      const Scratch buffer(group * plane * d.Cp);
+      float* padded = buffer.data();
+      for (int64_t n0 = 0; n0 < d.N; n0 += group) {
+        const int64_t count = std::min(group, d.N - n0);
+        for (int64_t n = 0; n < count; ++n)
+          for (int64_t r = 0; r < Hp; ++r) {
+            float* row = padded + (n * plane + r * d.Wp) * d.Cp;
+            if (r < d.ph || r >= d.ph + d.H) {
+              std::fill(row, row + d.Wp * d.Cp, 0.f);
+            } else {
+              std::fill(row, row + d.pw * d.Cp, 0.f);
+              std::fill(row + (d.pw + d.W) * d.Cp, row + d.Wp * d.Cp, 0.f);
+            }
           }
-        }
-      PwProblem all = pw;
-      all.y = padded;
-      all.M = d.N * d.H * d.W;
-      all.out_h = d.H;
-      all.out_w = d.W;
-      all.Hp = Hp;
-      all.Wp = d.Wp;
-      all.ph = d.ph;
-      all.pw = d.pw;
-      const int64_t panels = (C + kLanes - 1) / kLanes;
-      torch::stable::parallel_for(0, ((all.M + kRows - 1) / kRows) * panels, grain_for(kRows * kLanes * Cin),
-                                  [&](int64_t begin, int64_t end) { pw_range<A1>(all, nullptr, begin, end); });
-      torch::stable::parallel_for(0, d.N * d.OH, grain_for(d.OW * d.Cp * d.K * d.K), [&](int64_t begin, int64_t end) {
-        dw_rows_padded<A2>(d, padded, Hp, begin, end);
-      });
+        PwProblem all = pw;
+        all.x = pw.x + n0 * d.H * d.W * Cin;
+        all.y = padded;
+        all.M = count * d.H * d.W;
+        all.out_h = d.H;
+        all.out_w = d.W;
+        all.Hp = Hp;
+        all.Wp = d.Wp;
+        all.ph = d.ph;
+        all.pw = d.pw;
+        const int64_t panels = (C + kLanes - 1) / kLanes;
+        torch::stable::parallel_for(0, ((all.M + kRows - 1) / kRows) * panels, grain_for(kRows * kLanes * Cin),
+                                    [&](int64_t begin, int64_t end) { pw_range<A1>(all, nullptr, begin, end); });
+        torch::stable::parallel_for(n0 * d.OH, (n0 + count) * d.OH, grain_for(d.OW * d.Cp * d.K * d.K),
+                                    [&](int64_t begin, int64_t end) {
+                                      dw_rows_padded<A2>(d, padded, Hp, n0, begin, end);
+                                    });
+      }
     });
   });
   if (with_mean) {
