@@ -13,6 +13,7 @@ torch.no_grad()); see fused_layers.py.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
@@ -290,6 +291,9 @@ class MobileNetV3(DropsCachesOnCopy, nn.Module):
         return super()._apply(*args, **kwargs)
 
 
+_VERSION, _TRAINING = operator.attrgetter("_version"), operator.attrgetter("training")
+
+
 class _FastPlan:
     """MobileNetV3's fused forward for fp32 channels-last CPU inputs on the native
     backend as a flat list of Steps (fused_layers.Step): the same ops on the same
@@ -320,9 +324,9 @@ class _FastPlan:
                    for name, t in (*m._parameters.items(), *m._buffers.items())
                    if t is not None and name != "num_batches_tracked"]
         self.versioned = [t for t in tensors if not t.is_inference()]
-        self.inference = [t for t in tensors if t.is_inference()]
-        self.keys = [(t._version, t.data_ptr()) for t in self.versioned]
-        self.ptrs = [t.data_ptr() for t in self.inference]
+        self.versions = list(map(_VERSION, self.versioned))
+        self.tensors = tensors
+        self.ptrs = list(map(torch.Tensor.data_ptr, tensors))
 
     @classmethod
     def build(cls, model: MobileNetV3) -> _FastPlan:
@@ -358,10 +362,12 @@ class _FastPlan:
         cls._hooks_installed = True
 
     def valid(self) -> bool:
+        # Lists of ints via map: no per-tensor tuples (each forward's allocations
+        # drive Python's garbage collector, measured ~0.2 ms per forward on Large).
         return (self.counter == _FastPlan.registrations[0]
-                and [m.training for m in self.modes] == self.training
-                and [(t._version, t.data_ptr()) for t in self.versioned] == self.keys
-                and [t.data_ptr() for t in self.inference] == self.ptrs)
+                and list(map(_TRAINING, self.modes)) == self.training
+                and list(map(_VERSION, self.versioned)) == self.versions
+                and list(map(torch.Tensor.data_ptr, self.tensors)) == self.ptrs)
 
     def run(self, x: torch.Tensor, avgpool: nn.Module, classifier: nn.Module) -> torch.Tensor:
         for steps, add_input in self.blocks:
