@@ -20,4 +20,5 @@ cd "$WORK"  # not the checkout: import the installed wheel, not the source tree
 "$WORK/venv/bin/python" -m mnv3_kernels.info
 "$WORK/venv/bin/python" -m pytest -q -p no:cacheprovider \
   "$ROOT"/tests/test_ops_cpu.py "$ROOT"/tests/test_bad_input.py "$ROOT"/tests/test_dwconv_tiles_cpu.py \
-  "$ROOT"/tests/test_folding.py "$ROOT"/tests/test_backends.py "$ROOT"/tests/test_cpu_conv.py "$ROOT"/tests/test_build.py
+  "$ROOT"/tests/test_folding.py "$ROOT"/tests/test_backends.py "$ROOT"/tests/test_cpu_conv.py "$ROOT"/tests/test_build.py \
+  "$ROOT"/tests/test_pointwise_cpu.py

@@ -5,6 +5,9 @@ pass), against the pure-PyTorch reference."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 from tolerances import assert_op_close
@@ -35,7 +38,8 @@ def assert_same_layout(actual: torch.Tensor, expected: torch.Tensor) -> None:
 # matrix-vector walk: 128-column blocks, partial last block and vector).
 @pytest.mark.parametrize("shape,cout", [((1, 16, 7, 5), 24), ((2, 40, 3, 3), 120), ((1, 33, 1, 1), 16),
                                         ((3, 17, 4, 4), 1), ((1, 5, 13, 1), 33), ((1, 1, 6, 2), 7),
-                                        ((1, 24, 1, 1), 1000), ((1, 7, 1, 1), 131), ((1, 9, 1, 1), 256)])
+                                        ((1, 24, 1, 1), 1000), ((1, 7, 1, 1), 131), ((1, 9, 1, 1), 256),
+                                        ((2, 40, 3, 2), 3), ((1, 24, 2, 1), 15)])  # fewer channels than a vector
 @pytest.mark.parametrize("activation", ACTS)
 def test_pointwise_conv_matches_reference(shape, cout, activation):
     n, cin = shape[:2]
@@ -159,3 +163,32 @@ def test_pointwise_dwconv_bad_input_names_the_argument(overrides, match):
     args.update(overrides)
     with pytest.raises(RuntimeError, match=match):
         pointwise_dw(**args)
+
+
+_GUARD_PAGE_SCRIPT = r"""
+import ctypes, mmap, torch, mnv3_kernels
+libc = ctypes.CDLL(None, use_errno=True)
+page = mmap.PAGESIZE
+op = torch.ops.mnv3.pointwise_bias_act.default
+for K, N, rows in [(40, 3, 5), (17, 1, 13), (24, 15, 2), (100, 7, 1), (33, 16, 3), (9, 40, 4)]:
+    pages = (K * N * 4 + page - 1) // page + 1
+    buf = mmap.mmap(-1, pages * page)
+    addr = ctypes.addressof(ctypes.c_char.from_buffer(buf))
+    assert libc.mprotect(ctypes.c_void_p(addr + (pages - 1) * page), page, 0) == 0
+    flat = torch.frombuffer(buf, dtype=torch.float32, count=K * N, offset=(pages - 1) * page - K * N * 4)
+    w = flat.view(K, N).t()  # [N, K] stored k-major, its last float right before the guard page
+    w.copy_(torch.randn(N, K))
+    x, b = torch.randn(rows, K), torch.randn(N)
+    torch.testing.assert_close(op(x, w, b, "relu"), torch.relu(x @ w.t() + b), rtol=1e-5, atol=1e-5)
+    del flat, w
+print("ok")
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses mprotect through libc")
+def test_weights_are_never_read_past_their_end():
+    """The weight matrix ends right before an inaccessible page: a read past its end
+    (the partial last panel of a narrow layer) crashes the subprocess."""
+    result = subprocess.run([sys.executable, "-c", _GUARD_PAGE_SCRIPT], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0 and "ok" in result.stdout, (result.returncode, result.stderr[-2000:])

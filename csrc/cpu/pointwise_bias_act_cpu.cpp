@@ -34,26 +34,35 @@ MNV3_HD vfloat<kLanes> vload_partial(const float* p, int n) {
   return v;
 }
 
+// The weight rows of a panel (starting at column n0 of a k-major [K][ldw]
+// matrix, `valid` columns wide) that may be read as whole 16-float vectors: all
+// of them for a full panel; for a partial one, those whose 16 floats stay
+// inside the matrix (the extra lanes read the next row and are discarded).
+// The rest are read partially.
+MNV3_HD int64_t whole_rows(int64_t K, int64_t ldw, int64_t n0, int valid) {
+  if (valid == kLanes) return K;
+  const int64_t readable = K * ldw - n0;  // floats from the panel's start to the end of the matrix
+  return readable < kLanes ? 0 : std::min<int64_t>(K, (readable - kLanes) / ldw + 1);
+}
+
 // One tile: MR rows of a (row stride lda) x the 16-channel panel of b that
-// starts at b (row stride ldb; `valid` of its channels exist).  The last
-// weight row of a partial panel is read partially: the others may over-read
-// into the next row of the same tensor, the last would read past its end.
-// Output row i goes to c[i] (rows may be anywhere: the padded layout of
-// pointwise_dwconv); residual row i (if any) is res + i * ldr.
+// starts at b (row stride ldb; `valid` of its channels exist; weight rows from
+// `whole` on are read partially, see whole_rows).  Output row i goes to c[i]
+// (rows may be anywhere: the padded layout of pointwise_dwconv); residual row
+// i (if any) is res + i * ldr.
 template <int MR, Activation A>
 MNV3_HD void pw_tile(const float* a, int64_t lda, const float* b, int64_t ldb, int64_t K, int valid,
-                     const float* bias, const float* res, int64_t ldr, float* const* c) {
+                     int64_t whole, const float* bias, const float* res, int64_t ldr, float* const* c) {
   const bool full = valid == kLanes;
   vfloat<kLanes> acc[MR];
   const vfloat<kLanes> bv = full ? vload<kLanes>(bias) : vload_partial(bias, valid);
   for (int i = 0; i < MR; ++i) acc[i] = bv;
-  const int64_t whole = full ? K : K - 1;
   int64_t k = 0;
   for (; k < whole; ++k) {
     const vfloat<kLanes> w = vload<kLanes>(b + k * ldb);
     for (int i = 0; i < MR; ++i) acc[i] += a[i * lda + k] * w;
   }
-  if (k < K) {
+  for (; k < K; ++k) {
     const vfloat<kLanes> w = vload_partial(b + k * ldb, valid);
     for (int i = 0; i < MR; ++i) acc[i] += a[i * lda + k] * w;
   }
@@ -95,11 +104,11 @@ MNV3_HD float* pw_out_row(const PwProblem& p, int64_t m) {
 // R rows from row m of one panel (a: those rows' inputs; out: their output rows).
 template <int R, Activation A>
 MNV3_HD void pw_tile_at(const PwProblem& p, const float* a, int64_t lda, int64_t m, float* const* out, int64_t n0,
-                        int valid) {
+                        int valid, int64_t whole) {
   const float* res = p.res == nullptr ? nullptr : p.res + m * p.Nc + n0;
   float* rows[R];
   for (int i = 0; i < R; ++i) rows[i] = out[i] + n0;
-  pw_tile<R, A>(a, lda, p.w + n0, p.ldw, p.K, valid, p.bias + n0, res, p.Nc, rows);
+  pw_tile<R, A>(a, lda, p.w + n0, p.ldw, p.K, valid, whole, p.bias + n0, res, p.Nc, rows);
 }
 
 // Rows [m0, m0 + mr) of one panel, as tiles of kRows, then 8, 4, 2, 1 rows;
@@ -109,12 +118,13 @@ template <Activation A>
 MNV3_HD void pw_rows(const PwProblem& p, const float* a, int64_t lda, int64_t m0, int64_t mr, float* const* out,
                      int64_t n0) {
   const int valid = static_cast<int>(std::min<int64_t>(kLanes, p.Nc - n0));
+  const int64_t w = whole_rows(p.K, p.ldw, n0, valid);
   int64_t i = 0;
-  for (; i + kRows <= mr; i += kRows) pw_tile_at<kRows, A>(p, a + i * lda, lda, m0 + i, out + i, n0, valid);
-  if (i + 8 <= mr) { pw_tile_at<8, A>(p, a + i * lda, lda, m0 + i, out + i, n0, valid); i += 8; }
-  if (i + 4 <= mr) { pw_tile_at<4, A>(p, a + i * lda, lda, m0 + i, out + i, n0, valid); i += 4; }
-  if (i + 2 <= mr) { pw_tile_at<2, A>(p, a + i * lda, lda, m0 + i, out + i, n0, valid); i += 2; }
-  if (i + 1 <= mr) pw_tile_at<1, A>(p, a + i * lda, lda, m0 + i, out + i, n0, valid);
+  for (; i + kRows <= mr; i += kRows) pw_tile_at<kRows, A>(p, a + i * lda, lda, m0 + i, out + i, n0, valid, w);
+  if (i + 8 <= mr) { pw_tile_at<8, A>(p, a + i * lda, lda, m0 + i, out + i, n0, valid, w); i += 8; }
+  if (i + 4 <= mr) { pw_tile_at<4, A>(p, a + i * lda, lda, m0 + i, out + i, n0, valid, w); i += 4; }
+  if (i + 2 <= mr) { pw_tile_at<2, A>(p, a + i * lda, lda, m0 + i, out + i, n0, valid, w); i += 2; }
+  if (i + 1 <= mr) pw_tile_at<1, A>(p, a + i * lda, lda, m0 + i, out + i, n0, valid, w);
 }
 
 // Tasks [begin, end) of (row block, panel), row blocks outer.  Per row block,
