@@ -307,8 +307,9 @@ Tensor pointwise_bias_act_cpu(const Tensor& x, const Tensor& weight, const Tenso
 // the depthwise loop has no borders; a row is computed (pw_rows) once per
 // band, the first rows of a band again by the neighbouring band (the halo).
 
-struct DwProblem {
-  int64_t N, H, W, C, OH, OW, K, sh, sw, ph, pw, dh, dw, Cp, Wp;
+// The depthwise half: its geometry (square kernel K = kh = kw) and buffers.
+struct DwProblem : DwGeometry {
+  int64_t K, Cp, Wp;
   const float* w;     // taps [K*K][Cp], zero-padded channels
   const float* bias;  // [Cp]
   float* y;           // [N, OH, OW, C]
@@ -458,19 +459,8 @@ std::tuple<Tensor, Tensor> pointwise_dwconv_cpu(const Tensor& x, const Tensor& w
   STD_TORCH_CHECK(g.kh == g.kw && (g.kh - 1) * g.dh + 1 <= 16,
                   "dw_weight must be a square kernel whose dilated span is at most 16 rows");
   DwProblem d{};
-  d.N = g.N;
-  d.H = g.H;
-  d.W = g.W;
-  d.C = C;
+  static_cast<DwGeometry&>(d) = g;
   d.K = g.kh;
-  d.sh = g.sh;
-  d.sw = g.sw;
-  d.ph = g.ph;
-  d.pw = g.pw;
-  d.dh = g.dh;
-  d.dw = g.dw;
-  d.OH = g.OH;
-  d.OW = g.OW;
   const Activation act1 = parse_activation(activation), act2 = parse_activation(dw_activation);
   d.Cp = (C + kLanes - 1) / kLanes * kLanes;
   d.Wp = std::max(d.W + 2 * d.pw, (d.OW - 1) * d.sw + (d.K - 1) * d.dw + 1);
