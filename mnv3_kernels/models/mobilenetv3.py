@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -99,36 +100,38 @@ class InvertedResidual(nn.Module):
         new.train(training)
         return new
 
-    def _schedule(self):
-        """(layer, want_mean, takes_residual) of each layer of the fused forward: the
-        depthwise layer computes the SE squeeze when an SE layer follows, and the
-        projection takes the residual into its epilogue."""
+    def _schedule(self, merge: bool = True):
+        """(layer, want_mean, takes_residual, gates_next) of each step of the fused
+        forward: the depthwise layer computes the SE squeeze when an SE layer follows;
+        the projection takes the residual into its epilogue; an SE layer whose
+        projection takes_scale() hands it the gate instead of scaling its input; and a
+        block that starts with an expand + depthwise pair the CPU op can run yields
+        them as one _Merged step (if merge: the input takes the fp32 CPU path)."""
         layers = list(self.block)
+        steps = []
         for i, layer in enumerate(layers):
             last = i + 1 == len(layers)
-            want_mean = not last and isinstance(layers[i + 1], SqueezeExcitation)
+            after = None if last else layers[i + 1]
+            want_mean = isinstance(after, SqueezeExcitation)
             residual = last and self.use_res_connect and isinstance(layer, Conv2dNormActivation)
-            yield layer, want_mean, residual
+            gates = (isinstance(layer, SqueezeExcitation) and isinstance(after, Conv2dNormActivation)
+                     and after.takes_scale())
+            steps.append((layer, want_mean, residual, gates))
+        merged = _merged_args(layers, steps[1][1] if len(steps) > 1 else False) if merge else None
+        if merged is not None:
+            steps[:2] = [(_Merged(merged), steps[1][1], False, False)]
+        return steps
 
     def _fused_forward(self, x: torch.Tensor) -> torch.Tensor:
         y, mean, gate = x, None, None
         residual_added = False
-        layers = list(self.block)
-        schedule = list(self._schedule())
-        merged = _merged_args(layers, schedule) if packed_path_ok(x) and is_nhwc_dense(x) else None
-        if merged is not None:  # as in the CPU plan: expand + depthwise in one op
-            y, mean = torch.ops.mnv3.pointwise_dwconv.default(x, *merged)
-            mean = mean if merged[-1] else None
-            schedule[:2] = [(None, False, False)]
-        for i, (layer, want_mean, residual) in enumerate(schedule):
-            i += len(layers) - len(schedule)
-            if layer is None:
-                continue
-            if isinstance(layer, SqueezeExcitation):
-                after = layers[i + 1] if i + 1 < len(layers) else None
+        for layer, want_mean, residual, gates in self._schedule(merge=packed_path_ok(x) and is_nhwc_dense(x)):
+            if isinstance(layer, _Merged):  # as in the CPU plan: one op
+                y, mean = torch.ops.mnv3.pointwise_dwconv.default(y, *layer.args)
+                mean = mean if want_mean else None
+            elif isinstance(layer, SqueezeExcitation):
                 # As in the CPU plan: the projection applies the gate as it reads y.
-                if isinstance(after, Conv2dNormActivation) and after.takes_scale() and packed_path_ok(y):
-                    gate = layer.gate(y, mean)
+                gate = layer.gate(y, mean) if gates and packed_path_ok(y) else None
                 if gate is None:
                     y = layer.fused(y, mean)
                 mean = None
@@ -143,24 +146,15 @@ class InvertedResidual(nn.Module):
         """_fused_forward as Steps (fused_layers.Step) and whether the block input is
         added after them; None if a layer has no fast step."""
         steps, residual_added, gated = [], False, False
-        layers = list(self.block)
-        schedule = list(self._schedule())
-        merged = _merged_args(layers, schedule)
-        if merged is not None:  # the expand and depthwise layers as one step
-            op, want_mean = torch.ops.mnv3.pointwise_dwconv.default, merged[-1]
-            steps.append((lambda y, mean, x0: op(y, *merged)) if want_mean
-                         else (lambda y, mean, x0: (op(y, *merged)[0], None)))
-            schedule[:2] = [(None, False, False)]
-        for i, (layer, want_mean, residual) in enumerate(schedule):
-            if layer is None:
-                continue
-            i += len(layers) - len(schedule)
-            if isinstance(layer, SqueezeExcitation):
-                after = layers[i + 1] if i + 1 < len(layers) else None
+        for layer, want_mean, residual, gates in self._schedule():
+            if isinstance(layer, _Merged):
+                op, args = torch.ops.mnv3.pointwise_dwconv.default, layer.args
+                step = ((lambda y, mean, x0: op(y, *args)) if want_mean
+                        else (lambda y, mean, x0: (op(y, *args)[0], None)))
+            elif isinstance(layer, SqueezeExcitation):
                 # The gate goes to the projection, which scales its input as it reads it.
-                gated = isinstance(after, Conv2dNormActivation) and after.takes_scale()
-                step = layer.gate_step() if gated else layer.fast_step()
-                gated = gated and step is not None
+                step = layer.gate_step() if gates else layer.fast_step()
+                gated = gates and step is not None
             elif isinstance(layer, Conv2dNormActivation):
                 step = layer.fast_step(want_mean, residual, scaled=gated)
                 residual_added, gated = residual, False
@@ -180,7 +174,13 @@ class InvertedResidual(nn.Module):
         return result
 
 
-def _merged_args(layers, schedule):
+@dataclass(frozen=True)
+class _Merged:
+    """A block's expand and depthwise layers as one mnv3::pointwise_dwconv step."""
+    args: tuple  # the op's arguments after the input
+
+
+def _merged_args(layers, want_mean: bool):
     """The arguments (after the input) of mnv3::pointwise_dwconv running a block's
     expand 1x1 conv and its depthwise conv as one op (the expanded activation is
     never written), or None where the block does not start with such a pair on
@@ -194,7 +194,7 @@ def _merged_args(layers, schedule):
         return None
     p = expand.packed
     return (p.weight, p.bias, p.activation, dw.weight, dw.bias, list(dw.stride), list(dw.padding),
-            list(dw.dilation), dw.activation, schedule[1][1])
+            list(dw.dilation), dw.activation, want_mean)
 
 
 class MobileNetV3(DropsCachesOnCopy, nn.Module):
