@@ -11,6 +11,7 @@ from conftest import sync
 
 import mnv3_kernels as mk
 from mnv3_kernels import cpu_conv
+from mnv3_kernels.layout import pack_pointwise_weight
 from mnv3_kernels.models.fused_layers import Conv2dNormActivation, SqueezeExcitation
 
 
@@ -128,7 +129,7 @@ def test_pointwise_dwconv(benchmark, device, layer, variant):
     x = torch.randn(1, cin, h, h).contiguous(memory_format=torch.channels_last)
     w1, b1 = torch.randn(ch, cin) / cin**0.5, torch.randn(ch)
     wd, bd = torch.randn(ch, 1, k, k), torch.randn(ch)
-    w1k, pad = cpu_conv.k_major(w1), (k - 1) // 2
+    w1k, pad = pack_pointwise_weight(w1), (k - 1) // 2
     op = torch.ops.mnv3.pointwise_dwconv.default
 
     def eager():

@@ -19,7 +19,7 @@ activation.  Here:
 - nn.Linear layers (the classifier) run the same fused linear.
 Where the CPU extension is loaded, the 1x1 convs and the Linears run
 mnv3::pointwise_bias_act instead (ops.py; csrc/cpu/pointwise_bias_act_cpu.cpp):
-the same fused GEMM on weights stored k-major once, without oneDNN's ~20 us
+the same fused GEMM on weights packed once into 16-channel panels, without oneDNN's ~20 us
 fixed cost per call (measured on 2 cores for a 16x16 Linear: 23 us, against
 3.5 us for mnv3::pointwise_bias_act), and with the SE gate applied to its
 input (`scale`).
@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .layout import is_nhwc_dense
+from .layout import is_nhwc_dense, pack_pointwise_weight
 
 # op activation name -> (oneDNN unary attr, its scalars)
 _ATTRS = {"identity": ("none", []), "relu": ("relu", []), "relu6": ("hardtanh", [0.0, 6.0]),
@@ -64,18 +64,12 @@ class PackedConv:
     linear: bool  # runs as a matrix product on the [N*H*W, C] view (a 1x1 conv or a Linear)
     out_features: int
     activation: str = "identity"
-    native: bool = False  # weight is a k-major [Cout, Cin] matrix for mnv3::pointwise_bias_act
+    native: bool = False  # weight is panels [ceil(Cout/16), Cin, 16] for mnv3::pointwise_bias_act
 
 
 def native_available() -> bool:
     """Whether mnv3::pointwise_bias_act has its CPU kernel (the CPU extension loaded)."""
     return torch._C._dispatch_has_kernel_for_dispatch_key("mnv3::pointwise_bias_act", "CPU")
-
-
-def k_major(w: torch.Tensor) -> torch.Tensor:
-    """[Cout, Cin] with the same values, stored k-major (strides (1, Cout)): the
-    layout mnv3::pointwise_bias_act reads in place."""
-    return w.t().contiguous().t()
 
 
 def _usable(weight: torch.Tensor, activation: str) -> bool:
@@ -95,7 +89,7 @@ def prepack(weight: torch.Tensor, bias: torch.Tensor, stride, padding, dilation,
     attr, scalars = _ATTRS[activation]
     pointwise = (weight.shape[2:] == (1, 1) and groups == 1 and stride == [1, 1] and padding == [0, 0])
     if pointwise and native_available():
-        return PackedConv(k_major(weight.flatten(1)), bias.contiguous(), stride, padding, dilation, groups,
+        return PackedConv(pack_pointwise_weight(weight.flatten(1)), bias.contiguous(), stride, padding, dilation, groups,
                           attr, scalars, True, weight.shape[0], activation, True)
     if not available():
         return None
@@ -118,7 +112,7 @@ def prepack_linear(weight: torch.Tensor, bias: torch.Tensor, activation: str = "
         return None
     attr, scalars = _ATTRS[activation]
     if native_available():
-        return PackedConv(k_major(weight), bias.contiguous(), [], [], [], 1, attr, scalars, True, weight.shape[0],
+        return PackedConv(pack_pointwise_weight(weight), bias.contiguous(), [], [], [], 1, attr, scalars, True, weight.shape[0],
                           activation, True)
     if not available():
         return None

@@ -18,8 +18,9 @@ built; the C++ extensions only register implementations for them.
       when scale is given (the SE gate, applied where the 1x1 projection reads
       its input).  x: channels-last dense [N, Cin, H, W] (a 1x1 convolution on
       its [N*H*W, Cin] rows; y is channels-last) or row-major [M, Cin] (a
-      Linear); weight [Cout, Cin], read in place when stored k-major (strides
-      (1, Cout), see cpu_conv.prepack).  fp32, CPU only: the GEMM of the fp32
+      Linear); weight [Cout, Cin], or its panels [ceil(Cout/16), Cin, 16]
+      (layout.pack_pointwise_weight: what the kernel reads; a [Cout, Cin] weight
+      is packed on every call, cpu_conv.prepack packs once).  fp32, CPU only: the GEMM of the fp32
       CPU fast path (cpu_conv.py).  It is not one of the backend-dispatched ops
       (backends.OPS): on GPUs the 1x1 convolutions run cuDNN / cuBLAS.
     mnv3::pointwise_dwconv(x, weight, bias, activation, dw_weight, dw_bias, stride, padding,
@@ -172,11 +173,21 @@ def check_pointwise_args(x, weight, bias, activation, scale, residual) -> tuple:
     _check_float_tensor("bias", bias, torch.float32)
     _check_device("weight", weight, x)
     _check_device("bias", bias, x)
-    if weight.dim() != 2 or weight.shape[1] != cin:
-        raise ValueError(f"weight must have shape [Cout, Cin] with Cin = {cin}, got {_shape(weight)}")
-    cout = weight.shape[0]
-    if bias.dim() != 1 or bias.shape[0] != cout:
-        raise ValueError(f"bias must have shape [Cout] with Cout = {cout}, got {_shape(bias)}")
+    if weight.dim() == 3:  # panels (layout.pack_pointwise_weight); Cout from the bias
+        if bias.dim() != 1:
+            raise ValueError(f"bias must have shape [Cout], got {_shape(bias)}")
+        cout = bias.shape[0]
+        panels = [-(-cout // layout.PANEL), cin, layout.PANEL]
+        if _shape(weight) != panels or not weight.is_contiguous():
+            raise ValueError(f"weight given as panels must be a contiguous [ceil(Cout/16), Cin, 16] = {panels} "
+                             f"tensor (layout.pack_pointwise_weight), got shape {_shape(weight)}")
+    else:
+        if weight.dim() != 2 or weight.shape[1] != cin:
+            raise ValueError(f"weight must have shape [Cout, Cin] with Cin = {cin} (or be its "
+                             f"[ceil(Cout/16), Cin, 16] panels), got {_shape(weight)}")
+        cout = weight.shape[0]
+        if bias.dim() != 1 or bias.shape[0] != cout:
+            raise ValueError(f"bias must have shape [Cout] with Cout = {cout}, got {_shape(bias)}")
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
     out_shape = (x.shape[0], cout, *x.shape[2:])

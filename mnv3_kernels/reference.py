@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .layout import empty_4d
+from .layout import empty_4d, unpack_pointwise_weight
 
 ACTIVATION_FNS = {
     "identity": lambda t: t,
@@ -69,6 +69,8 @@ def pointwise_bias_act(
     scale: torch.Tensor | None = None,
     residual: torch.Tensor | None = None,
 ) -> torch.Tensor:
+    if weight.dim() == 3:  # panels (layout.pack_pointwise_weight)
+        weight = unpack_pointwise_weight(weight, bias.shape[0])
     if x.dim() == 4:
         xs = x if scale is None else x * scale[:, :, None, None]
         y = ACTIVATION_FNS[activation](F.conv2d(xs, weight[:, :, None, None], bias))

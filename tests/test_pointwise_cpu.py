@@ -13,6 +13,7 @@ import torch
 from tolerances import assert_op_close
 
 from mnv3_kernels import cpu_conv, reference
+from mnv3_kernels.layout import pack_pointwise_weight, unpack_pointwise_weight
 
 pytestmark = pytest.mark.skipif(not cpu_conv.native_available(), reason="the CPU extension is not built")
 
@@ -23,10 +24,6 @@ pointwise_dw = torch.ops.mnv3.pointwise_dwconv.default
 
 def nhwc(*shape) -> torch.Tensor:
     return torch.empty(shape, memory_format=torch.channels_last).normal_()
-
-
-def k_major(w: torch.Tensor) -> torch.Tensor:
-    return w.t().contiguous().t()
 
 
 def assert_same_layout(actual: torch.Tensor, expected: torch.Tensor) -> None:
@@ -47,7 +44,7 @@ def test_pointwise_conv_matches_reference(shape, cout, activation):
     w, b = torch.randn(cout, cin) / cin**0.5, torch.randn(cout)
     scale = torch.rand(n, cin)
     residual = nhwc(n, cout, *shape[2:])
-    for weight in (w, k_major(w)):  # packed per call / read in place
+    for weight in (w, w.t().contiguous().t(), pack_pointwise_weight(w)):  # packed per call (2 layouts) / panels
         for s, r in ((None, None), (scale, None), (None, residual), (scale, residual)):
             y = pointwise(x, weight, b, activation, s, r)
             expected = reference.pointwise_bias_act(x, w, b, activation, s, r)
@@ -59,7 +56,7 @@ def test_pointwise_conv_matches_reference(shape, cout, activation):
 def test_pointwise_linear_matches_reference(rows, cin, cout):
     x, w, b = torch.randn(rows, cin), torch.randn(cout, cin) / cin**0.5, torch.randn(cout)
     for activation in ("identity", "hardswish"):
-        y = pointwise(x, k_major(w), b, activation)
+        y = pointwise(x, pack_pointwise_weight(w), b, activation)
         assert_op_close(y, reference.pointwise_bias_act(x, w, b, activation))
 
 
@@ -89,16 +86,43 @@ def test_pointwise_dwconv_matches_the_two_ops(case, acts):
     wd, bd = torch.randn(hidden, 1, k, k) / k, torch.randn(hidden)
     for with_mean in (False, True):
         args = (acts[0], wd, bd, [s, s], [p, p], [d, d], acts[1], with_mean)
-        y, mean = pointwise_dw(x, k_major(w1), b1, *args)
         ey, emean = reference.pointwise_dwconv(x, w1, b1, *args)
-        assert_same_layout(y, ey)
-        assert_op_close(y, ey)
-        assert_op_close(mean, emean)
+        for weight in (w1, pack_pointwise_weight(w1)):
+            y, mean = pointwise_dw(x, weight, b1, *args)
+            assert_same_layout(y, ey)
+            assert_op_close(y, ey)
+            assert_op_close(mean, emean)
+
+
+@pytest.mark.parametrize("hidden", [16, 20])
+def test_pointwise_dwconv_reads_tap_major_depthwise_weights(hidden):
+    """A tap-major depthwise weight (fused_layers.tap_major) with a multiple of 16
+    channels is read in place, any other layout is packed per call: same result."""
+    from mnv3_kernels.models.fused_layers import tap_major
+
+    x = nhwc(2, 8, 9, 9)
+    w1, b1 = torch.randn(hidden, 8), torch.randn(hidden)
+    wd, bd = torch.randn(hidden, 1, 5, 5), torch.randn(hidden)
+    args = ("relu", [1, 1], [2, 2], [1, 1], "hardswish", True)
+    expected = reference.pointwise_dwconv(x, w1, b1, args[0], wd, bd, *args[1:])
+    for weight in (wd, tap_major(wd)):
+        y, mean = pointwise_dw(x, pack_pointwise_weight(w1), b1, args[0], weight, bd, *args[1:])
+        assert_op_close(y, expected[0])
+        assert_op_close(mean, expected[1])
+
+
+@pytest.mark.parametrize("cout,cin", [(1, 3), (16, 5), (17, 2), (40, 9)])
+def test_pack_pointwise_weight_round_trips(cout, cin):
+    w = torch.randn(cout, cin)
+    panels = pack_pointwise_weight(w)
+    assert panels.shape == (-(-cout // 16), cin, 16) and panels.is_contiguous()
+    assert torch.equal(unpack_pointwise_weight(panels, cout), w)
+    assert not panels.transpose(1, 2).reshape(-1, cin)[cout:].any()  # the padding channels are zero
 
 
 def test_opcheck():
     x, w, b = nhwc(2, 6, 5, 4), torch.randn(10, 6), torch.randn(10)
-    torch.library.opcheck(pointwise, (x, k_major(w), b, "hardswish", torch.rand(2, 6), nhwc(2, 10, 5, 4)))
+    torch.library.opcheck(pointwise, (x, pack_pointwise_weight(w), b, "hardswish", torch.rand(2, 6), nhwc(2, 10, 5, 4)))
     torch.library.opcheck(pointwise, (torch.randn(3, 6), w, b, "relu"))
     wd, bd = torch.randn(10, 1, 3, 3), torch.randn(10)
     torch.library.opcheck(pointwise_dw, (x, w, b, "relu", wd, bd, [2, 2], [1, 1], [1, 1], "hardswish", True))
@@ -123,6 +147,10 @@ def _pw_args(**overrides):
     ({"x": nhwc(1, 4, 3, 3).half()}, "x must be float32"),
     ({"x": torch.randn(4)}, "x must be a channels-last dense"),
     ({"weight": torch.randn(8, 5)}, "weight must be a float32 \\[Cout, Cin\\] matrix with Cin = 4"),
+    ({"weight": torch.randn(8, 4).half()}, "weight and bias must be float32"),
+    ({"weight": torch.randn(2, 4, 16)}, "weight given as panels must be a contiguous \\[ceil\\(Cout/16\\), Cin, 16\\] "
+                                        "= \\[1, 4, 16\\]"),
+    ({"weight": torch.randn(1, 16, 4).transpose(1, 2)}, "weight given as panels must be a contiguous"),
     ({"bias": torch.randn(7)}, "bias must be a float32 \\[Cout\\] vector with Cout = 8"),
     ({"activation": "gelu"}, "activation must be one of"),
     ({"scale": torch.rand(2, 4)}, "scale must be a row-major float32 \\[N, Cin\\]"),
@@ -136,6 +164,7 @@ def test_pointwise_bad_input_names_the_argument(overrides, match):
 @pytest.mark.parametrize("overrides,match", [
     ({"x": torch.randn(1, 4, 3, 3)}, "x must be channels-last dense"),
     ({"weight": torch.randn(8, 5)}, "weight must have shape \\[Cout, Cin\\] with Cin = 4"),
+    ({"weight": torch.randn(2, 4, 16)}, "weight given as panels must be a contiguous \\[ceil\\(Cout/16\\), Cin, 16\\]"),
     ({"residual": torch.randn(1, 8, 3, 3)}, "residual must have the output's shape"),
     ({"scale": torch.rand(1, 5)}, "scale must be a contiguous \\[N, Cin\\]"),
 ])
@@ -170,16 +199,20 @@ import ctypes, mmap, torch, mnv3_kernels
 libc = ctypes.CDLL(None, use_errno=True)
 page = mmap.PAGESIZE
 op = torch.ops.mnv3.pointwise_bias_act.default
+from mnv3_kernels.layout import pack_pointwise_weight
 for K, N, rows in [(40, 3, 5), (17, 1, 13), (24, 15, 2), (100, 7, 1), (33, 16, 3), (9, 40, 4)]:
-    pages = (K * N * 4 + page - 1) // page + 1
+    weight = torch.randn(N, K)
+    panels = pack_pointwise_weight(weight)
+    count = panels.numel()
+    pages = (count * 4 + page - 1) // page + 1
     buf = mmap.mmap(-1, pages * page)
     addr = ctypes.addressof(ctypes.c_char.from_buffer(buf))
     assert libc.mprotect(ctypes.c_void_p(addr + (pages - 1) * page), page, 0) == 0
-    flat = torch.frombuffer(buf, dtype=torch.float32, count=K * N, offset=(pages - 1) * page - K * N * 4)
-    w = flat.view(K, N).t()  # [N, K] stored k-major, its last float right before the guard page
-    w.copy_(torch.randn(N, K))
+    flat = torch.frombuffer(buf, dtype=torch.float32, count=count, offset=(pages - 1) * page - count * 4)
+    w = flat.view(panels.shape)  # the panels, their last float right before the guard page
+    w.copy_(panels)
     x, b = torch.randn(rows, K), torch.randn(N)
-    torch.testing.assert_close(op(x, w, b, "relu"), torch.relu(x @ w.t() + b), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(op(x, w, b, "relu"), torch.relu(x @ weight.t() + b), rtol=1e-5, atol=1e-5)
     del flat, w
 print("ok")
 """
@@ -187,8 +220,8 @@ print("ok")
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses mprotect through libc")
 def test_weights_are_never_read_past_their_end():
-    """The weight matrix ends right before an inaccessible page: a read past its end
-    (the partial last panel of a narrow layer) crashes the subprocess."""
+    """The weight panels end right before an inaccessible page: a read past their end
+    (e.g. the last panel of a narrow layer, or a matrix-vector block) crashes the subprocess."""
     result = subprocess.run([sys.executable, "-c", _GUARD_PAGE_SCRIPT], capture_output=True, text=True,
                             timeout=120)
     assert result.returncode == 0 and "ok" in result.stdout, (result.returncode, result.stderr[-2000:])

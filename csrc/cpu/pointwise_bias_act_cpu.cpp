@@ -7,9 +7,15 @@
 // whole activation.
 //
 // Register tiles of kRows rows x 16 output channels (one AVX-512 register per
-// row: 12 accumulators, the weight vector and the broadcast input), weights
-// read k-major (W[k][n] contiguous in n) in place when the caller stores them
-// so (cpu_conv.prepack), packed per call otherwise.  The tiles are the unit of
+// row: 12 accumulators, the weight vector and the broadcast input).  Weights
+// are read as panels of 16 output channels, [ceil(Cout/16)][Cin][16] with the
+// last panel zero-padded (layout.pack_pointwise_weight): a tile reads its
+// panel front to back, so the first pass over weights that are not in cache
+// streams sequential memory (the hardware prefetcher runs ahead) instead of
+// one cache line per weight row, a page apart for wide layers (measured: that
+// first pass dominated the 7x7 layers' time in a whole forward).  A caller
+// that packs once (cpu_conv.prepack) passes the panels; a [Cout, Cin] weight
+// is packed per call.  The tiles are the unit of
 // the parallel split (row blocks outer, 16-channel panels inner, so a thread
 // reuses its rows across panels).  fp32 only: it backs the fp32 CPU fast path;
 // other dtypes run the reference.
@@ -34,36 +40,19 @@ MNV3_HD vfloat<kLanes> vload_partial(const float* p, int n) {
   return v;
 }
 
-// The weight rows of a panel (starting at column n0 of a k-major [K][ldw]
-// matrix, `valid` columns wide) that may be read as whole 16-float vectors: all
-// of them for a full panel; for a partial one, those whose 16 floats stay
-// inside the matrix (the extra lanes read the next row and are discarded).
-// The rest are read partially.
-MNV3_HD int64_t whole_rows(int64_t K, int64_t ldw, int64_t n0, int valid) {
-  if (valid == kLanes) return K;
-  const int64_t readable = K * ldw - n0;  // floats from the panel's start to the end of the matrix
-  return readable < kLanes ? 0 : std::min<int64_t>(K, (readable - kLanes) / ldw + 1);
-}
-
-// One tile: MR rows of a (row stride lda) x the 16-channel panel of b that
-// starts at b (row stride ldb; `valid` of its channels exist; weight rows from
-// `whole` on are read partially, see whole_rows).  Output row i goes to c[i]
-// (rows may be anywhere: the padded layout of pointwise_dwconv); residual row
-// i (if any) is res + i * ldr.
+// One tile: MR rows of a (row stride lda) x one weight panel b ([K][16]; `valid`
+// of its 16 channels exist, the rest are zero).  Output row i goes to c[i] (rows
+// may be anywhere: the padded layout of pointwise_dwconv); residual row i (if
+// any) is res + i * ldr.
 template <int MR, Activation A>
-MNV3_HD void pw_tile(const float* a, int64_t lda, const float* b, int64_t ldb, int64_t K, int valid,
-                     int64_t whole, const float* bias, const float* res, int64_t ldr, float* const* c) {
+MNV3_HD void pw_tile(const float* a, int64_t lda, const float* b, int64_t K, int valid, const float* bias,
+                     const float* res, int64_t ldr, float* const* c) {
   const bool full = valid == kLanes;
   vfloat<kLanes> acc[MR];
   const vfloat<kLanes> bv = full ? vload<kLanes>(bias) : vload_partial(bias, valid);
   for (int i = 0; i < MR; ++i) acc[i] = bv;
-  int64_t k = 0;
-  for (; k < whole; ++k) {
-    const vfloat<kLanes> w = vload<kLanes>(b + k * ldb);
-    for (int i = 0; i < MR; ++i) acc[i] += a[i * lda + k] * w;
-  }
-  for (; k < K; ++k) {
-    const vfloat<kLanes> w = vload_partial(b + k * ldb, valid);
+  for (int64_t k = 0; k < K; ++k) {
+    const vfloat<kLanes> w = vload<kLanes>(b + k * kLanes);
     for (int i = 0; i < MR; ++i) acc[i] += a[i * lda + k] * w;
   }
   for (int i = 0; i < MR; ++i) {
@@ -82,8 +71,7 @@ MNV3_HD void pw_tile(const float* a, int64_t lda, const float* b, int64_t ldb, i
 
 struct PwProblem {
   const float* x;      // [M, K] row-major
-  const float* w;      // k-major: w[k * ldw + n]
-  int64_t ldw;
+  const float* w;      // panels [ceil(Nc/16)][K][16]: w[(n / 16) * K * 16 + k * 16 + n % 16]
   const float* bias;   // [Nc]
   const float* scale;  // [samples, K] or nullptr
   const float* res;    // [M, Nc] row-major or nullptr
@@ -104,11 +92,11 @@ MNV3_HD float* pw_out_row(const PwProblem& p, int64_t m) {
 // R rows from row m of one panel (a: those rows' inputs; out: their output rows).
 template <int R, Activation A>
 MNV3_HD void pw_tile_at(const PwProblem& p, const float* a, int64_t lda, int64_t m, float* const* out, int64_t n0,
-                        int valid, int64_t whole) {
+                        int valid) {
   const float* res = p.res == nullptr ? nullptr : p.res + m * p.Nc + n0;
   float* rows[R];
   for (int i = 0; i < R; ++i) rows[i] = out[i] + n0;
-  pw_tile<R, A>(a, lda, p.w + n0, p.ldw, p.K, valid, whole, p.bias + n0, res, p.Nc, rows);
+  pw_tile<R, A>(a, lda, p.w + n0 * p.K, p.K, valid, p.bias + n0, res, p.Nc, rows);
 }
 
 // Rows [m0, m0 + mr) of one panel, as tiles of kRows, then 8, 4, 2, 1 rows;
@@ -118,13 +106,12 @@ template <Activation A>
 MNV3_HD void pw_rows(const PwProblem& p, const float* a, int64_t lda, int64_t m0, int64_t mr, float* const* out,
                      int64_t n0) {
   const int valid = static_cast<int>(std::min<int64_t>(kLanes, p.Nc - n0));
-  const int64_t w = whole_rows(p.K, p.ldw, n0, valid);
   int64_t i = 0;
-  for (; i + kRows <= mr; i += kRows) pw_tile_at<kRows, A>(p, a + i * lda, lda, m0 + i, out + i, n0, valid, w);
-  if (i + 8 <= mr) { pw_tile_at<8, A>(p, a + i * lda, lda, m0 + i, out + i, n0, valid, w); i += 8; }
-  if (i + 4 <= mr) { pw_tile_at<4, A>(p, a + i * lda, lda, m0 + i, out + i, n0, valid, w); i += 4; }
-  if (i + 2 <= mr) { pw_tile_at<2, A>(p, a + i * lda, lda, m0 + i, out + i, n0, valid, w); i += 2; }
-  if (i + 1 <= mr) pw_tile_at<1, A>(p, a + i * lda, lda, m0 + i, out + i, n0, valid, w);
+  for (; i + kRows <= mr; i += kRows) pw_tile_at<kRows, A>(p, a + i * lda, lda, m0 + i, out + i, n0, valid);
+  if (i + 8 <= mr) { pw_tile_at<8, A>(p, a + i * lda, lda, m0 + i, out + i, n0, valid); i += 8; }
+  if (i + 4 <= mr) { pw_tile_at<4, A>(p, a + i * lda, lda, m0 + i, out + i, n0, valid); i += 4; }
+  if (i + 2 <= mr) { pw_tile_at<2, A>(p, a + i * lda, lda, m0 + i, out + i, n0, valid); i += 2; }
+  if (i + 1 <= mr) pw_tile_at<1, A>(p, a + i * lda, lda, m0 + i, out + i, n0, valid);
 }
 
 // Tasks [begin, end) of (row block, panel), row blocks outer.  Per row block,
@@ -155,13 +142,12 @@ MNV3_CPU_CLONES void pw_range(const PwProblem& p, float* scaled, int64_t begin, 
   }
 }
 
-// One row (M = 1: batch-1 Linears, SE fc layers): column blocks of
-// kGemvColumns, each with its accumulators in registers while the weight rows
-// stream past (k outer): the tiles' panel-at-a-time walk would read 64 bytes
-// per weight row, a page apart for wide layers (measured slower on the
-// classifier's 960x1280 and 1280x1000 Linears).
-constexpr int kGemvColumns = 128;
-constexpr int kGemvVectors = kGemvColumns / kLanes;
+// One row (M = 1: batch-1 Linears, SE fc layers): blocks of kGemvVectors
+// panels, each with its accumulators in registers while the panels stream past
+// side by side (k outer; each panel read front to back).  A panel at a time
+// would keep one accumulator busy: a chain of dependent FMAs.
+constexpr int kGemvVectors = 8;
+constexpr int kGemvColumns = kGemvVectors * kLanes;
 
 template <Activation A>
 MNV3_CPU_CLONES void gemv_range(const PwProblem& p, int64_t begin, int64_t end) {
@@ -172,19 +158,17 @@ MNV3_CPU_CLONES void gemv_range(const PwProblem& p, int64_t begin, int64_t end) 
     const int last = static_cast<int>(width - (nv - 1) * kLanes);  // valid lanes of the last vector
     vfloat<kLanes> acc[kGemvVectors];
     for (int v = 0; v < kGemvVectors; ++v) acc[v] = vzero<kLanes>();
-    const float* w = p.w + n0;
-    if (nv == kGemvVectors && last == kLanes) {
+    const float* w = p.w + n0 * p.K;  // this block's first panel
+    const int64_t panel = p.K * kLanes;
+    if (nv == kGemvVectors) {
       for (int64_t k = 0; k < p.K; ++k) {
         const float a = p.scale == nullptr ? p.x[k] : p.x[k] * p.scale[k];
-        const float* row = w + k * p.ldw;
-        for (int v = 0; v < kGemvVectors; ++v) acc[v] += a * vload<kLanes>(row + v * kLanes);
+        for (int v = 0; v < kGemvVectors; ++v) acc[v] += a * vload<kLanes>(w + v * panel + k * kLanes);
       }
     } else {
       for (int64_t k = 0; k < p.K; ++k) {
         const float a = p.scale == nullptr ? p.x[k] : p.x[k] * p.scale[k];
-        const float* row = w + k * p.ldw;
-        for (int v = 0; v + 1 < nv; ++v) acc[v] += a * vload<kLanes>(row + v * kLanes);
-        acc[nv - 1] += a * vload_partial(row + (nv - 1) * kLanes, last);
+        for (int v = 0; v < nv; ++v) acc[v] += a * vload<kLanes>(w + v * panel + k * kLanes);
       }
     }
     for (int v = 0; v < nv; ++v) {
@@ -206,17 +190,43 @@ MNV3_CPU_CLONES void gemv_range(const PwProblem& p, int64_t begin, int64_t end) 
   }
 }
 
-// Checks the [Cout, Cin] weight and [Cout] bias of a 1x1 conv on x's channels; returns Cout.
+// Checks the weight of a 1x1 conv on x's channels (a [Cout, Cin] matrix, or its
+// panels: a contiguous [ceil(Cout/16), Cin, 16] tensor, Cout from the bias) and
+// its [Cout] bias; returns Cout.
 int64_t check_pointwise_weights(const Tensor& x, const Tensor& weight, const Tensor& bias) {
   const int64_t K = x.size(1);
-  STD_TORCH_CHECK(weight.dim() == 2 && weight.size(1) == K && weight.scalar_type() == ScalarType::Float,
-                  "weight must be a float32 [Cout, Cin] matrix with Cin = ", K);
-  const int64_t Nc = weight.size(0);
-  STD_TORCH_CHECK(bias.dim() == 1 && bias.size(0) == Nc && bias.scalar_type() == ScalarType::Float,
-                  "bias must be a float32 [Cout] vector with Cout = ", Nc);
+  STD_TORCH_CHECK(weight.scalar_type() == ScalarType::Float && bias.scalar_type() == ScalarType::Float,
+                  "weight and bias must be float32");
+  STD_TORCH_CHECK(bias.dim() == 1, "bias must be a [Cout] vector");
+  const bool panels = weight.dim() == 3;
+  const int64_t Nc = panels ? bias.size(0) : weight.size(0);
+  if (panels) {
+    STD_TORCH_CHECK(weight.size(0) == (Nc + kLanes - 1) / kLanes && weight.size(1) == K &&
+                        weight.size(2) == kLanes && (weight.size(0) == 1 || weight.stride(0) == K * kLanes) &&
+                        (K <= 1 || weight.stride(1) == kLanes) && weight.stride(2) == 1,
+                    "weight given as panels must be a contiguous [ceil(Cout/16), Cin, 16] = [",
+                    (Nc + kLanes - 1) / kLanes, ", ", K, ", 16] tensor (layout.pack_pointwise_weight)");
+  } else {
+    STD_TORCH_CHECK(weight.dim() == 2 && weight.size(1) == K,
+                    "weight must be a float32 [Cout, Cin] matrix with Cin = ", K,
+                    " (or its [ceil(Cout/16), Cin, 16] panels)");
+    STD_TORCH_CHECK(bias.size(0) == Nc, "bias must be a float32 [Cout] vector with Cout = ", Nc);
+  }
   check_same_device(x, "x", weight, "weight");
   check_same_device(x, "x", bias, "bias");
   return Nc;
+}
+
+// The weight's panels ([ceil(Nc/16)][K][16], zero-padded): the tensor's memory
+// when given so, else packed into `storage`.
+const float* weight_panels(const Tensor& weight, int64_t K, int64_t Nc, std::vector<float>& storage) {
+  const float* w = static_cast<const float*>(weight.const_data_ptr());
+  if (weight.dim() == 3) return w;
+  storage.assign(static_cast<size_t>((Nc + kLanes - 1) / kLanes * K * kLanes), 0.f);
+  const int64_t s0 = weight.stride(0), s1 = weight.stride(1);
+  for (int64_t n = 0; n < Nc; ++n)
+    for (int64_t k = 0; k < K; ++k) storage[(n / kLanes * K + k) * kLanes + n % kLanes] = w[n * s0 + k * s1];
+  return storage.data();
 }
 
 bool is_row_major(const Tensor& t) { return t.dim() == 2 && t.stride(1) == 1 && t.stride(0) == t.size(1); }
@@ -253,21 +263,10 @@ Tensor pointwise_bias_act_cpu(const Tensor& x, const Tensor& weight, const Tenso
   }
   if (M == 0 || Nc == 0) return y;
 
-  // The k-major weight: the tensor's memory when stored so (strides (1, Cout)), else a packed copy.
-  std::vector<float> w_storage;
-  const float* w = static_cast<const float*>(weight.const_data_ptr());
-  if (!(weight.stride(0) == 1 && weight.stride(1) == Nc)) {
-    w_storage.resize(static_cast<size_t>(K * Nc));
-    const int64_t s0 = weight.stride(0), s1 = weight.stride(1);
-    for (int64_t k = 0; k < K; ++k)
-      for (int64_t n = 0; n < Nc; ++n) w_storage[k * Nc + n] = w[n * s0 + k * s1];
-    w = w_storage.data();
-  }
-  std::vector<float> b_storage;
+  std::vector<float> w_storage, b_storage;
   PwProblem p{};
   p.x = static_cast<const float*>(x.const_data_ptr());
-  p.w = w;
-  p.ldw = Nc;
+  p.w = weight_panels(weight, K, Nc, w_storage);
   p.bias = vector_as_float<float>(bias, b_storage);
   p.scale = scale.has_value() ? static_cast<const float*>(scale->const_data_ptr()) : nullptr;
   p.res = residual.has_value() ? static_cast<const float*>(residual->const_data_ptr()) : nullptr;
@@ -469,19 +468,28 @@ std::tuple<Tensor, Tensor> pointwise_dwconv_cpu(const Tensor& x, const Tensor& w
                           : torch::stable::empty({0}, ScalarType::Float, std::nullopt, x.device());
   if (d.N == 0 || C == 0) return {y, mean};
 
-  // Depthwise taps and bias, channel-padded with zeros.
-  std::vector<float> wd(static_cast<size_t>(d.K * d.K * d.Cp), 0.f), bd(static_cast<size_t>(d.Cp), 0.f);
+  // Depthwise taps [K*K][Cp] and bias [Cp], channel-padded with zeros: the
+  // tensors' memory where they are laid out so already (a tap-major weight,
+  // fused_layers.tap_major, with C a multiple of 16), else packed here.
   // (Strides read once: each Tensor accessor is a call through the stable ABI.)
+  std::vector<float> wd, bd;
   const float* wsrc = static_cast<const float*>(dw_weight.const_data_ptr());
   const float* bsrc = static_cast<const float*>(dw_bias.const_data_ptr());
   const int64_t ws0 = dw_weight.stride(0), ws2 = dw_weight.stride(2), ws3 = dw_weight.stride(3);
   const int64_t bs0 = dw_bias.stride(0);
-  for (int64_t kh = 0; kh < d.K; ++kh)
-    for (int64_t kw = 0; kw < d.K; ++kw)
-      for (int64_t c = 0; c < C; ++c) wd[(kh * d.K + kw) * d.Cp + c] = wsrc[c * ws0 + kh * ws2 + kw * ws3];
-  for (int64_t c = 0; c < C; ++c) bd[c] = bsrc[c * bs0];
-  d.w = wd.data();
-  d.bias = bd.data();
+  if (C == d.Cp && ws0 == 1 && ws3 == C && ws2 == d.K * C && bs0 == 1) {
+    d.w = wsrc;
+    d.bias = bsrc;
+  } else {
+    wd.assign(static_cast<size_t>(d.K * d.K * d.Cp), 0.f);
+    bd.assign(static_cast<size_t>(d.Cp), 0.f);
+    for (int64_t kh = 0; kh < d.K; ++kh)
+      for (int64_t kw = 0; kw < d.K; ++kw)
+        for (int64_t c = 0; c < C; ++c) wd[(kh * d.K + kw) * d.Cp + c] = wsrc[c * ws0 + kh * ws2 + kw * ws3];
+    for (int64_t c = 0; c < C; ++c) bd[c] = bsrc[c * bs0];
+    d.w = wd.data();
+    d.bias = bd.data();
+  }
   d.y = static_cast<float*>(y.mutable_data_ptr());
   std::vector<float> row_sums(with_mean ? static_cast<size_t>(d.N * d.OH * d.Cp) : 0);
   d.row_sums = with_mean ? row_sums.data() : nullptr;
@@ -489,15 +497,7 @@ std::tuple<Tensor, Tensor> pointwise_dwconv_cpu(const Tensor& x, const Tensor& w
   std::vector<float> w_storage, b_storage;
   PwProblem pw{};
   pw.x = static_cast<const float*>(x.const_data_ptr());
-  pw.w = static_cast<const float*>(weight.const_data_ptr());
-  if (!(weight.stride(0) == 1 && weight.stride(1) == C)) {
-    w_storage.resize(static_cast<size_t>(Cin * C));
-    const int64_t s0 = weight.stride(0), s1 = weight.stride(1);
-    for (int64_t k = 0; k < Cin; ++k)
-      for (int64_t c = 0; c < C; ++c) w_storage[k * C + c] = pw.w[c * s0 + k * s1];
-    pw.w = w_storage.data();
-  }
-  pw.ldw = C;
+  pw.w = weight_panels(weight, Cin, C, w_storage);
   pw.bias = vector_as_float<float>(bias, b_storage);
   pw.ldy = d.Cp;
   pw.M = d.W;

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import backends, cpu_conv, ops
-from ..layout import is_nhwc_dense
+from ..layout import is_nhwc_dense, pack_pointwise_weight
 from ..reference import ACTIVATION_FNS, fold_batchnorm
 
 _ACTIVATIONS = (  # (module type, op activation name), matched by exact type
@@ -362,22 +362,22 @@ class FoldedSE:
     b2: torch.Tensor
     gate: str
 
-    def k_major(self):
-        """(w1, w2) stored k-major for mnv3::pointwise_bias_act, made on first use; (None,
-        None) without the CPU extension or off the fp32 CPU."""
-        cached = self.__dict__.get("_k_major")
+    def panels(self):
+        """(w1, w2) packed for mnv3::pointwise_bias_act (layout.pack_pointwise_weight),
+        made on first use; (None, None) without the CPU extension or off the fp32 CPU."""
+        cached = self.__dict__.get("_panels")
         if cached is None:
             usable = self.w1.dtype == torch.float32 and self.w1.device.type == "cpu" and cpu_conv.native_available()
-            cached = (cpu_conv.k_major(self.w1), cpu_conv.k_major(self.w2)) if usable else (None, None)
-            object.__setattr__(self, "_k_major", cached)
+            cached = (pack_pointwise_weight(self.w1), pack_pointwise_weight(self.w2)) if usable else (None, None)
+            object.__setattr__(self, "_panels", cached)
         return cached
 
 
 def _gate(f: FoldedSE, y: torch.Tensor, mean: torch.Tensor | None) -> torch.Tensor:
     if mean is None:
         mean = y.mean(dim=(2, 3), dtype=torch.float32)
-    k1, k2 = f.k_major()
-    if k1 is not None:  # the CPU GEMM reads the weights k-major, streaming them once
+    k1, k2 = f.panels()
+    if k1 is not None:  # the CPU GEMM on its packed weights
         op = torch.ops.mnv3.pointwise_bias_act.default
         logits = op(op(mean, k1, f.b1, "relu"), k2, f.b2, "identity")
     else:
@@ -451,7 +451,7 @@ class SqueezeExcitation(FoldCacheMixin, nn.Module):
         """A Step that returns (y, gate): y unchanged and the fp32 [N, C] SE gate, for a
         next step that applies it where it reads y (Conv2dNormActivation.fast_step with
         scaled=True), so the scaled activation is never written.  The gate's two fc
-        layers run mnv3::pointwise_bias_act (weights streamed k-major; aten's addmm
+        layers run mnv3::pointwise_bias_act (weights packed once; aten's addmm
         on the transposed weights measured 7% slower on Large), its gate one aten op."""
         f = self.folded()
         if f is None or f.w1.dtype != torch.float32 or f.w1.device.type != "cpu":
