@@ -14,11 +14,13 @@ activation.  Here:
   the fused oneDNN convolution on every MobileNetV3 shape, and avoids that
   convolution's poor two-thread split on few, wide output channels (16 -> 64
   at 112x112: 3.8 ms as a convolution, 0.17 ms as a linear);
-- any other conv (the 3x3 stem) runs the fused oneDNN convolution
+- any other conv runs the fused oneDNN convolution
   (torch.ops.mkldnn._convolution_pointwise);
 - nn.Linear layers (the classifier) run the same fused linear.
 Where the CPU extension is loaded, the 1x1 convs and the Linears run
-mnv3::pointwise_bias_act instead (ops.py; csrc/cpu/pointwise_bias_act_cpu.cpp):
+mnv3::pointwise_bias_act instead (ops.py; csrc/cpu/pointwise_bias_act_cpu.cpp),
+and a conv with few taps (the 3x3 stem) mnv3::conv_bias_act, reading the
+model's input in whatever layout it comes (no channels-last copy first):
 the same fused GEMM on weights packed once into 16-channel panels, without oneDNN's ~20 us
 fixed cost per call (measured on 2 cores for a 16x16 Linear: 23 us, against
 3.5 us for mnv3::pointwise_bias_act), and with the SE gate applied to its
@@ -42,6 +44,9 @@ _ATTRS = {"identity": ("none", []), "relu": ("relu", []), "relu6": ("hardtanh", 
 # The reorder picks a blocked weight format from an example input size; any
 # input size runs on the packed weight (checked in tests/test_cpu_conv.py).
 _EXAMPLE_HW = 56
+# mnv3::conv_bias_act packs its weight on every call and keeps no cache blocking
+# over the taps: meant for the stem (27 taps); wider convs stay on oneDNN.
+_NATIVE_CONV_MAX_TAPS = 64
 
 
 def available() -> bool:
@@ -64,7 +69,8 @@ class PackedConv:
     linear: bool  # runs as a matrix product on the [N*H*W, C] view (a 1x1 conv or a Linear)
     out_features: int
     activation: str = "identity"
-    native: bool = False  # weight is panels [ceil(Cout/16), Cin, 16] for mnv3::pointwise_bias_act
+    native: bool = False  # our kernels: a 1x1 conv / Linear (linear) runs mnv3::pointwise_bias_act on
+    # weight panels [ceil(Cout/16), Cin, 16], another conv mnv3::conv_bias_act on its [Cout, Cin, kh, kw] weight
 
 
 def native_available() -> bool:
@@ -88,9 +94,11 @@ def prepack(weight: torch.Tensor, bias: torch.Tensor, stride, padding, dilation,
     stride, padding, dilation = list(stride), list(padding), list(dilation)
     attr, scalars = _ATTRS[activation]
     pointwise = (weight.shape[2:] == (1, 1) and groups == 1 and stride == [1, 1] and padding == [0, 0])
-    if pointwise and native_available():
-        return PackedConv(pack_pointwise_weight(weight.flatten(1)), bias.contiguous(), stride, padding, dilation, groups,
-                          attr, scalars, True, weight.shape[0], activation, True)
+    # Ours: mnv3::pointwise_bias_act, or mnv3::conv_bias_act for a conv with few taps (the stem: 3x3x3)
+    if native_available() and groups == 1 and (pointwise or weight[0].numel() <= _NATIVE_CONV_MAX_TAPS):
+        w = pack_pointwise_weight(weight.flatten(1)) if pointwise else weight.contiguous()
+        return PackedConv(w, bias.contiguous(), stride, padding, dilation, groups, attr, scalars, pointwise,
+                          weight.shape[0], activation, True)
     if not available():
         return None
     try:
@@ -139,7 +147,13 @@ def run(p: PackedConv, x: torch.Tensor, residual: torch.Tensor | None = None,
         scale: torch.Tensor | None = None) -> torch.Tensor:
     """act(conv(x) + bias) or, with residual (only for activation 'identity'), conv(x) + bias + residual.
     x: channels-last dense [N, C, H, W] for a conv; contiguous [N, in] for a packed Linear.
-    scale (1x1 convs only): an fp32 [N, C] factor per input channel (the SE gate), x * scale first."""
+    scale (1x1 convs only): an fp32 [N, C] factor per input channel (the SE gate), x * scale first.
+    A native KxK conv (mnv3::conv_bias_act) reads x in any layout."""
+    if p.native and not p.linear:
+        if scale is not None:
+            x = x * scale[:, :, None, None]
+        y = torch.ops.mnv3.conv_bias_act.default(x, p.weight, p.bias, p.stride, p.padding, p.dilation, p.activation)
+        return y if residual is None else y.add_(residual)
     if p.native:
         if x.dim() == 4:  # the op reads exactly-dense channels-last rows
             x, residual = _dense(x), None if residual is None else _dense(residual)

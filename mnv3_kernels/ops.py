@@ -30,6 +30,12 @@ built; the C++ extensions only register implementations for them.
       in one pass: an inverted residual block's expand and depthwise convs, without
       writing the expanded activation.  fp32, channels-last, CPU only, like
       pointwise_bias_act (and likewise outside backends.OPS).
+    mnv3::conv_bias_act(x, weight, bias, stride, padding, dilation, activation) -> y
+      y = act(conv2d(x, weight, bias, stride, padding, dilation)), groups 1, weight
+      [Cout, Cin, kh, kw]: the fast path's 3x3 stem.  x in any layout (the model's
+      NCHW input is read in place); y is always channels-last, the layout every
+      later op of the fast path reads (the one exception to layout.py's rule).
+      fp32, CPU only, outside backends.OPS.
 
 All are inference ops: their backward raises.
 """
@@ -62,6 +68,9 @@ POINTWISE_DW_SCHEMA = ("(Tensor x, Tensor weight, Tensor bias, str activation, T
                        "int[2] stride, int[2] padding, int[2] dilation, str dw_activation, bool with_mean) "
                        "-> (Tensor, Tensor)")
 _lib.define("pointwise_dwconv" + POINTWISE_DW_SCHEMA)
+CONV_SCHEMA = ("(Tensor x, Tensor weight, Tensor bias, int[2] stride, int[2] padding, int[2] dilation, "
+               "str activation) -> Tensor")
+_lib.define("conv_bias_act" + CONV_SCHEMA)
 
 
 # --------------------------------------------------------------------------- checks
@@ -109,6 +118,12 @@ def check_dwconv_args(x, weight, bias, stride, padding, dilation, activation) ->
         raise ValueError(f"weight must have shape [C, 1, kh, kw] with C = {c}, got {_shape(weight)}")
     if bias.dim() != 1 or bias.shape[0] != c:
         raise ValueError(f"bias must have shape [C] with C = {c}, got {_shape(bias)}")
+    return (n, c, *_conv_out_hw(x, weight, stride, padding, dilation, activation))
+
+
+def _conv_out_hw(x, weight, stride, padding, dilation, activation) -> tuple:
+    """Checks a conv's geometry and activation; returns its output's (OH, OW)."""
+    h, w = x.shape[2], x.shape[3]
     kh, kw = weight.shape[2], weight.shape[3]
     if kh < 1 or kw < 1:
         raise ValueError(f"weight must have a non-empty kernel, got {_shape(weight)}")
@@ -127,7 +142,25 @@ def check_dwconv_args(x, weight, bias, stride, padding, dilation, activation) ->
             f"x of spatial size {h}x{w} is smaller than the dilated kernel "
             f"({kh}x{kw}, dilation {dilation}, padding {padding}): the output would be empty"
         )
-    return (n, c, oh, ow)
+    return oh, ow
+
+
+def check_conv_args(x, weight, bias, stride, padding, dilation, activation) -> tuple:
+    """Raises a clear error for bad arguments of mnv3::conv_bias_act; returns y's shape."""
+    _check_float_tensor("x", x, torch.float32)
+    if x.device.type != "cpu":
+        raise ValueError(f"x must be a CPU tensor (conv_bias_act is the CPU fast path's stem), got {x.device}")
+    if x.dim() != 4:
+        raise ValueError(f"x must be a 4-d tensor [N, C, H, W], got shape {_shape(x)}")
+    _check_float_tensor("weight", weight, torch.float32)
+    _check_float_tensor("bias", bias, torch.float32)
+    _check_device("weight", weight, x)
+    _check_device("bias", bias, x)
+    if weight.dim() != 4 or weight.shape[1] != x.shape[1]:
+        raise ValueError(f"weight must have shape [Cout, Cin, kh, kw] with Cin = {x.shape[1]}, got {_shape(weight)}")
+    if bias.dim() != 1 or bias.shape[0] != weight.shape[0]:
+        raise ValueError(f"bias must have shape [Cout] with Cout = {weight.shape[0]}, got {_shape(bias)}")
+    return (x.shape[0], weight.shape[0], *_conv_out_hw(x, weight, stride, padding, dilation, activation))
 
 
 def check_se_args(x, pooled, w1, b1, w2, b2, gate) -> None:
@@ -248,6 +281,12 @@ def check_pointwise_dwconv_args(x, weight, bias, activation, dw_weight, dw_bias,
                              stride, padding, dilation, dw_activation)
 
 
+@torch.library.register_fake("mnv3::conv_bias_act")
+def _conv_bias_act_fake(x, weight, bias, stride, padding, dilation, activation):
+    out_shape = check_conv_args(x, weight, bias, stride, padding, dilation, activation)
+    return torch.empty(out_shape, dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
+
+
 @torch.library.register_fake("mnv3::pointwise_dwconv")
 def _pointwise_dwconv_fake(x, weight, bias, activation, dw_weight, dw_bias, stride, padding, dilation,
                            dw_activation, with_mean):
@@ -275,6 +314,7 @@ _inference_only("dwconv_bias_act")
 _inference_only("se_excite_scale")
 _inference_only("pointwise_bias_act")
 _inference_only("pointwise_dwconv")
+_inference_only("conv_bias_act")
 
 
 # --------------------------------------------------------------------------- functional API

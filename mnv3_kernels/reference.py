@@ -80,6 +80,12 @@ def pointwise_bias_act(
     return y if residual is None else y.add_(residual)
 
 
+def conv_bias_act(x, weight, bias, stride, padding, dilation, activation):
+    y = ACTIVATION_FNS[activation](F.conv2d(x, weight, bias, stride, padding, dilation))
+    # the op's output layout, whatever x's: exactly torch.empty(..., channels_last)'s strides
+    return torch.empty(y.shape, dtype=y.dtype, device=y.device, memory_format=torch.channels_last).copy_(y)
+
+
 def pointwise_dwconv(x, weight, bias, activation, dw_weight, dw_bias, stride, padding, dilation, dw_activation,
                      with_mean):
     hidden = pointwise_bias_act(x, weight, bias, activation)

@@ -50,6 +50,19 @@ def test_dwconv_bad_input(overrides, exc, match):
         mk.dwconv_bias_act(**dw_args(**overrides))
 
 
+@pytest.mark.skipif(not torch._C._dispatch_has_kernel_for_dispatch_key("mnv3::dwconv_bias_act", "CPU"),
+                    reason="the CPU extension is not built")
+@pytest.mark.parametrize("stride", [1, 2, 3])
+def test_dwconv_kernel_refuses_an_input_smaller_than_the_kernel(stride):
+    """The C++ kernel's own check (the op called directly): a 2x2 input under an
+    unpadded 3x3 kernel has no output at any stride (truncating division once gave
+    one output row for stride > 1)."""
+    op = torch.ops.mnv3.dwconv_bias_act.default
+    with pytest.raises(RuntimeError, match="the output would be empty"):
+        op(torch.randn(1, 8, 2, 2), torch.randn(8, 1, 3, 3), torch.randn(8), [stride, stride], [0, 0], [1, 1],
+           "relu", False)
+
+
 @pytest.mark.parametrize(
     "overrides,exc,match",
     [

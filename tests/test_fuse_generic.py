@@ -96,10 +96,10 @@ def test_model_is_fused_and_matches(name):
     if not fx_path and cpu_conv.native_available():
         # The drop-in model's CPU path (see test_model.test_fused_ops_really_run): the
         # expanding blocks as pointwise_dwconv, the other 1x1 convs and the Linears as
-        # pointwise_bias_act, which also applies the SE gates.
+        # pointwise_bias_act, which also applies the SE gates; the stem as conv_bias_act.
         merged, pointwise = DROP_IN_CPU_OPS[name]
         expected_calls.update(pointwise_dwconv=merged, dwconv_bias_act=-merged, pointwise_bias_act=pointwise,
-                              se_excite_scale=-n_se)
+                              se_excite_scale=-n_se, conv_bias_act=1)
     assert calls == +expected_calls  # + drops zero counts
     assert_model_close(actual, expected, reference64)
 

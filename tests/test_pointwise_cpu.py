@@ -1,7 +1,8 @@
 """The CPU fast path's GEMM ops: mnv3::pointwise_bias_act (1x1 conv / Linear + bias +
-activation, with the SE gate applied to its input and the residual in its epilogue)
-and mnv3::pointwise_dwconv (an inverted residual's expand and depthwise convs in one
-pass), against the pure-PyTorch reference."""
+activation, with the SE gate applied to its input and the residual in its epilogue),
+mnv3::pointwise_dwconv (an inverted residual's expand and depthwise convs in one
+pass) and mnv3::conv_bias_act (the stem: a dense conv reading its input in any
+layout), against the pure-PyTorch reference."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ pytestmark = pytest.mark.skipif(not cpu_conv.native_available(), reason="the CPU
 ACTS = ("identity", "relu", "relu6", "hardswish")
 pointwise = torch.ops.mnv3.pointwise_bias_act.default
 pointwise_dw = torch.ops.mnv3.pointwise_dwconv.default
+conv = torch.ops.mnv3.conv_bias_act.default
 
 
 def nhwc(*shape) -> torch.Tensor:
@@ -120,12 +122,37 @@ def test_pack_pointwise_weight_round_trips(cout, cin):
     assert not panels.transpose(1, 2).reshape(-1, cin)[cout:].any()  # the padding channels are zero
 
 
+# (x shape, Cout, k, stride, padding, dilation): the stem (3 -> 16, 3x3 stride 2 at
+# an odd size), rows around the 12-pixel tile, several panels, no padding, a 1x1,
+# dilation, and an input smaller than a tile.
+CONV_CASES = [((1, 3, 37, 45), 16, 3, 2, 1, 1), ((2, 3, 9, 30), 20, 3, 1, 1, 1), ((1, 5, 12, 13), 40, 3, 1, 0, 1),
+              ((1, 2, 7, 7), 3, 1, 1, 0, 1), ((1, 4, 11, 17), 16, 3, 1, 2, 2), ((1, 3, 4, 3), 8, 5, 2, 2, 1)]
+
+
+@pytest.mark.parametrize("case", CONV_CASES, ids=str)
+@pytest.mark.parametrize("activation", ACTS)
+def test_conv_bias_act_matches_reference_in_any_input_layout(case, activation):
+    shape, cout, k, s, p, d = case
+    base = torch.randn(*shape)
+    w, b = torch.randn(cout, shape[1], k, k), torch.randn(cout)
+    args = (w, b, [s, s], [p, p], [d, d], activation)
+    expected = reference.conv_bias_act(base, *args)
+    wide = torch.randn(shape[0], shape[1], shape[2], 2 * shape[3])[..., ::2]  # strided columns
+    wide.copy_(base)
+    for x in (base, base.contiguous(memory_format=torch.channels_last), wide):
+        y = conv(x, *args)
+        assert_same_layout(y, expected)  # channels-last whatever x's layout
+        assert_op_close(y, expected)
+
+
 def test_opcheck():
     x, w, b = nhwc(2, 6, 5, 4), torch.randn(10, 6), torch.randn(10)
     torch.library.opcheck(pointwise, (x, pack_pointwise_weight(w), b, "hardswish", torch.rand(2, 6), nhwc(2, 10, 5, 4)))
     torch.library.opcheck(pointwise, (torch.randn(3, 6), w, b, "relu"))
     wd, bd = torch.randn(10, 1, 3, 3), torch.randn(10)
     torch.library.opcheck(pointwise_dw, (x, w, b, "relu", wd, bd, [2, 2], [1, 1], [1, 1], "hardswish", True))
+    torch.library.opcheck(conv, (torch.randn(2, 3, 9, 8), torch.randn(5, 3, 3, 3), torch.randn(5), [2, 2], [1, 1],
+                                 [1, 1], "hardswish"))
 
 
 def test_backward_raises_a_clear_error():
@@ -192,6 +219,42 @@ def test_pointwise_dwconv_bad_input_names_the_argument(overrides, match):
     args.update(overrides)
     with pytest.raises(RuntimeError, match=match):
         pointwise_dw(**args)
+
+
+def _conv_args(**overrides):
+    args = {"x": torch.randn(1, 3, 8, 8), "weight": torch.randn(16, 3, 3, 3), "bias": torch.randn(16),
+            "stride": [2, 2], "padding": [1, 1], "dilation": [1, 1], "activation": "hardswish"}
+    args.update(overrides)
+    return args
+
+
+CONV_BAD = [
+    ({"x": torch.randn(1, 3, 8, 8).half()}, "x must be a float32 4-d tensor",
+     "x must have the dtype of x \\(torch.float32\\)"),
+    ({"x": torch.randn(3, 8, 8)}, "x must be a float32 4-d tensor", "x must be a 4-d tensor"),
+    ({"weight": torch.randn(16, 4, 3, 3)}, "weight must be a float32 \\[Cout, Cin, kh, kw\\] tensor with Cin = 3",
+     "weight must have shape \\[Cout, Cin, kh, kw\\] with Cin = 3"),
+    ({"bias": torch.randn(15)}, "bias must be a float32 \\[Cout\\] vector with Cout = 16",
+     "bias must have shape \\[Cout\\] with Cout = 16"),
+    ({"stride": [0, 1]}, "stride must be positive", "stride must be positive"),
+    ({"padding": [0, 0], "x": torch.randn(1, 3, 2, 2)}, "the output would be empty", "the output would be empty"),
+    ({"activation": "gelu"}, "activation must be one of", "activation must be one of"),
+]
+
+
+@pytest.mark.parametrize("overrides,match,_", CONV_BAD, ids=[str(list(c[0])) for c in CONV_BAD])
+def test_conv_bias_act_bad_input_names_the_argument(overrides, match, _):
+    with pytest.raises(RuntimeError, match=match):
+        conv(**_conv_args(**overrides))
+
+
+@pytest.mark.parametrize("overrides,_,match", CONV_BAD, ids=[str(list(c[0])) for c in CONV_BAD])
+def test_conv_bias_act_fake_kernel_checks_too(overrides, _, match):
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    args = _conv_args(**overrides)
+    with FakeTensorMode() as mode, pytest.raises((TypeError, ValueError), match=match):
+        conv(**{k: mode.from_tensor(v) if isinstance(v, torch.Tensor) else v for k, v in args.items()})
 
 
 _GUARD_PAGE_SCRIPT = r"""

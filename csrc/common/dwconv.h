@@ -24,9 +24,12 @@ struct DwGeometry {
   int64_t dh, dw;        // dilation
 };
 
-// Output length of a convolution along one dimension (PyTorch's formula).
+// Output length of a convolution along one dimension (PyTorch's formula, with
+// floor division: 0 where the padded input is shorter than the dilated kernel,
+// whatever the stride; C++'s truncating division gave 1 there for stride > 1).
 MNV3_HD int64_t conv_out_size(int64_t in, int64_t k, int64_t s, int64_t p, int64_t d) {
-  return (in + 2 * p - d * (k - 1) - 1) / s + 1;
+  const int64_t span = in + 2 * p - d * (k - 1) - 1;
+  return span < 0 ? 0 : span / s + 1;
 }
 
 // Taps [*first, *last) of a kernel of size k whose input index

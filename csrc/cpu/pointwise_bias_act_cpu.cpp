@@ -41,19 +41,24 @@ MNV3_HD vfloat<kLanes> vload_partial(const float* p, int n) {
 }
 
 // One tile: MR rows of a (row stride lda) x one weight panel b ([K][16]; `valid`
-// of its 16 channels exist, the rest are zero).  Output row i goes to c[i] (rows
-// may be anywhere: the padded layout of pointwise_dwconv); residual row i (if
-// any) is res + i * ldr.
-template <int MR, Activation A>
+// of its 16 channels exist, the rest are zero).  Input k of row i is
+// a[i * lda + k], or with Gather a[i * lda + off[k]] (conv_bias_act's taps);
+// LDA > 0: lda known at compile time (the 12 loads of a step then address off
+// one register, not 12 row pointers that no longer fit the integer registers).
+// Output row i goes to c[i] (rows may be anywhere: the padded layout of
+// pointwise_dwconv); residual row i (if any) is res + i * ldr.
+template <int MR, Activation A, bool Gather = false, int LDA = 0>
 MNV3_HD void pw_tile(const float* a, int64_t lda, const float* b, int64_t K, int valid, const float* bias,
-                     const float* res, int64_t ldr, float* const* c) {
+                     const float* res, int64_t ldr, float* const* c, const int64_t* off = nullptr) {
+  const int64_t step = LDA > 0 ? LDA : lda;
   const bool full = valid == kLanes;
   vfloat<kLanes> acc[MR];
   const vfloat<kLanes> bv = full ? vload<kLanes>(bias) : vload_partial(bias, valid);
   for (int i = 0; i < MR; ++i) acc[i] = bv;
   for (int64_t k = 0; k < K; ++k) {
     const vfloat<kLanes> w = vload<kLanes>(b + k * kLanes);
-    for (int i = 0; i < MR; ++i) acc[i] += a[i * lda + k] * w;
+    const float* ak = Gather ? a + off[k] : a + k;
+    for (int i = 0; i < MR; ++i) acc[i] += ak[i * step] * w;
   }
   for (int i = 0; i < MR; ++i) {
     vfloat<kLanes> y = activate<A>(acc[i]);
@@ -576,10 +581,178 @@ std::tuple<Tensor, Tensor> pointwise_dwconv_cpu(const Tensor& x, const Tensor& w
   return {y, mean};
 }
 
+// ---------------------------------------------------------------------------
+// mnv3::conv_bias_act: a dense convolution (groups 1) with bias and activation,
+// for layers with few input channels (MobileNetV3's 3x3 stem, 3 -> 16 channels)
+// on the same register tiles: tile row i is output pixel (n, oh, ow0 + i), its
+// inputs the window's (c, kh, kw) taps, read from x in place through a table of
+// per-tap offsets, whatever x's layout (the model's NCHW input needs no
+// channels-last copy first).  Pixels whose windows cross the border gather their
+// taps, zeros outside, into a small buffer first.
+
+struct ConvProblem {
+  const float* x;
+  int64_t sn, sc, sh, sw;  // x's strides
+  int64_t N, C, H, W, OH, OW, kh, kw, strh, strw, padh, padw, dilh, dilw;
+  int64_t Kc, Cout;        // Kc = C * kh * kw taps
+  const float* w;          // panels [ceil(Cout/16)][Kc][16]
+  const float* bias;       // [Cout]
+  float* y;                // [N][OH][OW][Cout]
+  const int64_t* off;      // [Kc]: x offset of tap (c, i, j) from its window's first element
+  int64_t ow_lo, ow_hi;    // the output columns whose windows lie inside x horizontally
+};
+
+// R output pixels (n, oh, ow0..ow0+R-1) x the panel at channel n0.  inside:
+// their windows lie inside x (taps read in place), else the taps are gathered
+// into `gathered` (room for kRows x Kc floats), zeros outside.
+template <int R, Activation A>
+MNV3_HD void conv_tile(const ConvProblem& p, int64_t n, int64_t oh, int64_t ow0, int64_t n0, bool inside,
+                       float* gathered) {
+  const int valid = static_cast<int>(std::min<int64_t>(kLanes, p.Cout - n0));
+  const int64_t ih0 = oh * p.strh - p.padh, iw0 = ow0 * p.strw - p.padw;
+  float* out[R];
+  for (int i = 0; i < R; ++i) out[i] = p.y + ((n * p.OH + oh) * p.OW + ow0 + i) * p.Cout + n0;
+  const float* panel = p.w + n0 * p.Kc;
+  const float* bias = p.bias + n0;
+  if (inside) {
+    const float* a = p.x + n * p.sn + ih0 * p.sh + iw0 * p.sw;
+    const int64_t lda = p.strw * p.sw;  // between neighbouring output pixels' windows
+    if (R == kRows && lda == 2) {  // an NCHW input at stride 2 (the stem)
+      pw_tile<R, A, true, 2>(a, lda, panel, p.Kc, valid, bias, nullptr, 0, out, p.off);
+    } else if (R == kRows && lda == 6) {  // a 3-channel channels-last input at stride 2
+      pw_tile<R, A, true, 6>(a, lda, panel, p.Kc, valid, bias, nullptr, 0, out, p.off);
+    } else {
+      pw_tile<R, A, true>(a, lda, panel, p.Kc, valid, bias, nullptr, 0, out, p.off);
+    }
+    return;
+  }
+  for (int i = 0; i < R; ++i) {
+    float* row = gathered + i * p.Kc;
+    for (int64_t c = 0, k = 0; c < p.C; ++c)
+      for (int64_t a = 0; a < p.kh; ++a)
+        for (int64_t b = 0; b < p.kw; ++b, ++k) {
+          const int64_t ih = ih0 + a * p.dilh, iw = iw0 + i * p.strw + b * p.dilw;
+          row[k] = ih >= 0 && ih < p.H && iw >= 0 && iw < p.W ? p.x[n * p.sn + c * p.sc + ih * p.sh + iw * p.sw]
+                                                               : 0.f;
+        }
+  }
+  pw_tile<R, A>(gathered, p.Kc, panel, p.Kc, valid, bias, nullptr, 0, out);
+}
+
+// Output pixels [ow, stop) of row (n, oh), one panel: tiles of kRows, then 8, 4, 2, 1.
+template <Activation A>
+MNV3_HD void conv_span(const ConvProblem& p, int64_t n, int64_t oh, int64_t ow, int64_t stop, int64_t n0,
+                       bool inside, float* gathered) {
+  for (; ow + kRows <= stop; ow += kRows) conv_tile<kRows, A>(p, n, oh, ow, n0, inside, gathered);
+  if (ow + 8 <= stop) { conv_tile<8, A>(p, n, oh, ow, n0, inside, gathered); ow += 8; }
+  if (ow + 4 <= stop) { conv_tile<4, A>(p, n, oh, ow, n0, inside, gathered); ow += 4; }
+  if (ow + 2 <= stop) { conv_tile<2, A>(p, n, oh, ow, n0, inside, gathered); ow += 2; }
+  if (ow + 1 <= stop) conv_tile<1, A>(p, n, oh, ow, n0, inside, gathered);
+}
+
+// Tasks [begin, end) of (output row, panel).  In a row whose windows lie inside
+// x vertically, the pixels [ow_lo, ow_hi) read x in place; the rest (the
+// stem's first pixel of each row, its first row) gather.
+template <Activation A>
+MNV3_CPU_CLONES void conv_range(const ConvProblem& p, float* gathered, int64_t begin, int64_t end) {
+  const int64_t panels = (p.Cout + kLanes - 1) / kLanes;
+  for (int64_t t = begin; t < end; ++t) {
+    const int64_t row = t / panels, n0 = t % panels * kLanes;
+    const int64_t n = row / p.OH, oh = row % p.OH, ih0 = oh * p.strh - p.padh;
+    if (ih0 < 0 || ih0 + (p.kh - 1) * p.dilh >= p.H) {
+      conv_span<A>(p, n, oh, 0, p.OW, n0, false, gathered);
+      continue;
+    }
+    conv_span<A>(p, n, oh, 0, p.ow_lo, n0, false, gathered);
+    conv_span<A>(p, n, oh, p.ow_lo, p.ow_hi, n0, true, gathered);
+    conv_span<A>(p, n, oh, p.ow_hi, p.OW, n0, false, gathered);
+  }
+}
+
+Tensor conv_bias_act_cpu(const Tensor& x, const Tensor& weight, const Tensor& bias, const std::vector<int64_t>& stride,
+                         const std::vector<int64_t>& padding, const std::vector<int64_t>& dilation,
+                         const std::string& activation) {
+  STD_TORCH_CHECK(x.is_cpu(), "mnv3::conv_bias_act: x must be a CPU tensor");
+  STD_TORCH_CHECK(x.scalar_type() == ScalarType::Float && x.dim() == 4,
+                  "mnv3::conv_bias_act: x must be a float32 4-d tensor [N, C, H, W]");
+  STD_TORCH_CHECK(stride.size() == 2 && padding.size() == 2 && dilation.size() == 2,
+                  "stride, padding and dilation must have 2 elements each");
+  ConvProblem p{};
+  p.N = x.size(0);
+  p.C = x.size(1);
+  p.H = x.size(2);
+  p.W = x.size(3);
+  STD_TORCH_CHECK(weight.scalar_type() == ScalarType::Float && weight.dim() == 4 && weight.size(1) == p.C,
+                  "weight must be a float32 [Cout, Cin, kh, kw] tensor with Cin = ", p.C);
+  p.Cout = weight.size(0);
+  STD_TORCH_CHECK(bias.scalar_type() == ScalarType::Float && bias.dim() == 1 && bias.size(0) == p.Cout,
+                  "bias must be a float32 [Cout] vector with Cout = ", p.Cout);
+  check_same_device(x, "x", weight, "weight");
+  check_same_device(x, "x", bias, "bias");
+  p.kh = weight.size(2);
+  p.kw = weight.size(3);
+  p.strh = stride[0];
+  p.strw = stride[1];
+  p.padh = padding[0];
+  p.padw = padding[1];
+  p.dilh = dilation[0];
+  p.dilw = dilation[1];
+  STD_TORCH_CHECK(p.kh >= 1 && p.kw >= 1, "kernel size must be positive");
+  STD_TORCH_CHECK(p.strh >= 1 && p.strw >= 1, "stride must be positive");
+  STD_TORCH_CHECK(p.dilh >= 1 && p.dilw >= 1, "dilation must be positive");
+  STD_TORCH_CHECK(p.padh >= 0 && p.padw >= 0, "padding must be non-negative");
+  p.OH = conv_out_size(p.H, p.kh, p.strh, p.padh, p.dilh);
+  p.OW = conv_out_size(p.W, p.kw, p.strw, p.padw, p.dilw);
+  STD_TORCH_CHECK(p.OH >= 1 && p.OW >= 1, "the output would be empty: input ", p.H, "x", p.W,
+                  " is smaller than the dilated kernel");
+  const Activation act = parse_activation(activation);
+  Tensor y = empty_4d(p.N, p.Cout, p.OH, p.OW, true, ScalarType::Float, x);
+  if (p.N == 0 || p.Cout == 0) return y;
+
+  // The weight as panels, taps k = (c * kh + i) * kw + j (weight.flatten(1)'s order),
+  // and each tap's offset in x.  (Strides read once: each accessor is a call through
+  // the stable ABI.)
+  p.Kc = p.C * p.kh * p.kw;
+  const int64_t panels = (p.Cout + kLanes - 1) / kLanes;
+  std::vector<float> w(static_cast<size_t>(panels * p.Kc * kLanes), 0.f), b_storage;
+  std::vector<int64_t> off(static_cast<size_t>(p.Kc));
+  const float* wsrc = static_cast<const float*>(weight.const_data_ptr());
+  const int64_t w0 = weight.stride(0), w1 = weight.stride(1), w2 = weight.stride(2), w3 = weight.stride(3);
+  p.sn = x.stride(0);
+  p.sc = x.stride(1);
+  p.sh = x.stride(2);
+  p.sw = x.stride(3);
+  for (int64_t c = 0, k = 0; c < p.C; ++c)
+    for (int64_t i = 0; i < p.kh; ++i)
+      for (int64_t j = 0; j < p.kw; ++j, ++k) {
+        off[k] = c * p.sc + i * p.dilh * p.sh + j * p.dilw * p.sw;
+        for (int64_t o = 0; o < p.Cout; ++o)
+          w[(o / kLanes * p.Kc + k) * kLanes + o % kLanes] = wsrc[o * w0 + c * w1 + i * w2 + j * w3];
+      }
+  p.x = static_cast<const float*>(x.const_data_ptr());
+  p.w = w.data();
+  p.bias = vector_as_float<float>(bias, b_storage);
+  p.y = static_cast<float*>(y.mutable_data_ptr());
+  p.off = off.data();
+  p.ow_lo = std::min(p.OW, (p.padw + p.strw - 1) / p.strw);
+  const int64_t last = p.W - 1 + p.padw - (p.kw - 1) * p.dilw;  // the last window start inside x, padded coordinates
+  p.ow_hi = std::max(p.ow_lo, last < 0 ? int64_t{0} : std::min(p.OW, last / p.strw + 1));
+  const int64_t tasks = p.N * p.OH * panels;
+  dispatch_activation(act, [&](auto act_tag) {
+    constexpr Activation A = decltype(act_tag)::value;
+    torch::stable::parallel_for(0, tasks, grain_for(p.OW * kLanes * p.Kc), [&](int64_t begin, int64_t end) {
+      std::vector<float> gathered(static_cast<size_t>(kRows * p.Kc));
+      conv_range<A>(p, gathered.data(), begin, end);
+    });
+  });
+  return y;
+}
+
 }  // namespace
 }  // namespace mnv3
 
 STABLE_TORCH_LIBRARY_IMPL(mnv3, CPU, m) {
   m.impl("pointwise_bias_act", TORCH_BOX(&mnv3::pointwise_bias_act_cpu));
   m.impl("pointwise_dwconv", TORCH_BOX(&mnv3::pointwise_dwconv_cpu));
+  m.impl("conv_bias_act", TORCH_BOX(&mnv3::conv_bias_act_cpu));
 }

@@ -253,11 +253,11 @@ class MobileNetV3(DropsCachesOnCopy, nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         fused = fused_active(self, x) and x.dim() == 4
         if fused:
-            # The fused kernels' fast layout; every op preserves it.
-            x = x.contiguous(memory_format=torch.channels_last)
             if packed_path_ok(x):
                 plan = self._fast_plan()
                 if plan is not None:
+                    if not plan.any_input_layout:
+                        x = x.contiguous(memory_format=torch.channels_last)
                     if torch.is_inference_mode_enabled():
                         return plan.run(x, self.avgpool, self.classifier)
                     # Under no_grad the same calls in inference mode skip every op's
@@ -266,6 +266,8 @@ class MobileNetV3(DropsCachesOnCopy, nn.Module):
                     with torch.inference_mode():
                         out = plan.run(x, self.avgpool, self.classifier)
                     return out.clone()
+            # The fused kernels' fast layout; every op preserves it.
+            x = x.contiguous(memory_format=torch.channels_last)
         x = self.features(x)
         x = self.avgpool(x)
         x = torch.flatten(x, 1)
@@ -317,6 +319,11 @@ class _FastPlan:
 
     def __init__(self, model: MobileNetV3, blocks, head):
         self.blocks, self.head = blocks, head
+        # The stem on mnv3::conv_bias_act reads the input in any layout (no channels-last copy).
+        stem = model.features[0] if len(model.features) else None
+        folded = stem.folded() if blocks is not None and isinstance(stem, Conv2dNormActivation) else None
+        self.any_input_layout = (folded is not None and folded.packed is not None and folded.packed.native
+                                 and not folded.packed.linear)
         self.counter = _FastPlan.registrations[0]
         self.modes = [m for m in model.modules() if isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.Dropout))]
         self.training = [m.training for m in self.modes]
