@@ -96,6 +96,25 @@ def test_pointwise_dwconv_matches_the_two_ops(case, acts):
             assert_op_close(mean, emean)
 
 
+def test_pointwise_dwconv_padding_ignores_what_the_scratch_held():
+    """The small-image walk reuses a kept per-thread buffer and zeroes only the padding
+    pixels it reads: fill the buffer with large values through one geometry, then run
+    others whose padding falls where those values were."""
+    big = nhwc(1, 8, 20, 20).abs_() + 1e3
+    pointwise_dw(big, torch.ones(200, 8), torch.full((200,), 1e3), "relu", torch.ones(200, 1, 1, 1),
+                 torch.zeros(200), [1, 1], [0, 0], [1, 1], "relu", False)
+    for shape, hidden, k, s, p, d in [((1, 8, 7, 7), 48, 5, 1, 2, 1), ((2, 8, 14, 9), 40, 3, 2, 1, 1),
+                                      ((1, 4, 6, 6), 24, 3, 1, 2, 2)]:
+        x = nhwc(*shape)
+        w1, b1 = torch.randn(hidden, shape[1]), torch.randn(hidden)
+        wd, bd = torch.randn(hidden, 1, k, k), torch.randn(hidden)
+        args = ("relu", wd, bd, [s, s], [p, p], [d, d], "hardswish", True)
+        y, mean = pointwise_dw(x, pack_pointwise_weight(w1), b1, *args)
+        ey, emean = reference.pointwise_dwconv(x, w1, b1, *args)
+        assert_op_close(y, ey)
+        assert_op_close(mean, emean)
+
+
 @pytest.mark.parametrize("hidden", [16, 20])
 def test_pointwise_dwconv_reads_tap_major_depthwise_weights(hidden):
     """A tap-major depthwise weight (fused_layers.tap_major) with a multiple of 16

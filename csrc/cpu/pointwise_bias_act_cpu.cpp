@@ -83,15 +83,29 @@ struct PwProblem {
   float* y;            // [M, Nc] rows, row stride ldy
   int64_t ldy;
   int64_t M, K, Nc, rows_per_sample;
-  // Padded output (pointwise_dwconv): when out_w > 0, row m = pixel (n, h, w)
-  // of an out_h x out_w image goes to y + ((n * Hp + h + ph) * Wp + w + pw) * ldy.
-  int64_t out_h, out_w, Hp, Wp, ph, pw;
+  // Row-padded output (pointwise_dwconv): when out_w > 0, row m = pixel w of
+  // image row r = m / out_w (of all samples' rows in turn) goes to
+  // y + (r * Wp + w + pw) * ldy, and the pw pixels left of each image row and
+  // the Wp - out_w - pw right of it get zeros (written with the row's first and
+  // last pixel, panel by panel: no separate pass clears the padding).
+  int64_t out_w, Wp, pw;
 };
 
 MNV3_HD float* pw_out_row(const PwProblem& p, int64_t m) {
   if (p.out_w == 0) return p.y + m * p.ldy;
-  const int64_t n = m / (p.out_h * p.out_w), r = m % (p.out_h * p.out_w);
-  return p.y + ((n * p.Hp + r / p.out_w + p.ph) * p.Wp + r % p.out_w + p.pw) * p.ldy;
+  return p.y + ((m / p.out_w) * p.Wp + m % p.out_w + p.pw) * p.ldy;
+}
+
+// The padding pixels of row-padded output rows [m0, m0 + mr), channels [n0, n0 + 16).
+MNV3_HD void pw_zero_padding(const PwProblem& p, int64_t m0, int64_t mr, float* const* out, int64_t n0) {
+  const vfloat<kLanes> zero = vzero<kLanes>();
+  for (int64_t i = 0; i < mr; ++i) {
+    const int64_t col = (m0 + i) % p.out_w;
+    if (col == 0)
+      for (int64_t j = 1; j <= p.pw; ++j) vstore<kLanes>(out[i] - j * p.ldy + n0, zero);
+    if (col == p.out_w - 1)
+      for (int64_t j = 1; j < p.Wp - p.out_w - p.pw + 1; ++j) vstore<kLanes>(out[i] + j * p.ldy + n0, zero);
+  }
 }
 
 // R rows from row m of one panel (a: those rows' inputs; out: their output rows).
@@ -144,6 +158,7 @@ MNV3_CPU_CLONES void pw_range(const PwProblem& p, float* scaled, int64_t begin, 
       current = block;
     }
     pw_rows<A>(p, p.scale != nullptr ? scaled : a, p.K, m0, mr, out, panel * kLanes);
+    if (p.out_w > 0) pw_zero_padding(p, m0, mr, out, panel * kLanes);
   }
 }
 
@@ -399,18 +414,29 @@ MNV3_CPU_CLONES void pointwise_dw_range(const PwProblem& pw, const DwProblem& d,
   }
 }
 
-// Output rows [begin, end) of (n, oh) from the zero-padded expanded images
-// [samples from n_first][Hp][Wp][Cp].
+// Output rows [begin, end) of (n, oh) from the row-padded expanded images
+// [samples from n_first][H][Wp][Cp]; taps above or below an image read `zero`
+// (a zero row).
 template <Activation A>
-MNV3_CPU_CLONES void dw_rows_padded(const DwProblem& d, const float* padded, int64_t Hp, int64_t n_first,
+MNV3_CPU_CLONES void dw_rows_padded(const DwProblem& d, const float* padded, const float* zero, int64_t n_first,
                                     int64_t begin, int64_t end) {
   const float* rows[16];
   for (int64_t r = begin; r < end; ++r) {
     const int64_t n = r / d.OH, oh = r % d.OH;
-    for (int64_t kh = 0; kh < d.K; ++kh)
-      rows[kh] = padded + (((n - n_first) * Hp + oh * d.sh + kh * d.dh) * d.Wp) * d.Cp;
+    for (int64_t kh = 0; kh < d.K; ++kh) {
+      const int64_t ih = oh * d.sh - d.ph + kh * d.dh;
+      rows[kh] = ih < 0 || ih >= d.H ? zero : padded + (((n - n_first) * d.H + ih) * d.Wp) * d.Cp;
+    }
     dw_row<A>(d, rows, n, oh);
   }
+}
+
+// At least n floats of zeros, kept per calling thread (never written after
+// they are zeroed: the padding rows that the depthwise walks read).
+const float* zero_floats(int64_t n) {
+  thread_local std::vector<float> zeros;
+  if (zeros.size() < static_cast<size_t>(n)) zeros.assign(static_cast<size_t>(n), 0.f);
+  return zeros.data();
 }
 
 // Up to this many floats (4 MB) of scratch stay allocated per calling thread
@@ -515,55 +541,43 @@ std::tuple<Tensor, Tensor> pointwise_dwconv_cpu(const Tensor& x, const Tensor& w
   dispatch_activation(act1, [&](auto a1) {
     dispatch_activation(act2, [&](auto a2) {
       constexpr Activation A1 = decltype(a1)::value, A2 = decltype(a2)::value;
+      const float* zero = zero_floats(d.Wp * d.Cp);
       if (d.W >= kRingMinWidth) {
-        const std::vector<float> zero(static_cast<size_t>(d.Wp * d.Cp), 0.f);
         torch::stable::parallel_for(0, d.N * d.OH, grain_for(row_work), [&](int64_t begin, int64_t end) {
           std::vector<float> ring(static_cast<size_t>(R * d.Wp * d.Cp), 0.f);
           std::vector<float*> out(static_cast<size_t>(d.W));
           int64_t tags[16];
-          pointwise_dw_range<A1, A2>(pw, d, ring.data(), tags, zero.data(), out.data(), begin, end);
+          pointwise_dw_range<A1, A2>(pw, d, ring.data(), tags, zero, out.data(), begin, end);
         });
         return;
       }
       // Small images: the expand GEMM over every pixel at once (full register
-      // tiles), written into a zero-padded copy of the expanded image, then the
-      // depthwise rows from it; samples in groups whose copies fit the kept
-      // scratch.  Only the copy's border is zeroed: the GEMM writes every
-      // interior pixel (channels C..Cp of a pixel stay unset; the depthwise
-      // loop computes those lanes but never stores them).
-      const int64_t Hp = std::max(d.H + 2 * d.ph, (d.OH - 1) * d.sh + (d.K - 1) * d.dh + 1);
-      const int64_t plane = Hp * d.Wp;
+      // tiles), written into a row-padded copy of the expanded image (each
+      // row's left and right padding zeroed by the GEMM, see PwProblem), then
+      // the depthwise rows from it, a zero row standing in above and below the
+      // image; samples in groups whose copies fit the kept scratch.  Channels
+      // C..Cp of a pixel stay unset: the depthwise loop computes those lanes
+      // but never stores them.  (A separate pass zeroing a padded border cost
+      // up to 166 KB of single-threaded stores per call, 11x11 around 7x7 x 576.)
+      const int64_t plane = d.H * d.Wp;
       const int64_t group = std::max<int64_t>(1, std::min<int64_t>(d.N, kKeptScratchFloats / (plane * d.Cp)));
       const Scratch buffer(group * plane * d.Cp);
       float* padded = buffer.data();
       for (int64_t n0 = 0; n0 < d.N; n0 += group) {
         const int64_t count = std::min(group, d.N - n0);
-        for (int64_t n = 0; n < count; ++n)
-          for (int64_t r = 0; r < Hp; ++r) {
-            float* row = padded + (n * plane + r * d.Wp) * d.Cp;
-            if (r < d.ph || r >= d.ph + d.H) {
-              std::fill(row, row + d.Wp * d.Cp, 0.f);
-            } else {
-              std::fill(row, row + d.pw * d.Cp, 0.f);
-              std::fill(row + (d.pw + d.W) * d.Cp, row + d.Wp * d.Cp, 0.f);
-            }
-          }
         PwProblem all = pw;
         all.x = pw.x + n0 * d.H * d.W * Cin;
         all.y = padded;
         all.M = count * d.H * d.W;
-        all.out_h = d.H;
         all.out_w = d.W;
-        all.Hp = Hp;
         all.Wp = d.Wp;
-        all.ph = d.ph;
         all.pw = d.pw;
         const int64_t panels = (C + kLanes - 1) / kLanes;
         torch::stable::parallel_for(0, ((all.M + kRows - 1) / kRows) * panels, grain_for(kRows * kLanes * Cin),
                                     [&](int64_t begin, int64_t end) { pw_range<A1>(all, nullptr, begin, end); });
         torch::stable::parallel_for(n0 * d.OH, (n0 + count) * d.OH, grain_for(d.OW * d.Cp * d.K * d.K),
                                     [&](int64_t begin, int64_t end) {
-                                      dw_rows_padded<A2>(d, padded, Hp, n0, begin, end);
+                                      dw_rows_padded<A2>(d, padded, zero, n0, begin, end);
                                     });
       }
     });
