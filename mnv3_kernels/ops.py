@@ -36,6 +36,12 @@ built; the C++ extensions only register implementations for them.
       NCHW input is read in place); y is always channels-last, the layout every
       later op of the fast path reads (the one exception to layout.py's rule).
       fp32, CPU only, outside backends.OPS.
+    mnv3::se_gate(pooled, w1, b1, w2, b2, gate) -> g
+      g = gate(relu(pooled @ w1.T + b1) @ w2.T + b2): an SE block's [N, C] gate
+      from its [N, C] squeeze, the fast path's input scale for the projection
+      (pointwise_bias_act's `scale`).  w1 [Cr, C] and w2 [C, Cr], each also
+      accepted as panels like pointwise_bias_act's weight.  fp32, CPU only,
+      outside backends.OPS (se_excite_scale is the dispatched SE op).
 
 All are inference ops: their backward raises.
 """
@@ -71,6 +77,8 @@ _lib.define("pointwise_dwconv" + POINTWISE_DW_SCHEMA)
 CONV_SCHEMA = ("(Tensor x, Tensor weight, Tensor bias, int[2] stride, int[2] padding, int[2] dilation, "
                "str activation) -> Tensor")
 _lib.define("conv_bias_act" + CONV_SCHEMA)
+SE_GATE_SCHEMA = "(Tensor pooled, Tensor w1, Tensor b1, Tensor w2, Tensor b2, str gate) -> Tensor"
+_lib.define("se_gate" + SE_GATE_SCHEMA)
 
 
 # --------------------------------------------------------------------------- checks
@@ -202,25 +210,9 @@ def check_pointwise_args(x, weight, bias, activation, scale, residual) -> tuple:
     elif x.dim() != 2 or not x.is_contiguous():
         raise ValueError(f"x must be a channels-last 4-d tensor or a contiguous 2-d one, got shape {_shape(x)}")
     cin = x.shape[1]
-    _check_float_tensor("weight", weight, torch.float32)
-    _check_float_tensor("bias", bias, torch.float32)
+    cout = _check_fc("weight", "bias", x, weight, bias)[1]
     _check_device("weight", weight, x)
     _check_device("bias", bias, x)
-    if weight.dim() == 3:  # panels (layout.pack_pointwise_weight); Cout from the bias
-        if bias.dim() != 1:
-            raise ValueError(f"bias must have shape [Cout], got {_shape(bias)}")
-        cout = bias.shape[0]
-        panels = [-(-cout // layout.PANEL), cin, layout.PANEL]
-        if _shape(weight) != panels or not weight.is_contiguous():
-            raise ValueError(f"weight given as panels must be a contiguous [ceil(Cout/16), Cin, 16] = {panels} "
-                             f"tensor (layout.pack_pointwise_weight), got shape {_shape(weight)}")
-    else:
-        if weight.dim() != 2 or weight.shape[1] != cin:
-            raise ValueError(f"weight must have shape [Cout, Cin] with Cin = {cin} (or be its "
-                             f"[ceil(Cout/16), Cin, 16] panels), got {_shape(weight)}")
-        cout = weight.shape[0]
-        if bias.dim() != 1 or bias.shape[0] != cout:
-            raise ValueError(f"bias must have shape [Cout] with Cout = {cout}, got {_shape(bias)}")
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
     out_shape = (x.shape[0], cout, *x.shape[2:])
@@ -281,6 +273,49 @@ def check_pointwise_dwconv_args(x, weight, bias, activation, dw_weight, dw_bias,
                              stride, padding, dilation, dw_activation)
 
 
+def check_se_gate_args(pooled, w1, b1, w2, b2, gate) -> tuple:
+    """Raises a clear error for bad arguments of mnv3::se_gate; returns g's shape."""
+    _check_float_tensor("pooled", pooled, torch.float32)
+    if pooled.device.type != "cpu":
+        raise ValueError(f"pooled must be a CPU tensor (se_gate is the CPU fast path's SE gate), got {pooled.device}")
+    if pooled.dim() != 2 or not pooled.is_contiguous():
+        raise ValueError(f"pooled must be a contiguous [N, C] matrix, got shape {_shape(pooled)}")
+    hidden = _check_fc("w1", "b1", pooled, w1, b1)
+    for name, t in (("w1", w1), ("b1", b1), ("w2", w2), ("b2", b2)):
+        _check_device(name, t, pooled)
+    if _check_fc("w2", "b2", pooled.new_empty(hidden, device="meta"), w2, b2)[1] != pooled.shape[1]:
+        raise ValueError(f"w2 and b2 must have C = {pooled.shape[1]} output channels, got {_shape(b2)}")
+    if gate not in GATES:
+        raise ValueError(f"gate must be one of {GATES}, got {gate!r}")
+    return tuple(pooled.shape)
+
+
+def _check_fc(wname: str, bname: str, x, weight, bias) -> tuple:
+    """An fc layer's [Cout, Cin] weight (or its panels) and [Cout] bias on the rows of x; returns the output's shape."""
+    _check_float_tensor(wname, weight, torch.float32)
+    _check_float_tensor(bname, bias, torch.float32)
+    cin = x.shape[1]
+    if bias.dim() != 1:
+        raise ValueError(f"{bname} must have shape [Cout], got {_shape(bias)}")
+    if weight.dim() == 3:
+        cout = bias.shape[0]
+        panels = [-(-cout // layout.PANEL), cin, layout.PANEL]
+        if _shape(weight) != panels or not weight.is_contiguous():
+            raise ValueError(f"{wname} given as panels must be a contiguous [ceil(Cout/16), Cin, 16] = {panels} "
+                             f"tensor (layout.pack_pointwise_weight), got shape {_shape(weight)}")
+    elif weight.dim() != 2 or weight.shape[1] != cin or bias.shape[0] != weight.shape[0]:
+        raise ValueError(f"{wname} must have shape [Cout, Cin] with Cin = {cin} and {bname} [Cout], "
+                         f"got {_shape(weight)} and {_shape(bias)}")
+    else:
+        cout = weight.shape[0]
+    return (x.shape[0], cout)
+
+
+@torch.library.register_fake("mnv3::se_gate")
+def _se_gate_fake(pooled, w1, b1, w2, b2, gate):
+    return pooled.new_empty(check_se_gate_args(pooled, w1, b1, w2, b2, gate))
+
+
 @torch.library.register_fake("mnv3::conv_bias_act")
 def _conv_bias_act_fake(x, weight, bias, stride, padding, dilation, activation):
     out_shape = check_conv_args(x, weight, bias, stride, padding, dilation, activation)
@@ -315,6 +350,7 @@ _inference_only("se_excite_scale")
 _inference_only("pointwise_bias_act")
 _inference_only("pointwise_dwconv")
 _inference_only("conv_bias_act")
+_inference_only("se_gate")
 
 
 # --------------------------------------------------------------------------- functional API

@@ -80,6 +80,11 @@ def pointwise_bias_act(
     return y if residual is None else y.add_(residual)
 
 
+def se_gate(pooled, w1, b1, w2, b2, gate):
+    hidden = pointwise_bias_act(pooled, w1, b1, "relu")
+    return GATE_FNS[gate](pointwise_bias_act(hidden, w2, b2, "identity"))
+
+
 def conv_bias_act(x, weight, bias, stride, padding, dilation, activation):
     y = ACTIVATION_FNS[activation](F.conv2d(x, weight, bias, stride, padding, dilation))
     # the op's output layout, whatever x's: exactly torch.empty(..., channels_last)'s strides

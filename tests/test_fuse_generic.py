@@ -69,9 +69,9 @@ MODELS = {
 
 
 # The drop-in models' CPU ops: (expanding blocks, other 1x1 convs + Linears: project, last conv,
-# classifier, and the SE gates' two fc layers).
-DROP_IN_CPU_OPS = {"tv_mobilenet_v3_large": (14, 15 + 1 + 2 + 2 * 8),
-                   "tv_mobilenet_v3_small": (10, 11 + 1 + 2 + 2 * 9)}
+# classifier).
+DROP_IN_CPU_OPS = {"tv_mobilenet_v3_large": (14, 15 + 1 + 2),
+                   "tv_mobilenet_v3_small": (10, 11 + 1 + 2)}
 
 
 @pytest.mark.parametrize("name", list(MODELS))
@@ -96,10 +96,11 @@ def test_model_is_fused_and_matches(name):
     if not fx_path and cpu_conv.native_available():
         # The drop-in model's CPU path (see test_model.test_fused_ops_really_run): the
         # expanding blocks as pointwise_dwconv, the other 1x1 convs and the Linears as
-        # pointwise_bias_act, which also applies the SE gates; the stem as conv_bias_act.
+        # pointwise_bias_act, which also applies the SE gates (made by se_gate); the stem as
+        # conv_bias_act.
         merged, pointwise = DROP_IN_CPU_OPS[name]
         expected_calls.update(pointwise_dwconv=merged, dwconv_bias_act=-merged, pointwise_bias_act=pointwise,
-                              se_excite_scale=-n_se, conv_bias_act=1)
+                              se_excite_scale=-n_se, se_gate=n_se, conv_bias_act=1)
     assert calls == +expected_calls  # + drops zero counts
     assert_model_close(actual, expected, reference64)
 

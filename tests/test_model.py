@@ -94,10 +94,10 @@ def test_fused_ops_really_run(monkeypatch):
     # 15 bottlenecks, 8 with SE.  With the CPU extension: the 14 that expand run their
     # expand and depthwise convs as one pointwise_dwconv; the 15 projections, the last
     # conv and the classifier's 2 Linears run pointwise_bias_act, which also applies the
-    # SE gates as it reads the projection's input (no se_excite_scale); each gate's two
-    # small fc layers run pointwise_bias_act too; the 3x3 stem runs conv_bias_act.
+    # SE gates as it reads the projection's input (no se_excite_scale); each gate (its two
+    # small fc layers) is one se_gate; the 3x3 stem runs conv_bias_act.
     if cpu_conv.native_available():
-        expected = Counter(pointwise_dwconv=14, dwconv_bias_act=1, pointwise_bias_act=15 + 1 + 2 + 2 * 8,
+        expected = Counter(pointwise_dwconv=14, dwconv_bias_act=1, pointwise_bias_act=15 + 1 + 2, se_gate=8,
                            conv_bias_act=1)
     else:
         expected = Counter(dwconv_bias_act=15, se_excite_scale=8)

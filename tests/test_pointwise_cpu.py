@@ -1,8 +1,9 @@
 """The CPU fast path's GEMM ops: mnv3::pointwise_bias_act (1x1 conv / Linear + bias +
 activation, with the SE gate applied to its input and the residual in its epilogue),
 mnv3::pointwise_dwconv (an inverted residual's expand and depthwise convs in one
-pass) and mnv3::conv_bias_act (the stem: a dense conv reading its input in any
-layout), against the pure-PyTorch reference."""
+pass), mnv3::conv_bias_act (the stem: a dense conv reading its input in any
+layout) and mnv3::se_gate (an SE block's gate from its squeeze), against the
+pure-PyTorch reference."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ ACTS = ("identity", "relu", "relu6", "hardswish")
 pointwise = torch.ops.mnv3.pointwise_bias_act.default
 pointwise_dw = torch.ops.mnv3.pointwise_dwconv.default
 conv = torch.ops.mnv3.conv_bias_act.default
+se_gate = torch.ops.mnv3.se_gate.default
 
 
 def nhwc(*shape) -> torch.Tensor:
@@ -164,6 +166,55 @@ def test_conv_bias_act_matches_reference_in_any_input_layout(case, activation):
         assert_op_close(y, expected)
 
 
+# (N, C, Cr): MobileNetV3's widest and narrowest SE blocks at batch 1 (matrix-vector
+# walks, partial panels and 128-column blocks), a batch (the register tiles), Cr = 0.
+@pytest.mark.parametrize("n,c,cr", [(1, 960, 240), (1, 16, 8), (1, 72, 24), (3, 40, 10), (2, 130, 0)])
+@pytest.mark.parametrize("gate", ["hardsigmoid", "sigmoid"])
+def test_se_gate_matches_reference(n, c, cr, gate):
+    pooled = torch.randn(n, c)
+    w1, b1, w2, b2 = torch.randn(cr, c) / c**0.5, torch.randn(cr), torch.randn(c, cr) / max(cr, 1)**0.5, torch.randn(c)
+    expected = reference.se_gate(pooled, w1, b1, w2, b2, gate)
+    for k1, k2 in ((w1, w2), (pack_pointwise_weight(w1), pack_pointwise_weight(w2))):
+        assert_op_close(se_gate(pooled, k1, b1, k2, b2, gate), expected)
+
+
+SE_GATE_BAD = [
+    ({"pooled": torch.randn(1, 8, 1, 1)}, "pooled must be a row-major float32 \\[N, C\\] matrix",
+     "pooled must be a contiguous \\[N, C\\] matrix"),
+    ({"w1": torch.randn(4, 9)}, "w1 must be a float32 \\[Cout, Cin\\] matrix with Cin = 8",
+     "w1 must have shape \\[Cout, Cin\\] with Cin = 8"),
+    ({"b1": torch.randn(5)}, "b1 must be a float32 \\[Cout\\] vector with Cout = 4", "w1 must have shape"),
+    ({"w2": torch.randn(8, 5)}, "w2 must be a float32 \\[Cout, Cin\\] matrix with Cin = 4",
+     "w2 must have shape \\[Cout, Cin\\] with Cin = 4"),
+    ({"w2": torch.randn(7, 4), "b2": torch.randn(7)}, "w2 and b2 must have C = 8 output channels",
+     "w2 and b2 must have C = 8 output channels"),
+    ({"w1": torch.randn(2, 8, 16)}, "w1 given as panels must be a contiguous", "w1 given as panels must be a contiguous"),
+    ({"gate": "relu"}, "gate must be one of", "gate must be one of"),
+]
+
+
+def _se_gate_args(**overrides):
+    args = {"pooled": torch.randn(1, 8), "w1": torch.randn(4, 8), "b1": torch.randn(4), "w2": torch.randn(8, 4),
+            "b2": torch.randn(8), "gate": "hardsigmoid"}
+    args.update(overrides)
+    return args
+
+
+@pytest.mark.parametrize("overrides,match,_", SE_GATE_BAD, ids=[str(list(c[0])) for c in SE_GATE_BAD])
+def test_se_gate_bad_input_names_the_argument(overrides, match, _):
+    with pytest.raises(RuntimeError, match=match):
+        se_gate(**_se_gate_args(**overrides))
+
+
+@pytest.mark.parametrize("overrides,_,match", SE_GATE_BAD, ids=[str(list(c[0])) for c in SE_GATE_BAD])
+def test_se_gate_fake_kernel_checks_too(overrides, _, match):
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    args = _se_gate_args(**overrides)
+    with FakeTensorMode() as mode, pytest.raises(ValueError, match=match):
+        se_gate(**{k: mode.from_tensor(v) if isinstance(v, torch.Tensor) else v for k, v in args.items()})
+
+
 def test_opcheck():
     x, w, b = nhwc(2, 6, 5, 4), torch.randn(10, 6), torch.randn(10)
     torch.library.opcheck(pointwise, (x, pack_pointwise_weight(w), b, "hardswish", torch.rand(2, 6), nhwc(2, 10, 5, 4)))
@@ -172,6 +223,8 @@ def test_opcheck():
     torch.library.opcheck(pointwise_dw, (x, w, b, "relu", wd, bd, [2, 2], [1, 1], [1, 1], "hardswish", True))
     torch.library.opcheck(conv, (torch.randn(2, 3, 9, 8), torch.randn(5, 3, 3, 3), torch.randn(5), [2, 2], [1, 1],
                                  [1, 1], "hardswish"))
+    torch.library.opcheck(se_gate, (torch.randn(2, 20), pack_pointwise_weight(torch.randn(6, 20)), torch.randn(6),
+                                    torch.randn(20, 6), torch.randn(20), "sigmoid"))
 
 
 def test_backward_raises_a_clear_error():

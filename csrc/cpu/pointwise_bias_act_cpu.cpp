@@ -210,30 +210,52 @@ MNV3_CPU_CLONES void gemv_range(const PwProblem& p, int64_t begin, int64_t end) 
   }
 }
 
+// p on the register tiles (M > 1) or the matrix-vector walk (M = 1), in parallel.
+void run_pointwise(const PwProblem& p, Activation act) {
+  const int64_t panels = (p.Nc + kLanes - 1) / kLanes, K = p.K;
+  const int64_t tasks = ((p.M + kRows - 1) / kRows) * panels;
+  dispatch_activation(act, [&](auto act_tag) {
+    constexpr Activation A = decltype(act_tag)::value;
+    if (p.M == 1) {  // a matrix-vector product: stream the weight panels
+      const int64_t blocks = (p.Nc + kGemvColumns - 1) / kGemvColumns;
+      torch::stable::parallel_for(0, blocks, grain_for(kGemvColumns * std::max<int64_t>(K, 1)),
+                                  [&](int64_t begin, int64_t end) { gemv_range<A>(p, begin, end); });
+      return;
+    }
+    torch::stable::parallel_for(0, tasks, grain_for(kRows * kLanes * std::max<int64_t>(K, 1)),
+                                [&](int64_t begin, int64_t end) {
+                                  std::vector<float> scaled(p.scale != nullptr ? kRows * K : 0);
+                                  pw_range<A>(p, scaled.data(), begin, end);
+                                });
+  });
+}
+
 // Checks the weight of a 1x1 conv on x's channels (a [Cout, Cin] matrix, or its
 // panels: a contiguous [ceil(Cout/16), Cin, 16] tensor, Cout from the bias) and
 // its [Cout] bias; returns Cout.
-int64_t check_pointwise_weights(const Tensor& x, const Tensor& weight, const Tensor& bias) {
+int64_t check_pointwise_weights(const Tensor& x, const Tensor& weight, const Tensor& bias,
+                                const char* wname = "weight", const char* bname = "bias") {
   const int64_t K = x.size(1);
-  STD_TORCH_CHECK(weight.scalar_type() == ScalarType::Float && bias.scalar_type() == ScalarType::Float,
-                  "weight and bias must be float32");
-  STD_TORCH_CHECK(bias.dim() == 1, "bias must be a [Cout] vector");
+  STD_TORCH_CHECK(weight.scalar_type() == ScalarType::Float && bias.scalar_type() == ScalarType::Float, wname,
+                  " and ", bname, " must be float32");
+  STD_TORCH_CHECK(bias.dim() == 1, bname, " must be a [Cout] vector");
   const bool panels = weight.dim() == 3;
   const int64_t Nc = panels ? bias.size(0) : weight.size(0);
   if (panels) {
     STD_TORCH_CHECK(weight.size(0) == (Nc + kLanes - 1) / kLanes && weight.size(1) == K &&
-                        weight.size(2) == kLanes && (weight.size(0) == 1 || weight.stride(0) == K * kLanes) &&
-                        (K <= 1 || weight.stride(1) == kLanes) && weight.stride(2) == 1,
-                    "weight given as panels must be a contiguous [ceil(Cout/16), Cin, 16] = [",
+                        weight.size(2) == kLanes &&
+                        (weight.size(0) * K == 0 ||  // no elements: any strides (torch calls that contiguous)
+                         ((weight.size(0) == 1 || weight.stride(0) == K * kLanes) &&
+                          (K == 1 || weight.stride(1) == kLanes) && weight.stride(2) == 1)),
+                    wname, " given as panels must be a contiguous [ceil(Cout/16), Cin, 16] = [",
                     (Nc + kLanes - 1) / kLanes, ", ", K, ", 16] tensor (layout.pack_pointwise_weight)");
   } else {
-    STD_TORCH_CHECK(weight.dim() == 2 && weight.size(1) == K,
-                    "weight must be a float32 [Cout, Cin] matrix with Cin = ", K,
-                    " (or its [ceil(Cout/16), Cin, 16] panels)");
-    STD_TORCH_CHECK(bias.size(0) == Nc, "bias must be a float32 [Cout] vector with Cout = ", Nc);
+    STD_TORCH_CHECK(weight.dim() == 2 && weight.size(1) == K, wname,
+                    " must be a float32 [Cout, Cin] matrix with Cin = ", K, " (or its [ceil(Cout/16), Cin, 16] panels)");
+    STD_TORCH_CHECK(bias.size(0) == Nc, bname, " must be a float32 [Cout] vector with Cout = ", Nc);
   }
-  check_same_device(x, "x", weight, "weight");
-  check_same_device(x, "x", bias, "bias");
+  check_same_device(x, "x", weight, wname);
+  check_same_device(x, "x", bias, bname);
   return Nc;
 }
 
@@ -297,21 +319,52 @@ Tensor pointwise_bias_act_cpu(const Tensor& x, const Tensor& weight, const Tenso
   p.Nc = Nc;
   p.rows_per_sample = rows_per_sample;
 
-  const int64_t panels = (Nc + kLanes - 1) / kLanes;
-  const int64_t tasks = ((M + kRows - 1) / kRows) * panels;
-  dispatch_activation(act, [&](auto act_tag) {
-    constexpr Activation A = decltype(act_tag)::value;
-    if (M == 1) {  // a matrix-vector product: stream the weight rows
-      const int64_t blocks = (Nc + kGemvColumns - 1) / kGemvColumns;
-      torch::stable::parallel_for(0, blocks, grain_for(kGemvColumns * std::max<int64_t>(K, 1)),
-                                  [&](int64_t begin, int64_t end) { gemv_range<A>(p, begin, end); });
-      return;
-    }
-    torch::stable::parallel_for(0, tasks, grain_for(kRows * kLanes * std::max<int64_t>(K, 1)),
-                                [&](int64_t begin, int64_t end) {
-                                  std::vector<float> scaled(p.scale != nullptr ? kRows * K : 0);
-                                  pw_range<A>(p, scaled.data(), begin, end);
-                                });
+  run_pointwise(p, act);
+  return y;
+}
+
+// ---------------------------------------------------------------------------
+// mnv3::se_gate: an SE block's gate from its squeeze, G(W2 relu(W1 pooled + b1)
+// + b2), its two fc layers on the GEMM above (matrix-vector walks at batch 1)
+// in one op call (three before: two fc calls and the gate, ~4 us of dispatch
+// each, paid by every SE block of the network).
+Tensor se_gate_cpu(const Tensor& pooled, const Tensor& w1, const Tensor& b1, const Tensor& w2, const Tensor& b2,
+                   const std::string& gate) {
+  STD_TORCH_CHECK(pooled.is_cpu(), "mnv3::se_gate: pooled must be a CPU tensor");
+  STD_TORCH_CHECK(pooled.scalar_type() == ScalarType::Float && is_row_major(pooled),
+                  "mnv3::se_gate: pooled must be a row-major float32 [N, C] matrix");
+  const Gate kind = parse_gate(gate);
+  const int64_t N = pooled.size(0), C = pooled.size(1);
+  const int64_t Cr = check_pointwise_weights(pooled, w1, b1, "w1", "b1");
+  Tensor hidden = empty_2d(N, Cr, ScalarType::Float, pooled);
+  STD_TORCH_CHECK(check_pointwise_weights(hidden, w2, b2, "w2", "b2") == C, "w2 and b2 must have C = ", C,
+                  " output channels");
+  Tensor y = empty_2d(N, C, ScalarType::Float, pooled);
+  if (N == 0 || C == 0) return y;
+  std::vector<float> w1_storage, w2_storage, b1_storage, b2_storage;
+  PwProblem p{};
+  p.x = static_cast<const float*>(pooled.const_data_ptr());
+  p.w = weight_panels(w1, C, Cr, w1_storage);
+  p.bias = vector_as_float<float>(b1, b1_storage);
+  p.y = static_cast<float*>(hidden.mutable_data_ptr());
+  p.ldy = Cr;
+  p.M = N;
+  p.K = C;
+  p.Nc = Cr;
+  p.rows_per_sample = 1;
+  if (Cr > 0) run_pointwise(p, Activation::ReLU);
+  p.x = p.y;
+  p.w = weight_panels(w2, Cr, C, w2_storage);
+  p.bias = vector_as_float<float>(b2, b2_storage);
+  p.y = static_cast<float*>(y.mutable_data_ptr());
+  p.ldy = C;
+  p.K = Cr;
+  p.Nc = C;
+  run_pointwise(p, Activation::Identity);
+  float* out = p.y;
+  dispatch_gate(kind, [&](auto gate_tag) {
+    constexpr Gate G = decltype(gate_tag)::value;
+    for (int64_t i = 0; i < N * C; ++i) out[i] = apply_gate<G>(out[i]);
   });
   return y;
 }
@@ -769,4 +822,5 @@ STABLE_TORCH_LIBRARY_IMPL(mnv3, CPU, m) {
   m.impl("pointwise_bias_act", TORCH_BOX(&mnv3::pointwise_bias_act_cpu));
   m.impl("pointwise_dwconv", TORCH_BOX(&mnv3::pointwise_dwconv_cpu));
   m.impl("conv_bias_act", TORCH_BOX(&mnv3::conv_bias_act_cpu));
+  m.impl("se_gate", TORCH_BOX(&mnv3::se_gate_cpu));
 }

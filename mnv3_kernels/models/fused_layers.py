@@ -377,12 +377,10 @@ def _gate(f: FoldedSE, y: torch.Tensor, mean: torch.Tensor | None) -> torch.Tens
     if mean is None:
         mean = y.mean(dim=(2, 3), dtype=torch.float32)
     k1, k2 = f.panels()
-    if k1 is not None:  # the CPU GEMM on its packed weights
-        op = torch.ops.mnv3.pointwise_bias_act.default
-        logits = op(op(mean, k1, f.b1, "relu"), k2, f.b2, "identity")
-    else:
-        hidden = torch.addmm(f.b1, mean, f.w1.t()).relu_()
-        logits = torch.addmm(f.b2, hidden, f.w2.t())
+    if k1 is not None:  # both fc layers and the gate in one call, on the CPU GEMM's packed weights
+        return torch.ops.mnv3.se_gate.default(mean, k1, f.b1, k2, f.b2, f.gate)
+    hidden = torch.addmm(f.b1, mean, f.w1.t()).relu_()
+    logits = torch.addmm(f.b2, hidden, f.w2.t())
     return logits.sigmoid_() if f.gate == "sigmoid" else torch.ops.aten.hardsigmoid_.default(logits)
 
 
@@ -451,8 +449,8 @@ class SqueezeExcitation(FoldCacheMixin, nn.Module):
         """A Step that returns (y, gate): y unchanged and the fp32 [N, C] SE gate, for a
         next step that applies it where it reads y (Conv2dNormActivation.fast_step with
         scaled=True), so the scaled activation is never written.  The gate's two fc
-        layers run mnv3::pointwise_bias_act (weights packed once; aten's addmm
-        on the transposed weights measured 7% slower on Large), its gate one aten op."""
+        layers and the gate run as one mnv3::se_gate call (the CPU GEMM on weights
+        packed once; aten's addmm on the transposed weights measured 7% slower on Large)."""
         f = self.folded()
         if f is None or f.w1.dtype != torch.float32 or f.w1.device.type != "cpu":
             return None
