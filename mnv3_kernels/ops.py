@@ -42,6 +42,10 @@ built; the C++ extensions only register implementations for them.
       (pointwise_bias_act's `scale`).  w1 [Cr, C] and w2 [C, Cr], each also
       accepted as panels like pointwise_bias_act's weight.  fp32, CPU only,
       outside backends.OPS (se_excite_scale is the dispatched SE op).
+    mnv3::run_plan(x, tensors, program) -> y
+      A whole CPU fast-plan forward (the ops above, step by step, as `program`
+      lists them: reference.PLAN_*) in one op call, without a Python step or a
+      dispatch per layer.  fp32, CPU only, outside backends.OPS.
 
 All are inference ops: their backward raises.
 """
@@ -52,7 +56,7 @@ from collections.abc import Sequence
 
 import torch
 
-from . import layout
+from . import layout, reference
 
 ACTIVATIONS = ("identity", "relu", "relu6", "hardswish")  # codes 0..3 in csrc/common/activation.h
 GATES = ("hardsigmoid", "sigmoid")
@@ -79,6 +83,8 @@ CONV_SCHEMA = ("(Tensor x, Tensor weight, Tensor bias, int[2] stride, int[2] pad
 _lib.define("conv_bias_act" + CONV_SCHEMA)
 SE_GATE_SCHEMA = "(Tensor pooled, Tensor w1, Tensor b1, Tensor w2, Tensor b2, str gate) -> Tensor"
 _lib.define("se_gate" + SE_GATE_SCHEMA)
+RUN_PLAN_SCHEMA = "(Tensor x, Tensor[] tensors, int[] program) -> Tensor"
+_lib.define("run_plan" + RUN_PLAN_SCHEMA)
 
 
 # --------------------------------------------------------------------------- checks
@@ -311,6 +317,19 @@ def _check_fc(wname: str, bname: str, x, weight, bias) -> tuple:
     return (x.shape[0], cout)
 
 
+class _MnvOps:
+    """The mnv3 ops by name, for reference.interpret_plan: under fake tensors each
+    dispatches to its fake kernel, so run_plan's fake checks every step."""
+
+    def __getattr__(self, name):
+        return getattr(torch.ops.mnv3, name).default
+
+
+@torch.library.register_fake("mnv3::run_plan")
+def _run_plan_fake(x, tensors, program):
+    return reference.interpret_plan(x, tensors, program, _MnvOps())
+
+
 @torch.library.register_fake("mnv3::se_gate")
 def _se_gate_fake(pooled, w1, b1, w2, b2, gate):
     return pooled.new_empty(check_se_gate_args(pooled, w1, b1, w2, b2, gate))
@@ -351,6 +370,7 @@ _inference_only("pointwise_bias_act")
 _inference_only("pointwise_dwconv")
 _inference_only("conv_bias_act")
 _inference_only("se_gate")
+_inference_only("run_plan")
 
 
 # --------------------------------------------------------------------------- functional API

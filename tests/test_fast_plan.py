@@ -49,11 +49,44 @@ def module_path(model, monkeypatch):
 
 
 def test_plan_runs_the_module_paths_ops_exactly(pair, monkeypatch):
+    """Up to the pool, mnv3::run_plan runs the module path's ops on the same weights:
+    the same features bit for bit.  Its pool sums in another order than
+    nn.AdaptiveAvgPool2d, so the logits agree within the model tolerance."""
     tv, ours = pair
     fast = run(ours)
-    assert ours._fast_plan() is not None
-    assert torch.equal(fast, module_path(ours, monkeypatch))
+    plan = ours._fast_plan()
+    assert plan is not None and plan.program is not None
+    tensors, program = plan.program
+    with torch.inference_mode():
+        features = torch.ops.mnv3.run_plan.default(X, tensors, program[:plan.pool_at])
+        with monkeypatch.context() as m:
+            m.setattr(MobileNetV3, "_fast_plan", lambda self: None)
+            assert torch.equal(features, ours.features(X.contiguous(memory_format=torch.channels_last)))
+    assert_model_close(fast, module_path(ours, monkeypatch))
     assert_model_close(fast, run(tv))
+
+
+def test_plan_program_matches_its_reference_interpreter(pair):
+    """The C++ executor against reference.interpret_plan running the same program on
+    the mnv3 ops one by one (bit for bit up to the pool, whose sum order differs) and
+    on the pure-PyTorch reference ops."""
+    from mnv3_kernels import reference
+
+    _, ours = pair
+    run(ours)
+    tensors, program = ours._fast_plan().program
+
+    class Ops:
+        def __getattr__(self, name):
+            return getattr(torch.ops.mnv3, name).default
+
+    with torch.inference_mode():
+        features = program[:ours._fast_plan().pool_at]
+        assert torch.equal(torch.ops.mnv3.run_plan.default(X, tensors, features),
+                           reference.interpret_plan(X, tensors, features, Ops()))
+        fast = torch.ops.mnv3.run_plan.default(X, tensors, program)
+        assert_model_close(fast, reference.interpret_plan(X, tensors, program, Ops()))
+        assert_model_close(fast, reference.run_plan(X, tensors, program))
 
 
 def test_plan_is_reused_while_nothing_changes(pair):

@@ -17,7 +17,7 @@ import pytest
 import seed_mobilenetv3
 import torch
 import torch.nn.functional as F
-from conftest import calibrate_batchnorm, mnv3_op_calls, randomize_batchnorm, randomize_classifier
+from conftest import calibrate_batchnorm, mnv3_op_calls, plan_program_ops, randomize_batchnorm, randomize_classifier
 from tolerances import assert_model_close
 from torch import fx, nn
 
@@ -101,6 +101,9 @@ def test_model_is_fused_and_matches(name):
         merged, pointwise = DROP_IN_CPU_OPS[name]
         expected_calls.update(pointwise_dwconv=merged, dwconv_bias_act=-merged, pointwise_bias_act=pointwise,
                               se_excite_scale=-n_se, se_gate=n_se, conv_bias_act=1)
+        # all of them in one mnv3::run_plan call, as its program lists them
+        assert plan_program_ops(fused) == +expected_calls
+        expected_calls = Counter(run_plan=1)
     assert calls == +expected_calls  # + drops zero counts
     assert_model_close(actual, expected, reference64)
 

@@ -6,7 +6,7 @@ from collections import Counter
 
 import pytest
 import torch
-from conftest import calibrate_batchnorm, mnv3_op_calls, randomize_batchnorm, randomize_classifier
+from conftest import calibrate_batchnorm, mnv3_op_calls, plan_program_ops, randomize_batchnorm, randomize_classifier
 from tolerances import assert_model_close
 
 import mnv3_kernels as mk
@@ -87,7 +87,8 @@ def test_variants_match_torchvision(kwargs):
 
 def test_fused_ops_really_run(monkeypatch):
     """The eval forward calls the mnv3 ops (not the unfused modules), on the CPU fast
-    plan and on the module path alike (counted at the dispatcher)."""
+    plan and on the module path alike (counted at the dispatcher; the plan runs them
+    all in one mnv3::run_plan call, its program names them)."""
     _, ours = make_pair("large")
     x = torch.randn(1, 3, 64, 64)
 
@@ -102,7 +103,11 @@ def test_fused_ops_really_run(monkeypatch):
     else:
         expected = Counter(dwconv_bias_act=15, se_excite_scale=8)
     with torch.inference_mode():
-        assert mnv3_op_calls(ours, x) == expected
+        if cpu_conv.native_available():
+            assert mnv3_op_calls(ours, x) == Counter(run_plan=1)
+            assert plan_program_ops(ours) == expected
+        else:
+            assert mnv3_op_calls(ours, x) == expected
         monkeypatch.setattr(type(ours), "_fast_plan", lambda self: None)
         assert mnv3_op_calls(ours, x) == expected
 

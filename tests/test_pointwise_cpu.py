@@ -360,3 +360,54 @@ def test_weights_are_never_read_past_their_end():
     result = subprocess.run([sys.executable, "-c", _GUARD_PAGE_SCRIPT], capture_output=True, text=True,
                             timeout=120)
     assert result.returncode == 0 and "ok" in result.stdout, (result.returncode, result.stderr[-2000:])
+
+
+def _tiny_plan():
+    """A run_plan program with every step kind: stem conv, a block (depthwise with squeeze,
+    gate, scaled projection with the residual), a block (expand + depthwise with squeeze,
+    gate, scaled projection), the pool and a Linear."""
+    from mnv3_kernels import reference as r
+
+    def w(*shape):
+        return torch.randn(*shape) / (shape[1] if len(shape) > 1 else 1) ** 0.5
+
+    tensors = [w(8, 3, 3, 3), w(8),                                    # 0, 1: stem
+               w(8, 1, 3, 3), w(8), w(4, 8), w(4), w(8, 4), w(8),      # 2-7: dw, gate
+               pack_pointwise_weight(w(8, 8)), w(8),                   # 8, 9: projection
+               pack_pointwise_weight(w(24, 8)), w(24), w(24, 1, 5, 5), w(24),  # 10-13: expand + dw
+               w(8, 24), w(8), pack_pointwise_weight(w(24, 8)), w(24),         # 14-17: gate
+               pack_pointwise_weight(w(16, 24)), w(16),                        # 18, 19: projection
+               pack_pointwise_weight(w(10, 16)), w(10)]                        # 20, 21: Linear
+    program = [r.PLAN_BLOCK, r.PLAN_CONV, 0, 1, 2, 2, 1, 1, 1, 1, 3,
+               r.PLAN_BLOCK, r.PLAN_DW, 2, 3, 1, 1, 1, 1, 1, 1, 1, 1,
+               r.PLAN_GATE, 4, 5, 6, 7, 0, r.PLAN_PW, 8, 9, 0, 1, 1,
+               r.PLAN_BLOCK, r.PLAN_PWDW, 10, 11, 3, 12, 13, 2, 2, 2, 2, 1, 1, 3, 1,
+               r.PLAN_GATE, 14, 15, 16, 17, 1, r.PLAN_PW, 18, 19, 0, 1, 0,
+               r.PLAN_POOL, r.PLAN_PW, 20, 21, 0, 0, 0]
+    return tensors, program
+
+
+def test_run_plan_matches_its_reference():
+    tensors, program = _tiny_plan()
+    x = torch.randn(2, 3, 19, 17)
+    y = torch.ops.mnv3.run_plan.default(x, tensors, program)
+    assert y.shape == (2, 10)
+    assert_op_close(y, reference.run_plan(x, tensors, program))
+    torch.library.opcheck(torch.ops.mnv3.run_plan.default, (x, tensors, program))
+
+
+@pytest.mark.parametrize("edit,match", [
+    (lambda p: p + [99], "unknown (run_plan )?step code 99"),
+    (lambda p: p[:-2], "program ends inside a step"),
+    (lambda p: p[:2] + [50] + p[3:], "tensor index 50"),
+    (lambda p: p[:22] + [0] + p[23:], "gate step needs the squeeze"),  # the depthwise step's want_mean off
+])
+def test_run_plan_refuses_a_bad_program(edit, match):
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    tensors, program = _tiny_plan()
+    x = torch.randn(1, 3, 19, 17)
+    with pytest.raises(RuntimeError, match=match):
+        torch.ops.mnv3.run_plan.default(x, tensors, edit(program))
+    with FakeTensorMode() as mode, pytest.raises(ValueError, match=match):
+        torch.ops.mnv3.run_plan.default(mode.from_tensor(x), [mode.from_tensor(t) for t in tensors], edit(program))

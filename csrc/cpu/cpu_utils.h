@@ -5,10 +5,20 @@
 #include "../common/op_glue.h"
 
 #include <algorithm>
+#include <string>
+#include <tuple>
 #include <type_traits>
 #include <vector>
 
 namespace mnv3 {
+
+// The CPU kernel of mnv3::dwconv_bias_act (dwconv_bias_act_cpu.cpp), for the
+// plan executor (mnv3::run_plan) to call without a dispatch.
+std::tuple<Tensor, Tensor> dwconv_bias_act_cpu_kernel(const Tensor& x, const Tensor& weight, const Tensor& bias,
+                                                      const std::vector<int64_t>& stride,
+                                                      const std::vector<int64_t>& padding,
+                                                      const std::vector<int64_t>& dilation,
+                                                      const std::string& activation, bool with_mean);
 
 template <typename T>
 std::vector<float> vector_to_float(const Tensor& v) {

@@ -392,6 +392,15 @@ std::tuple<Tensor, Tensor> dwconv_bias_act_cpu(const Tensor& x, const Tensor& we
 }
 
 }  // namespace
+
+std::tuple<Tensor, Tensor> dwconv_bias_act_cpu_kernel(const Tensor& x, const Tensor& weight, const Tensor& bias,
+                                                      const std::vector<int64_t>& stride,
+                                                      const std::vector<int64_t>& padding,
+                                                      const std::vector<int64_t>& dilation,
+                                                      const std::string& activation, bool with_mean) {
+  return dwconv_bias_act_cpu(x, weight, bias, stride, padding, dilation, activation, with_mean);
+}
+
 }  // namespace mnv3
 
 STABLE_TORCH_LIBRARY_IMPL(mnv3, CPU, m) {

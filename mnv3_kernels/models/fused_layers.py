@@ -109,8 +109,15 @@ def packed_path_ok(x: torch.Tensor) -> bool:
 
 # A step of the CPU fast plan (MobileNetV3's fp32 channels-last forward without
 # the module calls): step(y, mean, block_input) -> (y, mean), mean the fp32 SE
-# squeeze of y or None.
+# squeeze of y or None.  A step that is one mnv3 op call also carries
+# `step.spec` = (kind, *arguments) (with_spec), from which the plan writes its
+# mnv3::run_plan program (mobilenetv3._plan_program).
 Step = Callable[[torch.Tensor, "torch.Tensor | None", torch.Tensor], tuple]
+
+
+def with_spec(step: Step, *spec) -> Step:
+    step.spec = spec
+    return step
 
 
 def cached_fold(owner: nn.Module, fold, of: nn.Module | None = None, slot: str = "_mnv3_fold_cache"):
@@ -319,28 +326,35 @@ class Conv2dNormActivation(FoldCacheMixin, nn.Sequential):
             if not self.takes_scale() or want_mean or (residual and f.activation != "identity"):
                 return None
             p, run = f.packed, cpu_conv.run
+            spec = ("pw", p.weight, p.bias, p.activation, True, residual)
             if residual:
-                return lambda y, gate, x0: (run(p, y, x0, gate), None)
-            return lambda y, gate, x0: (run(p, y, None, gate), None)
+                return with_spec(lambda y, gate, x0: (run(p, y, x0, gate), None), *spec)
+            return with_spec(lambda y, gate, x0: (run(p, y, None, gate), None), *spec)
         if f.depthwise:
             if residual:
                 return None
             op = torch.ops.mnv3.dwconv_bias_act.default
             args = (f.weight, f.bias, list(f.stride), list(f.padding), list(f.dilation), f.activation, want_mean)
             if want_mean:
-                return lambda y, mean, x0: op(y, *args)
-            return lambda y, mean, x0: (op(y, *args)[0], None)
+                return with_spec(lambda y, mean, x0: op(y, *args), "dw", *args)
+            return with_spec(lambda y, mean, x0: (op(y, *args)[0], None), "dw", *args)
         p, run = f.packed, cpu_conv.run
         if p is None or (residual and f.activation != "identity"):
             return None
-        if residual:
-            return lambda y, mean, x0: (run(p, y, x0), None)
         if want_mean:
             def step(y, mean, x0):
                 y = run(p, y)
                 return y, y.mean(dim=(2, 3), dtype=torch.float32)
             return step
-        return lambda y, mean, x0: (run(p, y), None)
+        if not p.native:
+            spec = ()
+        elif p.linear:
+            spec = ("pw", p.weight, p.bias, p.activation, False, residual)
+        else:
+            spec = () if residual else ("conv", p.weight, p.bias, p.stride, p.padding, p.dilation, p.activation)
+        if residual:
+            return with_spec(lambda y, mean, x0: (run(p, y, x0), None), *spec)
+        return with_spec(lambda y, mean, x0: (run(p, y), None), *spec)
 
     @staticmethod
     def _packed_path(f: FoldedConv, x: torch.Tensor, residual: torch.Tensor | None) -> bool:
@@ -454,7 +468,9 @@ class SqueezeExcitation(FoldCacheMixin, nn.Module):
         f = self.folded()
         if f is None or f.w1.dtype != torch.float32 or f.w1.device.type != "cpu":
             return None
-        return lambda y, mean, x0: (y, _gate(f, y, mean))
+        k1, k2 = f.panels()
+        spec = () if k1 is None else ("gate", k1, f.b1, k2, f.b2, f.gate)
+        return with_spec(lambda y, mean, x0: (y, _gate(f, y, mean)), *spec)
 
     def gate(self, y: torch.Tensor, mean: torch.Tensor | None) -> torch.Tensor | None:
         """The fp32 [N, C] gate for y (mean: y's squeeze, if computed), as gate_step

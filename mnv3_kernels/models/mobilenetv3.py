@@ -22,9 +22,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from .. import cpu_conv
+from .. import cpu_conv, ops, reference
 from ..layout import is_nhwc_dense
 from .fused_layers import (Conv2dNormActivation, DropsCachesOnCopy, SqueezeExcitation, Step, activation_name,
+                           with_spec,
                            cached_fold, fused_active, packed_path_ok)
 
 
@@ -149,8 +150,8 @@ class InvertedResidual(nn.Module):
         for layer, want_mean, residual, gates in self._schedule():
             if isinstance(layer, _Merged):
                 op, args = torch.ops.mnv3.pointwise_dwconv.default, layer.args
-                step = ((lambda y, mean, x0: op(y, *args)) if want_mean
-                        else (lambda y, mean, x0: (op(y, *args)[0], None)))
+                step = with_spec((lambda y, mean, x0: op(y, *args)) if want_mean
+                                 else (lambda y, mean, x0: (op(y, *args)[0], None)), "pwdw", *args)
             elif isinstance(layer, SqueezeExcitation):
                 # The gate goes to the projection, which scales its input as it reads it.
                 step = layer.gate_step() if gates else layer.fast_step()
@@ -319,6 +320,10 @@ class _FastPlan:
 
     def __init__(self, model: MobileNetV3, blocks, head):
         self.blocks, self.head = blocks, head
+        # The whole plan as one mnv3::run_plan call (tensors, program) where every step is one
+        # op (the usual case); pool_at: the program's index of its pool step.
+        compiled = None if blocks is None else _plan_program(model, blocks, head)
+        self.program, self.pool_at = (None, None) if compiled is None else (compiled[:2], compiled[2])
         # The stem on mnv3::conv_bias_act reads the input in any layout (no channels-last copy).
         stem = model.features[0] if len(model.features) else None
         folded = stem.folded() if blocks is not None and isinstance(stem, Conv2dNormActivation) else None
@@ -377,6 +382,8 @@ class _FastPlan:
                 and list(map(torch.Tensor.data_ptr, self.tensors)) == self.ptrs)
 
     def run(self, x: torch.Tensor, avgpool: nn.Module, classifier: nn.Module) -> torch.Tensor:
+        if self.program is not None:
+            return torch.ops.mnv3.run_plan.default(x, *self.program)
         for steps, add_input in self.blocks:
             x0, mean = x, None
             for step in steps:
@@ -384,6 +391,53 @@ class _FastPlan:
             if add_input:
                 x = x + x0
         return _run_head(self.head, torch.flatten(avgpool(x), 1), classifier)
+
+
+def _plan_program(model: MobileNetV3, blocks, head) -> tuple[list, list, int] | None:
+    """(tensors, program, index of the pool step) of mnv3::run_plan running the plan's steps (each Step's
+    spec, see fused_layers.with_spec), the average pool and the packed head; None
+    where a step is not one op, a block adds its input after its steps, or the
+    pool or the head is not torchvision's."""
+    pool = model.avgpool
+    if (head is None or not all(h.native and h.linear for h in head) or type(pool) is not nn.AdaptiveAvgPool2d
+            or pool.output_size not in (1, (1, 1))):
+        return None
+    tensors, program = [], []
+    act, gates = {a: i for i, a in enumerate(ops.ACTIVATIONS)}, {g: i for i, g in enumerate(ops.GATES)}
+
+    def t(tensor: torch.Tensor) -> int:
+        tensors.append(tensor)
+        return len(tensors) - 1
+
+    for steps, add_input in blocks:
+        if add_input:
+            return None
+        program.append(reference.PLAN_BLOCK)
+        for step in steps:
+            kind, *args = getattr(step, "spec", None) or (None,)
+            if kind == "conv":
+                w, b, s, p, d, a = args
+                program += [reference.PLAN_CONV, t(w), t(b), *s, *p, *d, act[a]]
+            elif kind == "dw":
+                w, b, s, p, d, a, want_mean = args
+                program += [reference.PLAN_DW, t(w), t(b), *s, *p, *d, act[a], int(want_mean)]
+            elif kind == "pwdw":
+                w, b, a, dw_w, dw_b, s, p, d, dw_a, want_mean = args
+                program += [reference.PLAN_PWDW, t(w), t(b), act[a], t(dw_w), t(dw_b), *s, *p, *d, act[dw_a],
+                            int(want_mean)]
+            elif kind == "gate":
+                w1, b1, w2, b2, g = args
+                program += [reference.PLAN_GATE, t(w1), t(b1), t(w2), t(b2), gates[g]]
+            elif kind == "pw":
+                w, b, a, scaled, residual = args
+                program += [reference.PLAN_PW, t(w), t(b), act[a], int(scaled), int(residual)]
+            else:
+                return None
+    pool_at = len(program)
+    program.append(reference.PLAN_POOL)
+    for h in head:
+        program += [reference.PLAN_PW, t(h.weight), t(h.bias), act[h.activation], 0, 0]
+    return tensors, program, pool_at
 
 
 def _run_head(head, x: torch.Tensor, classifier: nn.Module) -> torch.Tensor:
