@@ -118,9 +118,48 @@ MNV3_HD void pw_tile_at(const PwProblem& p, const float* a, int64_t lda, int64_t
   pw_tile<R, A>(a, lda, p.w + n0 * p.K, p.K, valid, p.bias + n0, res, p.Nc, rows);
 }
 
-// Rows [m0, m0 + mr) of one panel, as tiles of kRows, then 8, 4, 2, 1 rows;
-// out[i]: the output row of row m0 + i.
-// (No lambdas here: a target clone compiles only what is inlined into it.)
+// Rows are cut into blocks of near-equal size: ceil(M / 12) blocks of
+// floor(M / blocks) rows, the first M % blocks of them one row more (49 rows:
+// 10, 10, 10, 10, 9 rather than 12, 12, 12, 12, 1, whose one-row tile costs a
+// pass over the weights for one FMA per load, and splits unevenly between
+// threads: measured on the 7x7 layers).
+struct RowBlocks {
+  int64_t count, base, extra;
+  explicit RowBlocks(int64_t M) : count((M + kRows - 1) / kRows) {
+    base = count > 0 ? M / count : 0;
+    extra = count > 0 ? M % count : 0;
+  }
+  int64_t start(int64_t b) const { return b * base + std::min(b, extra); }
+  int64_t size(int64_t b) const { return base + (b < extra ? 1 : 0); }
+};
+
+// Rows [m0, m0 + mr) (mr <= kRows) of one panel as one tile; out[i]: the output
+// row of row m0 + i.  (No lambdas here: a target clone compiles only what is
+// inlined into it.)
+template <Activation A>
+MNV3_HD void pw_block(const PwProblem& p, const float* a, int64_t lda, int64_t m0, int64_t mr, float* const* out,
+                      int64_t n0) {
+  const int valid = static_cast<int>(std::min<int64_t>(kLanes, p.Nc - n0));
+  switch (mr) {
+    case 12: pw_tile_at<12, A>(p, a, lda, m0, out, n0, valid); break;
+    case 11: pw_tile_at<11, A>(p, a, lda, m0, out, n0, valid); break;
+    case 10: pw_tile_at<10, A>(p, a, lda, m0, out, n0, valid); break;
+    case 9: pw_tile_at<9, A>(p, a, lda, m0, out, n0, valid); break;
+    case 8: pw_tile_at<8, A>(p, a, lda, m0, out, n0, valid); break;
+    case 7: pw_tile_at<7, A>(p, a, lda, m0, out, n0, valid); break;
+    case 6: pw_tile_at<6, A>(p, a, lda, m0, out, n0, valid); break;
+    case 5: pw_tile_at<5, A>(p, a, lda, m0, out, n0, valid); break;
+    case 4: pw_tile_at<4, A>(p, a, lda, m0, out, n0, valid); break;
+    case 3: pw_tile_at<3, A>(p, a, lda, m0, out, n0, valid); break;
+    case 2: pw_tile_at<2, A>(p, a, lda, m0, out, n0, valid); break;
+    case 1: pw_tile_at<1, A>(p, a, lda, m0, out, n0, valid); break;
+    default: break;
+  }
+}
+
+// Rows [m0, m0 + mr) of one panel as tiles of kRows, then 8, 4, 2, 1 rows
+// (pointwise_dwconv's rows of 56 or more pixels: short tails; and only 5 tile
+// sizes compiled into each of its 16 activation pairs, against 12 in pw_block).
 template <Activation A>
 MNV3_HD void pw_rows(const PwProblem& p, const float* a, int64_t lda, int64_t m0, int64_t mr, float* const* out,
                      int64_t n0) {
@@ -133,17 +172,18 @@ MNV3_HD void pw_rows(const PwProblem& p, const float* a, int64_t lda, int64_t m0
   if (i + 1 <= mr) pw_tile_at<1, A>(p, a + i * lda, lda, m0 + i, out + i, n0, valid);
 }
 
-// Tasks [begin, end) of (row block, panel), row blocks outer.  Per row block,
+// Tasks [begin, end) of (row block (RowBlocks), panel), row blocks outer.  Per row block,
 // once: its output row addresses and, with a scale, its rows copied scaled
 // into `scaled` (kRows x K), which every panel then reads.
 template <Activation A>
 MNV3_CPU_CLONES void pw_range(const PwProblem& p, float* scaled, int64_t begin, int64_t end) {
   const int64_t panels = (p.Nc + kLanes - 1) / kLanes;
+  const RowBlocks blocks(p.M);
   int64_t current = -1;
   float* out[kRows];
   for (int64_t t = begin; t < end; ++t) {
     const int64_t block = t / panels, panel = t % panels;
-    const int64_t m0 = block * kRows, mr = std::min<int64_t>(kRows, p.M - m0);
+    const int64_t m0 = blocks.start(block), mr = blocks.size(block);
     const float* a = p.x + m0 * p.K;
     if (current != block) {
       for (int64_t i = 0; i < mr; ++i) out[i] = pw_out_row(p, m0 + i);
@@ -157,7 +197,7 @@ MNV3_CPU_CLONES void pw_range(const PwProblem& p, float* scaled, int64_t begin, 
       }
       current = block;
     }
-    pw_rows<A>(p, p.scale != nullptr ? scaled : a, p.K, m0, mr, out, panel * kLanes);
+    pw_block<A>(p, p.scale != nullptr ? scaled : a, p.K, m0, mr, out, panel * kLanes);
     if (p.out_w > 0) pw_zero_padding(p, m0, mr, out, panel * kLanes);
   }
 }
