@@ -79,26 +79,21 @@ inline void check_same_device(const Tensor& a, const char* a_name, const Tensor&
                   b_name, " must be on the same device as ", a_name);
 }
 
-// The geometry of a depthwise conv over an [N, C, H, W] input, after checking
-// its filter and bias shapes and its conv arguments (the names are the op's
-// argument names, for the error messages).
-inline DwGeometry dw_geometry(int64_t N, int64_t C, int64_t H, int64_t W, const Tensor& weight,
-                              const Tensor& bias, const std::vector<int64_t>& stride,
-                              const std::vector<int64_t>& padding,
-                              const std::vector<int64_t>& dilation,
-                              const char* weight_name = "weight", const char* bias_name = "bias") {
+// The geometry of a convolution (kernel kh x kw) on an N x C x H x W input,
+// checked: positive kernel, stride and dilation, non-negative padding, a
+// non-empty output.
+inline DwGeometry conv_geometry(int64_t N, int64_t C, int64_t H, int64_t W, int64_t kh, int64_t kw,
+                                const std::vector<int64_t>& stride, const std::vector<int64_t>& padding,
+                                const std::vector<int64_t>& dilation) {
   STD_TORCH_CHECK(stride.size() == 2 && padding.size() == 2 && dilation.size() == 2,
                   "stride, padding and dilation must have 2 elements each");
-  STD_TORCH_CHECK(weight.dim() == 4 && weight.size(0) == C && weight.size(1) == 1, weight_name,
-                  " must have shape [C, 1, kh, kw] with C = ", C);
-  STD_TORCH_CHECK(bias.dim() == 1 && bias.size(0) == C, bias_name, " must have shape [C] with C = ", C);
   DwGeometry g{};
   g.N = N;
   g.C = C;
   g.H = H;
   g.W = W;
-  g.kh = weight.size(2);
-  g.kw = weight.size(3);
+  g.kh = kh;
+  g.kw = kw;
   g.sh = stride[0];
   g.sw = stride[1];
   g.ph = padding[0];
@@ -114,6 +109,22 @@ inline DwGeometry dw_geometry(int64_t N, int64_t C, int64_t H, int64_t W, const 
   STD_TORCH_CHECK(g.OH >= 1 && g.OW >= 1, "the output would be empty: input ", g.H, "x", g.W,
                   " is smaller than the dilated kernel");
   return g;
+}
+
+// The geometry of a depthwise conv over an [N, C, H, W] input, after checking
+// its filter and bias shapes and its conv arguments (the names are the op's
+// argument names, for the error messages).
+inline DwGeometry dw_geometry(int64_t N, int64_t C, int64_t H, int64_t W, const Tensor& weight,
+                              const Tensor& bias, const std::vector<int64_t>& stride,
+                              const std::vector<int64_t>& padding,
+                              const std::vector<int64_t>& dilation,
+                              const char* weight_name = "weight", const char* bias_name = "bias") {
+  STD_TORCH_CHECK(stride.size() == 2 && padding.size() == 2 && dilation.size() == 2,
+                  "stride, padding and dilation must have 2 elements each");
+  STD_TORCH_CHECK(weight.dim() == 4 && weight.size(0) == C && weight.size(1) == 1, weight_name,
+                  " must have shape [C, 1, kh, kw] with C = ", C);
+  STD_TORCH_CHECK(bias.dim() == 1 && bias.size(0) == C, bias_name, " must have shape [C] with C = ", C);
+  return conv_geometry(N, C, H, W, weight.size(2), weight.size(3), stride, padding, dilation);
 }
 
 // Validates the arguments of mnv3::dwconv_bias_act and returns its geometry.

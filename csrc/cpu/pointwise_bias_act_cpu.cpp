@@ -697,10 +697,9 @@ std::tuple<Tensor, Tensor> pointwise_dwconv_cpu(const Tensor& x, const Tensor& w
 // channels-last copy first).  Pixels whose windows cross the border gather their
 // taps, zeros outside, into a small buffer first.
 
-struct ConvProblem {
+struct ConvProblem : DwGeometry {  // (the geometry of any conv: op_glue.h conv_geometry)
   const float* x;
-  int64_t sn, sc, sh, sw;  // x's strides
-  int64_t N, C, H, W, OH, OW, kh, kw, strh, strw, padh, padw, dilh, dilw;
+  int64_t xn, xc, xh, xw;  // x's strides
   int64_t Kc, Cout;        // Kc = C * kh * kw taps
   const float* w;          // panels [ceil(Cout/16)][Kc][16]
   const float* bias;       // [Cout]
@@ -716,14 +715,14 @@ template <int R, Activation A>
 MNV3_HD void conv_tile(const ConvProblem& p, int64_t n, int64_t oh, int64_t ow0, int64_t n0, bool inside,
                        float* gathered) {
   const int valid = static_cast<int>(std::min<int64_t>(kLanes, p.Cout - n0));
-  const int64_t ih0 = oh * p.strh - p.padh, iw0 = ow0 * p.strw - p.padw;
+  const int64_t ih0 = oh * p.sh - p.ph, iw0 = ow0 * p.sw - p.pw;
   float* out[R];
   for (int i = 0; i < R; ++i) out[i] = p.y + ((n * p.OH + oh) * p.OW + ow0 + i) * p.Cout + n0;
   const float* panel = p.w + n0 * p.Kc;
   const float* bias = p.bias + n0;
   if (inside) {
-    const float* a = p.x + n * p.sn + ih0 * p.sh + iw0 * p.sw;
-    const int64_t lda = p.strw * p.sw;  // between neighbouring output pixels' windows
+    const float* a = p.x + n * p.xn + ih0 * p.xh + iw0 * p.xw;
+    const int64_t lda = p.sw * p.xw;  // between neighbouring output pixels' windows
     if (R == kRows && lda == 2) {  // an NCHW input at stride 2 (the stem)
       pw_tile<R, A, true, 2>(a, lda, panel, p.Kc, valid, bias, nullptr, 0, out, p.off);
     } else if (R == kRows && lda == 6) {  // a 3-channel channels-last input at stride 2
@@ -738,8 +737,8 @@ MNV3_HD void conv_tile(const ConvProblem& p, int64_t n, int64_t oh, int64_t ow0,
     for (int64_t c = 0, k = 0; c < p.C; ++c)
       for (int64_t a = 0; a < p.kh; ++a)
         for (int64_t b = 0; b < p.kw; ++b, ++k) {
-          const int64_t ih = ih0 + a * p.dilh, iw = iw0 + i * p.strw + b * p.dilw;
-          row[k] = ih >= 0 && ih < p.H && iw >= 0 && iw < p.W ? p.x[n * p.sn + c * p.sc + ih * p.sh + iw * p.sw]
+          const int64_t ih = ih0 + a * p.dh, iw = iw0 + i * p.sw + b * p.dw;
+          row[k] = ih >= 0 && ih < p.H && iw >= 0 && iw < p.W ? p.x[n * p.xn + c * p.xc + ih * p.xh + iw * p.xw]
                                                                : 0.f;
         }
   }
@@ -765,8 +764,8 @@ MNV3_CPU_CLONES void conv_range(const ConvProblem& p, float* gathered, int64_t b
   const int64_t panels = (p.Cout + kLanes - 1) / kLanes;
   for (int64_t t = begin; t < end; ++t) {
     const int64_t row = t / panels, n0 = t % panels * kLanes;
-    const int64_t n = row / p.OH, oh = row % p.OH, ih0 = oh * p.strh - p.padh;
-    if (ih0 < 0 || ih0 + (p.kh - 1) * p.dilh >= p.H) {
+    const int64_t n = row / p.OH, oh = row % p.OH, ih0 = oh * p.sh - p.ph;
+    if (ih0 < 0 || ih0 + (p.kh - 1) * p.dh >= p.H) {
       conv_span<A>(p, n, oh, 0, p.OW, n0, false, gathered);
       continue;
     }
@@ -782,36 +781,18 @@ Tensor conv_bias_act_cpu(const Tensor& x, const Tensor& weight, const Tensor& bi
   STD_TORCH_CHECK(x.is_cpu(), "mnv3::conv_bias_act: x must be a CPU tensor");
   STD_TORCH_CHECK(x.scalar_type() == ScalarType::Float && x.dim() == 4,
                   "mnv3::conv_bias_act: x must be a float32 4-d tensor [N, C, H, W]");
-  STD_TORCH_CHECK(stride.size() == 2 && padding.size() == 2 && dilation.size() == 2,
-                  "stride, padding and dilation must have 2 elements each");
-  ConvProblem p{};
-  p.N = x.size(0);
-  p.C = x.size(1);
-  p.H = x.size(2);
-  p.W = x.size(3);
-  STD_TORCH_CHECK(weight.scalar_type() == ScalarType::Float && weight.dim() == 4 && weight.size(1) == p.C,
-                  "weight must be a float32 [Cout, Cin, kh, kw] tensor with Cin = ", p.C);
-  p.Cout = weight.size(0);
-  STD_TORCH_CHECK(bias.scalar_type() == ScalarType::Float && bias.dim() == 1 && bias.size(0) == p.Cout,
-                  "bias must be a float32 [Cout] vector with Cout = ", p.Cout);
+  const int64_t C = x.size(1);
+  STD_TORCH_CHECK(weight.scalar_type() == ScalarType::Float && weight.dim() == 4 && weight.size(1) == C,
+                  "weight must be a float32 [Cout, Cin, kh, kw] tensor with Cin = ", C);
+  const int64_t Cout = weight.size(0);
+  STD_TORCH_CHECK(bias.scalar_type() == ScalarType::Float && bias.dim() == 1 && bias.size(0) == Cout,
+                  "bias must be a float32 [Cout] vector with Cout = ", Cout);
   check_same_device(x, "x", weight, "weight");
   check_same_device(x, "x", bias, "bias");
-  p.kh = weight.size(2);
-  p.kw = weight.size(3);
-  p.strh = stride[0];
-  p.strw = stride[1];
-  p.padh = padding[0];
-  p.padw = padding[1];
-  p.dilh = dilation[0];
-  p.dilw = dilation[1];
-  STD_TORCH_CHECK(p.kh >= 1 && p.kw >= 1, "kernel size must be positive");
-  STD_TORCH_CHECK(p.strh >= 1 && p.strw >= 1, "stride must be positive");
-  STD_TORCH_CHECK(p.dilh >= 1 && p.dilw >= 1, "dilation must be positive");
-  STD_TORCH_CHECK(p.padh >= 0 && p.padw >= 0, "padding must be non-negative");
-  p.OH = conv_out_size(p.H, p.kh, p.strh, p.padh, p.dilh);
-  p.OW = conv_out_size(p.W, p.kw, p.strw, p.padw, p.dilw);
-  STD_TORCH_CHECK(p.OH >= 1 && p.OW >= 1, "the output would be empty: input ", p.H, "x", p.W,
-                  " is smaller than the dilated kernel");
+  ConvProblem p{};
+  static_cast<DwGeometry&>(p) = conv_geometry(x.size(0), C, x.size(2), x.size(3), weight.size(2), weight.size(3),
+                                              stride, padding, dilation);
+  p.Cout = Cout;
   const Activation act = parse_activation(activation);
   Tensor y = empty_4d(p.N, p.Cout, p.OH, p.OW, true, ScalarType::Float, x);
   if (p.N == 0 || p.Cout == 0) return y;
@@ -825,14 +806,14 @@ Tensor conv_bias_act_cpu(const Tensor& x, const Tensor& weight, const Tensor& bi
   std::vector<int64_t> off(static_cast<size_t>(p.Kc));
   const float* wsrc = static_cast<const float*>(weight.const_data_ptr());
   const int64_t w0 = weight.stride(0), w1 = weight.stride(1), w2 = weight.stride(2), w3 = weight.stride(3);
-  p.sn = x.stride(0);
-  p.sc = x.stride(1);
-  p.sh = x.stride(2);
-  p.sw = x.stride(3);
+  p.xn = x.stride(0);
+  p.xc = x.stride(1);
+  p.xh = x.stride(2);
+  p.xw = x.stride(3);
   for (int64_t c = 0, k = 0; c < p.C; ++c)
     for (int64_t i = 0; i < p.kh; ++i)
       for (int64_t j = 0; j < p.kw; ++j, ++k) {
-        off[k] = c * p.sc + i * p.dilh * p.sh + j * p.dilw * p.sw;
+        off[k] = c * p.xc + i * p.dh * p.xh + j * p.dw * p.xw;
         for (int64_t o = 0; o < p.Cout; ++o)
           w[(o / kLanes * p.Kc + k) * kLanes + o % kLanes] = wsrc[o * w0 + c * w1 + i * w2 + j * w3];
       }
@@ -841,9 +822,9 @@ Tensor conv_bias_act_cpu(const Tensor& x, const Tensor& weight, const Tensor& bi
   p.bias = vector_as_float<float>(bias, b_storage);
   p.y = static_cast<float*>(y.mutable_data_ptr());
   p.off = off.data();
-  p.ow_lo = std::min(p.OW, (p.padw + p.strw - 1) / p.strw);
-  const int64_t last = p.W - 1 + p.padw - (p.kw - 1) * p.dilw;  // the last window start inside x, padded coordinates
-  p.ow_hi = std::max(p.ow_lo, last < 0 ? int64_t{0} : std::min(p.OW, last / p.strw + 1));
+  p.ow_lo = std::min(p.OW, (p.pw + p.sw - 1) / p.sw);
+  const int64_t last = p.W - 1 + p.pw - (p.kw - 1) * p.dw;  // the last window start inside x, padded coordinates
+  p.ow_hi = std::max(p.ow_lo, last < 0 ? int64_t{0} : std::min(p.OW, last / p.sw + 1));
   const int64_t tasks = p.N * p.OH * panels;
   dispatch_activation(act, [&](auto act_tag) {
     constexpr Activation A = decltype(act_tag)::value;
