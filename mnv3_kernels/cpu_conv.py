@@ -120,8 +120,8 @@ def prepack_linear(weight: torch.Tensor, bias: torch.Tensor, activation: str = "
         return None
     attr, scalars = _ATTRS[activation]
     if native_available():
-        return PackedConv(pack_pointwise_weight(weight), bias.contiguous(), [], [], [], 1, attr, scalars, True, weight.shape[0],
-                          activation, True)
+        return PackedConv(pack_pointwise_weight(weight), bias.contiguous(), [], [], [], 1, attr, scalars, True,
+                          weight.shape[0], activation, True)
     if not available():
         return None
     try:

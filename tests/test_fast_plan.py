@@ -70,16 +70,12 @@ def test_plan_program_matches_its_reference_interpreter(pair):
     """The C++ executor against reference.interpret_plan running the same program on
     the mnv3 ops one by one (bit for bit up to the pool, whose sum order differs) and
     on the pure-PyTorch reference ops."""
-    from mnv3_kernels import reference
+    from mnv3_kernels import ops, reference
 
     _, ours = pair
     run(ours)
     tensors, program = ours._fast_plan().program
-
-    class Ops:
-        def __getattr__(self, name):
-            return getattr(torch.ops.mnv3, name).default
-
+    Ops = ops._MnvOps  # the mnv3 ops by name (what run_plan's fake kernel interprets with)
     with torch.inference_mode():
         features = program[:ours._fast_plan().pool_at]
         assert torch.equal(torch.ops.mnv3.run_plan.default(X, tensors, features),

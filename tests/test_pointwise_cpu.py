@@ -188,7 +188,8 @@ SE_GATE_BAD = [
      "w2 must have shape \\[Cout, Cin\\] with Cin = 4"),
     ({"w2": torch.randn(7, 4), "b2": torch.randn(7)}, "w2 and b2 must have C = 8 output channels",
      "w2 and b2 must have C = 8 output channels"),
-    ({"w1": torch.randn(2, 8, 16)}, "w1 given as panels must be a contiguous", "w1 given as panels must be a contiguous"),
+    ({"w1": torch.randn(2, 8, 16)}, "w1 given as panels must be a contiguous",
+     "w1 given as panels must be a contiguous"),
     ({"gate": "relu"}, "gate must be one of", "gate must be one of"),
 ]
 

@@ -25,8 +25,7 @@ from torch import nn
 from .. import cpu_conv, ops, reference
 from ..layout import is_nhwc_dense
 from .fused_layers import (Conv2dNormActivation, DropsCachesOnCopy, SqueezeExcitation, Step, activation_name,
-                           with_spec,
-                           cached_fold, fused_active, packed_path_ok)
+                           cached_fold, fused_active, packed_path_ok, with_spec)
 
 
 def _make_divisible(v: float, divisor: int, min_value: int | None = None) -> int:
@@ -394,10 +393,10 @@ class _FastPlan:
 
 
 def _plan_program(model: MobileNetV3, blocks, head) -> tuple[list, list, int] | None:
-    """(tensors, program, index of the pool step) of mnv3::run_plan running the plan's steps (each Step's
-    spec, see fused_layers.with_spec), the average pool and the packed head; None
-    where a step is not one op, a block adds its input after its steps, or the
-    pool or the head is not torchvision's."""
+    """(tensors, program, index of the pool step) of mnv3::run_plan running the
+    plan's steps (each Step's spec, see fused_layers.with_spec), the average pool
+    and the packed head; None where a step is not one op, a block adds its input
+    after its steps, or the pool or the head is not torchvision's."""
     pool = model.avgpool
     if (head is None or not all(h.native and h.linear for h in head) or type(pool) is not nn.AdaptiveAvgPool2d
             or pool.output_size not in (1, (1, 1))):
