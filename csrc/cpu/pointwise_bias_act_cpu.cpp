@@ -723,13 +723,17 @@ MNV3_HD void conv_tile(const ConvProblem& p, int64_t n, int64_t oh, int64_t ow0,
   if (inside) {
     const float* a = p.x + n * p.xn + ih0 * p.xh + iw0 * p.xw;
     const int64_t lda = p.sw * p.xw;  // between neighbouring output pixels' windows
-    if (R == kRows && lda == 2) {  // an NCHW input at stride 2 (the stem)
-      pw_tile<R, A, true, 2>(a, lda, panel, p.Kc, valid, bias, nullptr, 0, out, p.off);
-    } else if (R == kRows && lda == 6) {  // a 3-channel channels-last input at stride 2
-      pw_tile<R, A, true, 6>(a, lda, panel, p.Kc, valid, bias, nullptr, 0, out, p.off);
-    } else {
-      pw_tile<R, A, true>(a, lda, panel, p.Kc, valid, bias, nullptr, 0, out, p.off);
+    if constexpr (R == kRows) {
+      if (lda == 2) {  // an NCHW input at stride 2 (the stem)
+        pw_tile<R, A, true, 2>(a, lda, panel, p.Kc, valid, bias, nullptr, 0, out, p.off);
+        return;
+      }
+      if (lda == 6) {  // a 3-channel channels-last input at stride 2
+        pw_tile<R, A, true, 6>(a, lda, panel, p.Kc, valid, bias, nullptr, 0, out, p.off);
+        return;
+      }
     }
+    pw_tile<R, A, true>(a, lda, panel, p.Kc, valid, bias, nullptr, 0, out, p.off);
     return;
   }
   for (int i = 0; i < R; ++i) {
@@ -866,15 +870,17 @@ Tensor spatial_mean(const Tensor& y) {
   const float* src = static_cast<const float*>(y.const_data_ptr());
   float* dst = static_cast<float*>(out.mutable_data_ptr());
   const float inv = HW > 0 ? 1.f / static_cast<float>(HW) : 0.f;
-  for (int64_t n = 0; n < N; ++n) {
-    float* o = dst + n * C;
-    std::fill(o, o + C, 0.f);
-    for (int64_t p = 0; p < HW; ++p) {
-      const float* row = src + (n * HW + p) * C;
-      for (int64_t c = 0; c < C; ++c) o[c] += row[c];
+  torch::stable::parallel_for(0, N, grain_for(HW * C), [&](int64_t begin, int64_t end) {
+    for (int64_t n = begin; n < end; ++n) {
+      float* o = dst + n * C;
+      std::fill(o, o + C, 0.f);
+      for (int64_t p = 0; p < HW; ++p) {
+        const float* row = src + (n * HW + p) * C;
+        for (int64_t c = 0; c < C; ++c) o[c] += row[c];
+      }
+      for (int64_t c = 0; c < C; ++c) o[c] *= inv;
     }
-    for (int64_t c = 0; c < C; ++c) o[c] *= inv;
-  }
+  });
   return out;
 }
 
