@@ -58,8 +58,8 @@ import torch
 
 from . import layout, reference
 
-ACTIVATIONS = ("identity", "relu", "relu6", "hardswish")  # codes 0..3 in csrc/common/activation.h
-GATES = ("hardsigmoid", "sigmoid")
+ACTIVATIONS = reference.ACTIVATIONS  # ("identity", "relu", "relu6", "hardswish"): codes 0..3 in activation.h
+GATES = reference.GATES  # ("hardsigmoid", "sigmoid")
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 DWCONV_SCHEMA = (

@@ -139,8 +139,8 @@ def fold_batchnorm(
 #   PLAN_POOL                                            y = y's spatial mean, [N, C]
 # The C++ executor (csrc/cpu/pointwise_bias_act_cpu.cpp, PlanCode) uses the same codes.
 PLAN_BLOCK, PLAN_CONV, PLAN_DW, PLAN_PWDW, PLAN_GATE, PLAN_PW, PLAN_POOL = range(7)
-_PLAN_ACTIVATIONS = tuple(ACTIVATION_FNS)  # = ops.ACTIVATIONS, the codes of csrc/common/activation.h
-_PLAN_GATES = tuple(GATE_FNS)  # = ops.GATES
+ACTIVATIONS = tuple(ACTIVATION_FNS)  # ops.ACTIVATIONS: codes 0..3 in csrc/common/activation.h
+GATES = tuple(GATE_FNS)  # ops.GATES: codes 0..1
 
 
 def interpret_plan(x, tensors, program, ops) -> torch.Tensor:
@@ -166,9 +166,9 @@ def interpret_plan(x, tensors, program, ops) -> torch.Tensor:
 
     def act():
         (k,) = take()
-        if not 0 <= k < len(_PLAN_ACTIVATIONS):
+        if not 0 <= k < len(ACTIVATIONS):
             raise ValueError(f"program's activation code {k} is out of range")
-        return _PLAN_ACTIVATIONS[k]
+        return ACTIVATIONS[k]
 
     y = block_input = x
     mean = gate = None
@@ -198,7 +198,7 @@ def interpret_plan(x, tensors, program, ops) -> torch.Tensor:
             (g,) = take()
             if mean is None or g not in (0, 1):
                 raise ValueError("a gate step needs the squeeze of the step before it and a gate code 0 or 1")
-            gate, mean = ops.se_gate(mean, w1, b1, w2, b2, _PLAN_GATES[g]), None
+            gate, mean = ops.se_gate(mean, w1, b1, w2, b2, GATES[g]), None
         elif code == PLAN_PW:
             w, b, a = tensor(), tensor(), act()
             scaled, residual = take(2)

@@ -323,11 +323,10 @@ class _FastPlan:
         # op (the usual case); pool_at: the program's index of its pool step.
         compiled = None if blocks is None else _plan_program(model, blocks, head)
         self.program, self.pool_at = (None, None) if compiled is None else (compiled[:2], compiled[2])
-        # The stem on mnv3::conv_bias_act reads the input in any layout (no channels-last copy).
-        stem = model.features[0] if len(model.features) else None
-        folded = stem.folded() if blocks is not None and isinstance(stem, Conv2dNormActivation) else None
-        self.any_input_layout = (folded is not None and folded.packed is not None and folded.packed.native
-                                 and not folded.packed.linear)
+        # A first step on mnv3::conv_bias_act (the stem) reads the input in any layout (no
+        # channels-last copy).
+        first = blocks[0][0][0] if blocks else None
+        self.any_input_layout = getattr(first, "spec", ())[:1] == ("conv",)
         self.counter = _FastPlan.registrations[0]
         self.modes = [m for m in model.modules() if isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.Dropout))]
         self.training = [m.training for m in self.modes]
