@@ -20,6 +20,7 @@
 // reuses its rows across panels).  fp32 only: it backs the fp32 CPU fast path;
 // other dtypes run the reference.
 #include "cpu_utils.h"
+#include "dw_row.h"
 #include "simd.h"
 
 #include <torch/csrc/stable/ops.h>
@@ -82,6 +83,10 @@ struct PwProblem {
   const float* res;    // [M, Nc] row-major or nullptr
   float* y;            // [M, Nc] rows, row stride ldy
   int64_t ldy;
+  // Floats between the outputs of consecutive 16-channel panels of a row: 16
+  // (channels contiguous), or a block stride (pointwise_dwconv's expanded rows
+  // in 16-channel blocks, dw_row.h).
+  int64_t panel_stride = kLanes;
   int64_t M, K, Nc, rows_per_sample;
   // Row-padded output (pointwise_dwconv): when out_w > 0, row m = pixel w of
   // image row r = m / out_w (of all samples' rows in turn) goes to
@@ -102,9 +107,10 @@ MNV3_HD void pw_zero_padding(const PwProblem& p, int64_t m0, int64_t mr, float* 
   for (int64_t i = 0; i < mr; ++i) {
     const int64_t col = (m0 + i) % p.out_w;
     if (col == 0)
-      for (int64_t j = 1; j <= p.pw; ++j) vstore<kLanes>(out[i] - j * p.ldy + n0, zero);
+      for (int64_t j = 1; j <= p.pw; ++j) vstore<kLanes>(out[i] - j * p.ldy + n0 / kLanes * p.panel_stride, zero);
     if (col == p.out_w - 1)
-      for (int64_t j = 1; j < p.Wp - p.out_w - p.pw + 1; ++j) vstore<kLanes>(out[i] + j * p.ldy + n0, zero);
+      for (int64_t j = 1; j < p.Wp - p.out_w - p.pw + 1; ++j)
+        vstore<kLanes>(out[i] + j * p.ldy + n0 / kLanes * p.panel_stride, zero);
   }
 }
 
@@ -114,7 +120,7 @@ MNV3_HD void pw_tile_at(const PwProblem& p, const float* a, int64_t lda, int64_t
                         int valid) {
   const float* res = p.res == nullptr ? nullptr : p.res + m * p.Nc + n0;
   float* rows[R];
-  for (int i = 0; i < R; ++i) rows[i] = out[i] + n0;
+  for (int i = 0; i < R; ++i) rows[i] = out[i] + n0 / kLanes * p.panel_stride;
   pw_tile<R, A>(a, lda, p.w + n0 * p.K, p.K, valid, p.bias + n0, res, p.Nc, rows);
 }
 
@@ -419,69 +425,14 @@ Tensor se_gate_cpu(const Tensor& pooled, const Tensor& w1, const Tensor& b1, con
 // the depthwise loop has no borders; a row is computed (pw_rows) once per
 // band, the first rows of a band again by the neighbouring band (the halo).
 
-// The depthwise half: its geometry (square kernel K = kh = kw) and buffers.
-struct DwProblem : DwGeometry {
-  int64_t K, Cp, Wp;
-  const float* w;     // taps [K*K][Cp], zero-padded channels
-  const float* bias;  // [Cp]
-  float* y;           // [N, OH, OW, C]
-  float* row_sums;    // [N*OH, Cp] or nullptr
-};
-
-constexpr int kDwTile = 4;  // output pixels per depthwise tile
-
-// Output row (n, oh) from the expanded input rows `rows[kh]` (padded
-// coordinates; a zero row where the tap is outside the input).
-template <Activation A>
-MNV3_HD void dw_row(const DwProblem& d, const float* const* rows, int64_t n, int64_t oh) {
-  float* yrow = d.y + ((n * d.OH + oh) * d.OW) * d.C;
-  float* sums = d.row_sums == nullptr ? nullptr : d.row_sums + (n * d.OH + oh) * d.Cp;
-  for (int64_t c0 = 0; c0 < d.Cp; c0 += kLanes) {
-    const int valid = static_cast<int>(std::min<int64_t>(kLanes, d.C - c0));
-    const vfloat<kLanes> bias = vload<kLanes>(d.bias + c0);
-    vfloat<kLanes> sum = vzero<kLanes>();
-    int64_t ow = 0;
-    for (; ow < d.OW; ow += kDwTile) {
-      const int tw = static_cast<int>(std::min<int64_t>(kDwTile, d.OW - ow));
-      vfloat<kLanes> acc[kDwTile];
-      for (int t = 0; t < kDwTile; ++t) acc[t] = bias;
-      for (int64_t kh = 0; kh < d.K; ++kh) {
-        const float* row = rows[kh] + c0;
-        for (int64_t kw = 0; kw < d.K; ++kw) {
-          const vfloat<kLanes> w = vload<kLanes>(d.w + (kh * d.K + kw) * d.Cp + c0);
-          const float* px = row + (ow * d.sw + kw * d.dw) * d.Cp;
-          if (tw == kDwTile) {
-            for (int t = 0; t < kDwTile; ++t) acc[t] += vload<kLanes>(px + t * d.sw * d.Cp) * w;
-          } else {
-            for (int t = 0; t < tw; ++t) acc[t] += vload<kLanes>(px + t * d.sw * d.Cp) * w;
-          }
-        }
-      }
-      for (int t = 0; t < tw; ++t) {
-        const vfloat<kLanes> v = activate<A>(acc[t]);
-        sum += v;
-        float* out = yrow + (ow + t) * d.C + c0;
-        if (valid == kLanes) {
-          vstore<kLanes>(out, v);
-        } else {
-          float tmp[kLanes];
-          vstore<kLanes>(tmp, v);
-          memcpy(out, tmp, sizeof(float) * valid);
-        }
-      }
-    }
-    if (sums != nullptr) vstore<kLanes>(sums + c0, sum);
-  }
-}
-
-// Output rows [begin, end) of the flattened (n, oh) range.  ring: R rows of
-// Wp*Cp floats, zero-initialized (the padding columns and channels stay zero:
-// pw_rows writes only the W real pixels' C channels); zero: one zero row;
-// out: room for W row addresses.
-template <Activation A1, Activation A2>
+// Output rows [begin, end) of the flattened (n, oh) range.  ring: R rows in
+// 16-channel blocks (block b of slot s at ring + (b * R + s) * Wp * 16),
+// zero-initialized (the padding columns and channels stay zero: pw_rows writes
+// only the W real pixels' C channels); out: room for W row addresses.
+template <Activation A1>
 MNV3_CPU_CLONES void pointwise_dw_range(const PwProblem& pw, const DwProblem& d, float* ring, int64_t* tags,
-                                        const float* zero, float** out, int64_t begin, int64_t end) {
-  const int64_t R = (d.K - 1) * d.dh + 1, row_floats = d.Wp * d.Cp;
+                                        float** out, int64_t begin, int64_t end) {
+  const int64_t R = (d.K - 1) * d.dh + 1, row_floats = d.Wp * kLanes;
   const int64_t panels = (pw.Nc + kLanes - 1) / kLanes;
   const float* rows[16];
   for (int64_t i = 0; i < R; ++i) tags[i] = -1;
@@ -490,37 +441,20 @@ MNV3_CPU_CLONES void pointwise_dw_range(const PwProblem& pw, const DwProblem& d,
     for (int64_t kh = 0; kh < d.K; ++kh) {
       const int64_t ih = oh * d.sh - d.ph + kh * d.dh;
       if (ih < 0 || ih >= d.H) {
-        rows[kh] = zero;
+        rows[kh] = d.zero;
         continue;
       }
       const int64_t slot = ih % R, tag = n * d.H + ih;
       float* buf = ring + slot * row_floats;
       if (tags[slot] != tag) {  // expand input row (n, ih) into the ring
         const float* a = pw.x + tag * d.W * pw.K;
-        for (int64_t w = 0; w < d.W; ++w) out[w] = buf + (d.pw + w) * d.Cp;
+        for (int64_t w = 0; w < d.W; ++w) out[w] = buf + (d.pw + w) * kLanes;
         for (int64_t pnl = 0; pnl < panels; ++pnl) pw_rows<A1>(pw, a, pw.K, 0, d.W, out, pnl * kLanes);
         tags[slot] = tag;
       }
       rows[kh] = buf;
     }
-    dw_row<A2>(d, rows, n, oh);
-  }
-}
-
-// Output rows [begin, end) of (n, oh) from the row-padded expanded images
-// [samples from n_first][H][Wp][Cp]; taps above or below an image read `zero`
-// (a zero row).
-template <Activation A>
-MNV3_CPU_CLONES void dw_rows_padded(const DwProblem& d, const float* padded, const float* zero, int64_t n_first,
-                                    int64_t begin, int64_t end) {
-  const float* rows[16];
-  for (int64_t r = begin; r < end; ++r) {
-    const int64_t n = r / d.OH, oh = r % d.OH;
-    for (int64_t kh = 0; kh < d.K; ++kh) {
-      const int64_t ih = oh * d.sh - d.ph + kh * d.dh;
-      rows[kh] = ih < 0 || ih >= d.H ? zero : padded + (((n - n_first) * d.H + ih) * d.Wp) * d.Cp;
-    }
-    dw_row<A>(d, rows, n, oh);
+    dw_row(d, rows, n, oh);
   }
 }
 
@@ -584,9 +518,11 @@ std::tuple<Tensor, Tensor> pointwise_dwconv_cpu(const Tensor& x, const Tensor& w
   DwProblem d{};
   static_cast<DwGeometry&>(d) = g;
   d.K = g.kh;
-  const Activation act1 = parse_activation(activation), act2 = parse_activation(dw_activation);
+  const Activation act1 = parse_activation(activation);
+  d.act = parse_activation(dw_activation);
   d.Cp = (C + kLanes - 1) / kLanes * kLanes;
-  d.Wp = std::max(d.W + 2 * d.pw, (d.OW - 1) * d.sw + (d.K - 1) * d.dw + 1);
+  d.Wp = std::max(d.W + 2 * d.pw, dw_row_width(d));
+  d.zero = zero_floats(d.Wp * kLanes);
   Tensor y = empty_4d(d.N, C, d.OH, d.OW, true, ScalarType::Float, x);
   Tensor mean = with_mean ? empty_2d(d.N, C, ScalarType::Float, x)
                           : torch::stable::empty({0}, ScalarType::Float, std::nullopt, x.device());
@@ -623,7 +559,7 @@ std::tuple<Tensor, Tensor> pointwise_dwconv_cpu(const Tensor& x, const Tensor& w
   pw.x = static_cast<const float*>(x.const_data_ptr());
   pw.w = weight_panels(weight, Cin, C, w_storage);
   pw.bias = vector_as_float<float>(bias, b_storage);
-  pw.ldy = d.Cp;
+  pw.ldy = kLanes;  // the expanded rows in 16-channel blocks (dw_row.h)
   pw.M = d.W;
   pw.K = Cin;
   pw.Nc = C;
@@ -632,48 +568,51 @@ std::tuple<Tensor, Tensor> pointwise_dwconv_cpu(const Tensor& x, const Tensor& w
   const int64_t R = (d.K - 1) * d.dh + 1;
   const int64_t row_work = d.OW * d.Cp * d.K * d.K + d.W * C * Cin;
   dispatch_activation(act1, [&](auto a1) {
-    dispatch_activation(act2, [&](auto a2) {
-      constexpr Activation A1 = decltype(a1)::value, A2 = decltype(a2)::value;
-      const float* zero = zero_floats(d.Wp * d.Cp);
-      if (d.W >= kRingMinWidth) {
-        torch::stable::parallel_for(0, d.N * d.OH, grain_for(row_work), [&](int64_t begin, int64_t end) {
-          std::vector<float> ring(static_cast<size_t>(R * d.Wp * d.Cp), 0.f);
-          std::vector<float*> out(static_cast<size_t>(d.W));
-          int64_t tags[16];
-          pointwise_dw_range<A1, A2>(pw, d, ring.data(), tags, zero, out.data(), begin, end);
-        });
-        return;
-      }
-      // Small images: the expand GEMM over every pixel at once (full register
-      // tiles), written into a row-padded copy of the expanded image (each
-      // row's left and right padding zeroed by the GEMM, see PwProblem), then
-      // the depthwise rows from it, a zero row standing in above and below the
-      // image; samples in groups whose copies fit the kept scratch.  Channels
-      // C..Cp of a pixel stay unset: the depthwise loop computes those lanes
-      // but never stores them.  (A separate pass zeroing a padded border cost
-      // up to 166 KB of single-threaded stores per call, 11x11 around 7x7 x 576.)
-      const int64_t plane = d.H * d.Wp;
-      const int64_t group = std::max<int64_t>(1, std::min<int64_t>(d.N, kKeptScratchFloats / (plane * d.Cp)));
-      const Scratch buffer(group * plane * d.Cp);
-      float* padded = buffer.data();
-      for (int64_t n0 = 0; n0 < d.N; n0 += group) {
-        const int64_t count = std::min(group, d.N - n0);
-        PwProblem all = pw;
-        all.x = pw.x + n0 * d.H * d.W * Cin;
-        all.y = padded;
-        all.M = count * d.H * d.W;
-        all.out_w = d.W;
-        all.Wp = d.Wp;
-        all.pw = d.pw;
-        const int64_t panels = (C + kLanes - 1) / kLanes;
-        torch::stable::parallel_for(0, ((all.M + kRows - 1) / kRows) * panels, grain_for(kRows * kLanes * Cin),
-                                    [&](int64_t begin, int64_t end) { pw_range<A1>(all, nullptr, begin, end); });
-        torch::stable::parallel_for(n0 * d.OH, (n0 + count) * d.OH, grain_for(d.OW * d.Cp * d.K * d.K),
-                                    [&](int64_t begin, int64_t end) {
-                                      dw_rows_padded<A2>(d, padded, zero, n0, begin, end);
-                                    });
-      }
-    });
+    constexpr Activation A1 = decltype(a1)::value;
+    if (d.W >= kRingMinWidth) {
+      PwProblem ring_pw = pw;
+      ring_pw.panel_stride = d.block_stride = R * d.Wp * kLanes;
+      torch::stable::parallel_for(0, d.N * d.OH, grain_for(row_work), [&](int64_t begin, int64_t end) {
+        std::vector<float> ring(static_cast<size_t>(R * d.Wp * d.Cp), 0.f);
+        std::vector<float*> out(static_cast<size_t>(d.W));
+        int64_t tags[16];
+        pointwise_dw_range<A1>(ring_pw, d, ring.data(), tags, out.data(), begin, end);
+      });
+      return;
+    }
+    // Small images: the expand GEMM over every pixel at once (full register
+    // tiles), written into a row-padded copy of the expanded images in
+    // 16-channel blocks ([Cp/16][count][H][Wp][16]; each row's left and right
+    // padding zeroed by the GEMM, see PwProblem), then the depthwise rows from
+    // it, block by block (a block of a 7x7 or 14x14 image stays in L1; tasks
+    // of (block, row) also split a 7-row image evenly between threads), a
+    // zero row standing in above and below the image; samples in groups whose
+    // copies fit the kept scratch.  Channels C..Cp of a pixel stay unset: the
+    // depthwise loop computes those lanes but never stores them.  (A separate pass zeroing a padded border cost
+    // up to 166 KB of single-threaded stores per call, 11x11 around 7x7 x 576.)
+    const int64_t plane = d.H * d.Wp;
+    const int64_t group = std::max<int64_t>(1, std::min<int64_t>(d.N, kKeptScratchFloats / (plane * d.Cp)));
+    const Scratch buffer(group * plane * d.Cp);
+    float* padded = buffer.data();
+    for (int64_t n0 = 0; n0 < d.N; n0 += group) {
+      const int64_t count = std::min(group, d.N - n0);
+      PwProblem all = pw;
+      all.x = pw.x + n0 * d.H * d.W * Cin;
+      all.y = padded;
+      all.M = count * d.H * d.W;
+      all.out_w = d.W;
+      all.Wp = d.Wp;
+      all.pw = d.pw;
+      all.panel_stride = d.block_stride = count * plane * kLanes;
+      const int64_t panels = (C + kLanes - 1) / kLanes;
+      torch::stable::parallel_for(0, ((all.M + kRows - 1) / kRows) * panels, grain_for(kRows * kLanes * Cin),
+                                  [&](int64_t begin, int64_t end) { pw_range<A1>(all, nullptr, begin, end); });
+      const int64_t rows = count * d.OH;
+      torch::stable::parallel_for(0, panels * rows, grain_for(d.OW * kLanes * d.K * d.K),
+                                  [&](int64_t begin, int64_t end) {
+                                    dw_image_rows(d, padded, n0, rows, begin, end);
+                                  });
+    }
   });
   if (with_mean) {
     float* mp = static_cast<float*>(mean.mutable_data_ptr());
