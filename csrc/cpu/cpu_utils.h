@@ -4,7 +4,12 @@
 
 #include "../common/op_glue.h"
 
+#include <stdlib.h>
+#include <string.h>
+
 #include <algorithm>
+#include <memory>
+#include <new>
 #include <string>
 #include <tuple>
 #include <type_traits>
@@ -59,6 +64,32 @@ const float* matrix_as_float(const Tensor& m, std::vector<float>& storage) {
   storage = matrix_to_float<T>(m);
   return storage.data();
 }
+
+// A float buffer on a 64-byte boundary, so that no 16-float vector of a
+// buffer laid out in 16-float rows straddles two cache lines (std::vector's
+// memory is 16-byte aligned: every vector load of such a row then split).
+class AlignedFloats {
+ public:
+  AlignedFloats() = default;
+  explicit AlignedFloats(int64_t n, bool zeroed = false) { reset(n, zeroed); }
+  // Room for n floats (contents unspecified, or zeros); earlier contents are lost.
+  void reset(int64_t n, bool zeroed = false) {
+    const size_t bytes = (static_cast<size_t>(std::max<int64_t>(n, 1)) * sizeof(float) + 63) / 64 * 64;
+    data_.reset(static_cast<float*>(aligned_alloc(64, bytes)));
+    if (data_ == nullptr) throw std::bad_alloc();
+    if (zeroed) memset(data_.get(), 0, bytes);
+    size_ = n;
+  }
+  float* data() const { return data_.get(); }
+  int64_t size() const { return size_; }
+
+ private:
+  struct Free {
+    void operator()(float* p) const { free(p); }
+  };
+  std::unique_ptr<float, Free> data_;
+  int64_t size_ = 0;
+};
 
 // Hot CPU loops are compiled three times, for AVX-512 (x86-64-v4), AVX2+FMA
 // (x86-64-v3) and the baseline, and the loader picks the one this CPU runs

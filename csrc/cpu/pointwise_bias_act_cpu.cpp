@@ -35,41 +35,43 @@ namespace {
 constexpr int kLanes = 16;  // output channels per panel
 constexpr int kRows = 12;   // rows per full register tile (measured best of 6x32, 8x32, 12x16, 14x16 on AVX-512)
 
-MNV3_HD vfloat<kLanes> vload_partial(const float* p, int n) {
-  vfloat<kLanes> v = vzero<kLanes>();
+template <int L = kLanes>
+MNV3_HD vfloat<L> vload_partial(const float* p, int n) {
+  vfloat<L> v = vzero<L>();
   memcpy(&v, p, sizeof(float) * n);
   return v;
 }
 
 // One tile: MR rows of a (row stride lda) x one weight panel b ([K][16]; `valid`
-// of its 16 channels exist, the rest are zero).  Input k of row i is
+// of its 16 channels exist, the rest are zero), L of its lanes computed (8 for
+// a panel with at most 8 channels, see pw_tile_at).  Input k of row i is
 // a[i * lda + k], or with Gather a[i * lda + off[k]] (conv_bias_act's taps);
 // LDA > 0: lda known at compile time (the 12 loads of a step then address off
 // one register, not 12 row pointers that no longer fit the integer registers).
 // Output row i goes to c[i] (rows may be anywhere: the padded layout of
 // pointwise_dwconv); residual row i (if any) is res + i * ldr.
-template <int MR, Activation A, bool Gather = false, int LDA = 0>
+template <int MR, Activation A, bool Gather = false, int LDA = 0, int L = kLanes>
 MNV3_HD void pw_tile(const float* a, int64_t lda, const float* b, int64_t K, int valid, const float* bias,
                      const float* res, int64_t ldr, float* const* c, const int64_t* off = nullptr) {
   const int64_t step = LDA > 0 ? LDA : lda;
-  const bool full = valid == kLanes;
-  vfloat<kLanes> acc[MR];
-  const vfloat<kLanes> bv = full ? vload<kLanes>(bias) : vload_partial(bias, valid);
+  const bool full = valid == L;
+  vfloat<L> acc[MR];
+  const vfloat<L> bv = full ? vload<L>(bias) : vload_partial<L>(bias, valid);
   for (int i = 0; i < MR; ++i) acc[i] = bv;
   for (int64_t k = 0; k < K; ++k) {
-    const vfloat<kLanes> w = vload<kLanes>(b + k * kLanes);
+    const vfloat<L> w = vload<L>(b + k * kLanes);
     const float* ak = Gather ? a + off[k] : a + k;
     for (int i = 0; i < MR; ++i) acc[i] += ak[i * step] * w;
   }
   for (int i = 0; i < MR; ++i) {
-    vfloat<kLanes> y = activate<A>(acc[i]);
+    vfloat<L> y = activate<A>(acc[i]);
     if (full) {
-      if (res != nullptr) y += vload<kLanes>(res + i * ldr);
-      vstore<kLanes>(c[i], y);
+      if (res != nullptr) y += vload<L>(res + i * ldr);
+      vstore<L>(c[i], y);
     } else {
-      if (res != nullptr) y += vload_partial(res + i * ldr, valid);
-      float tmp[kLanes];
-      vstore<kLanes>(tmp, y);
+      if (res != nullptr) y += vload_partial<L>(res + i * ldr, valid);
+      float tmp[L];
+      vstore<L>(tmp, y);
       memcpy(c[i], tmp, sizeof(float) * valid);
     }
   }
@@ -121,7 +123,13 @@ MNV3_HD void pw_tile_at(const PwProblem& p, const float* a, int64_t lda, int64_t
   const float* res = p.res == nullptr ? nullptr : p.res + m * p.Nc + n0;
   float* rows[R];
   for (int i = 0; i < R; ++i) rows[i] = out[i] + n0 / kLanes * p.panel_stride;
-  pw_tile<R, A>(a, lda, p.w + n0 * p.K, p.K, valid, p.bias + n0, res, p.Nc, rows);
+  // A last panel of at most 8 channels (24, 40, 72, 120, 184, 200 outputs) on
+  // 8-lane vectors: half the multiply-adds (an AVX-512 core issues two 8-lane
+  // FMAs where it issues one 16-lane FMA).
+  if (valid <= kLanes / 2)
+    pw_tile<R, A, false, 0, kLanes / 2>(a, lda, p.w + n0 * p.K, p.K, valid, p.bias + n0, res, p.Nc, rows);
+  else
+    pw_tile<R, A>(a, lda, p.w + n0 * p.K, p.K, valid, p.bias + n0, res, p.Nc, rows);
 }
 
 // Rows are cut into blocks of near-equal size: ceil(M / 12) blocks of
@@ -240,14 +248,14 @@ MNV3_CPU_CLONES void gemv_range(const PwProblem& p, int64_t begin, int64_t end) 
     for (int v = 0; v < nv; ++v) {
       const int valid = v + 1 < nv ? kLanes : last;
       const float* bias = p.bias + n0 + v * kLanes;
-      vfloat<kLanes> y = acc[v] + (valid == kLanes ? vload<kLanes>(bias) : vload_partial(bias, valid));
+      vfloat<kLanes> y = acc[v] + (valid == kLanes ? vload<kLanes>(bias) : vload_partial<kLanes>(bias, valid));
       y = activate<A>(y);
       float* out = p.y + n0 + v * kLanes;
       if (valid == kLanes) {
         if (p.res != nullptr) y += vload<kLanes>(p.res + n0 + v * kLanes);
         vstore<kLanes>(out, y);
       } else {
-        if (p.res != nullptr) y += vload_partial(p.res + n0 + v * kLanes, valid);
+        if (p.res != nullptr) y += vload_partial<kLanes>(p.res + n0 + v * kLanes, valid);
         float tmp[kLanes];
         vstore<kLanes>(tmp, y);
         memcpy(out, tmp, sizeof(float) * valid);
@@ -461,8 +469,8 @@ MNV3_CPU_CLONES void pointwise_dw_range(const PwProblem& pw, const DwProblem& d,
 // At least n floats of zeros, kept per calling thread (never written after
 // they are zeroed: the padding rows that the depthwise walks read).
 const float* zero_floats(int64_t n) {
-  thread_local std::vector<float> zeros;
-  if (zeros.size() < static_cast<size_t>(n)) zeros.assign(static_cast<size_t>(n), 0.f);
+  thread_local AlignedFloats zeros;
+  if (zeros.size() < n) zeros.reset(n, true);
   return zeros.data();
 }
 
@@ -474,19 +482,19 @@ constexpr int64_t kKeptScratchFloats = int64_t{1} << 20;
 class Scratch {
  public:
   explicit Scratch(int64_t n) {
-    thread_local std::vector<float> kept;
+    thread_local AlignedFloats kept;
     if (n <= kKeptScratchFloats) {
-      if (kept.size() < static_cast<size_t>(n)) kept.resize(static_cast<size_t>(n));
+      if (kept.size() < n) kept.reset(n);
       data_ = kept.data();
     } else {
-      own_.resize(static_cast<size_t>(n));
+      own_.reset(n);
       data_ = own_.data();
     }
   }
-  float* data() const { return data_; }  // contents unspecified
+  float* data() const { return data_; }  // contents unspecified; 64-byte aligned
 
  private:
-  std::vector<float> own_;
+  AlignedFloats own_;
   float* data_ = nullptr;
 };
 
@@ -532,7 +540,7 @@ std::tuple<Tensor, Tensor> pointwise_dwconv_cpu(const Tensor& x, const Tensor& w
   // tensors' memory where they are laid out so already (a tap-major weight,
   // fused_layers.tap_major, with C a multiple of 16), else packed here.
   // (Strides read once: each Tensor accessor is a call through the stable ABI.)
-  std::vector<float> wd, bd;
+  AlignedFloats wd, bd;
   const float* wsrc = static_cast<const float*>(dw_weight.const_data_ptr());
   const float* bsrc = static_cast<const float*>(dw_bias.const_data_ptr());
   const int64_t ws0 = dw_weight.stride(0), ws2 = dw_weight.stride(2), ws3 = dw_weight.stride(3);
@@ -541,17 +549,18 @@ std::tuple<Tensor, Tensor> pointwise_dwconv_cpu(const Tensor& x, const Tensor& w
     d.w = wsrc;
     d.bias = bsrc;
   } else {
-    wd.assign(static_cast<size_t>(d.K * d.K * d.Cp), 0.f);
-    bd.assign(static_cast<size_t>(d.Cp), 0.f);
+    wd.reset(d.K * d.K * d.Cp, true);
+    bd.reset(d.Cp, true);
+    float* wp = wd.data();
     for (int64_t kh = 0; kh < d.K; ++kh)
       for (int64_t kw = 0; kw < d.K; ++kw)
-        for (int64_t c = 0; c < C; ++c) wd[(kh * d.K + kw) * d.Cp + c] = wsrc[c * ws0 + kh * ws2 + kw * ws3];
-    for (int64_t c = 0; c < C; ++c) bd[c] = bsrc[c * bs0];
+        for (int64_t c = 0; c < C; ++c) wp[(kh * d.K + kw) * d.Cp + c] = wsrc[c * ws0 + kh * ws2 + kw * ws3];
+    for (int64_t c = 0; c < C; ++c) bd.data()[c] = bsrc[c * bs0];
     d.w = wd.data();
     d.bias = bd.data();
   }
   d.y = static_cast<float*>(y.mutable_data_ptr());
-  std::vector<float> row_sums(with_mean ? static_cast<size_t>(d.N * d.OH * d.Cp) : 0);
+  const AlignedFloats row_sums(with_mean ? d.N * d.OH * d.Cp : 0);  // every (row, block) written
   d.row_sums = with_mean ? row_sums.data() : nullptr;
 
   std::vector<float> w_storage, b_storage;
@@ -573,7 +582,7 @@ std::tuple<Tensor, Tensor> pointwise_dwconv_cpu(const Tensor& x, const Tensor& w
       PwProblem ring_pw = pw;
       ring_pw.panel_stride = d.block_stride = R * d.Wp * kLanes;
       torch::stable::parallel_for(0, d.N * d.OH, grain_for(row_work), [&](int64_t begin, int64_t end) {
-        std::vector<float> ring(static_cast<size_t>(R * d.Wp * d.Cp), 0.f);
+        const AlignedFloats ring(R * d.Wp * d.Cp, true);
         std::vector<float*> out(static_cast<size_t>(d.W));
         int64_t tags[16];
         pointwise_dw_range<A1>(ring_pw, d, ring.data(), tags, out.data(), begin, end);
@@ -620,7 +629,7 @@ std::tuple<Tensor, Tensor> pointwise_dwconv_cpu(const Tensor& x, const Tensor& w
     for (int64_t n = 0; n < d.N; ++n)
       for (int64_t c = 0; c < C; ++c) {
         float acc = 0.f;
-        for (int64_t oh = 0; oh < d.OH; ++oh) acc += row_sums[(n * d.OH + oh) * d.Cp + c];
+        for (int64_t oh = 0; oh < d.OH; ++oh) acc += d.row_sums[(n * d.OH + oh) * d.Cp + c];
         mp[n * C + c] = acc * inv;
       }
   }
