@@ -186,17 +186,20 @@ MNV3_HD void pw_rows(const PwProblem& p, const float* a, int64_t lda, int64_t m0
   if (i + 1 <= mr) pw_tile_at<1, A>(p, a + i * lda, lda, m0 + i, out + i, n0, valid);
 }
 
-// Tasks [begin, end) of (row block (RowBlocks), panel), row blocks outer.  Per row block,
-// once: its output row addresses and, with a scale, its rows copied scaled
-// into `scaled` (kRows x K), which every panel then reads.
+// Tasks [begin, end) of (row block (RowBlocks), panel), row blocks outer, or
+// with panel_major of (panel, row block), panels outer (pointwise_dwconv's
+// small images: a thread's depthwise half then reads the channel blocks it
+// expanded).  Per row block, once: its output row addresses and, with a scale,
+// its rows copied scaled into `scaled` (kRows x K), which every panel then reads.
 template <Activation A>
-MNV3_CPU_CLONES void pw_range(const PwProblem& p, float* scaled, int64_t begin, int64_t end) {
+MNV3_CPU_CLONES void pw_range(const PwProblem& p, float* scaled, int64_t begin, int64_t end, bool panel_major = false) {
   const int64_t panels = (p.Nc + kLanes - 1) / kLanes;
   const RowBlocks blocks(p.M);
   int64_t current = -1;
   float* out[kRows];
   for (int64_t t = begin; t < end; ++t) {
-    const int64_t block = t / panels, panel = t % panels;
+    const int64_t block = panel_major ? t % blocks.count : t / panels;
+    const int64_t panel = panel_major ? t / blocks.count : t % panels;
     const int64_t m0 = blocks.start(block), mr = blocks.size(block);
     const float* a = p.x + m0 * p.K;
     if (current != block) {
@@ -593,8 +596,11 @@ std::tuple<Tensor, Tensor> pointwise_dwconv_cpu(const Tensor& x, const Tensor& w
     // tiles), written into a row-padded copy of the expanded images in
     // 16-channel blocks ([Cp/16][count][H][Wp][16]; each row's left and right
     // padding zeroed by the GEMM, see PwProblem), then the depthwise rows from
-    // it, block by block (a block of a 7x7 or 14x14 image stays in L1; tasks
-    // of (block, row) also split a 7-row image evenly between threads), a
+    // it, block by block: a thread takes a range of channel blocks through
+    // both halves (one parallel region; the block it expanded is in its own
+    // cache, in L1 for a 7x7 or 14x14 image; measured on 2 threads, 28x28 to
+    // 7x7: splitting rows in each half separately cost up to 40 us a layer
+    // in the hand-over between them), a
     // zero row standing in above and below the image; samples in groups whose
     // copies fit the kept scratch.  Channels C..Cp of a pixel stay unset: the
     // depthwise loop computes those lanes but never stores them.  (A separate pass zeroing a padded border cost
@@ -613,13 +619,12 @@ std::tuple<Tensor, Tensor> pointwise_dwconv_cpu(const Tensor& x, const Tensor& w
       all.Wp = d.Wp;
       all.pw = d.pw;
       all.panel_stride = d.block_stride = count * plane * kLanes;
-      const int64_t panels = (C + kLanes - 1) / kLanes;
-      torch::stable::parallel_for(0, ((all.M + kRows - 1) / kRows) * panels, grain_for(kRows * kLanes * Cin),
-                                  [&](int64_t begin, int64_t end) { pw_range<A1>(all, nullptr, begin, end); });
-      const int64_t rows = count * d.OH;
-      torch::stable::parallel_for(0, panels * rows, grain_for(d.OW * kLanes * d.K * d.K),
+      const int64_t panels = (C + kLanes - 1) / kLanes, rows = count * d.OH;
+      torch::stable::parallel_for(0, panels, grain_for(all.M * kLanes * Cin + rows * d.OW * kLanes * d.K * d.K),
                                   [&](int64_t begin, int64_t end) {
-                                    dw_image_rows(d, padded, n0, rows, begin, end);
+                                    const int64_t blocks = RowBlocks(all.M).count;
+                                    pw_range<A1>(all, nullptr, begin * blocks, end * blocks, true);
+                                    dw_image_rows(d, padded, n0, rows, begin * rows, end * rows);
                                   });
     }
   });
