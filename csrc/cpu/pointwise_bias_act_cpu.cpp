@@ -430,11 +430,13 @@ Tensor se_gate_cpu(const Tensor& pooled, const Tensor& w1, const Tensor& b1, con
 // mnv3::pointwise_dwconv: the expand 1x1 conv and the depthwise conv of an
 // inverted residual block in one pass, so the expanded activation (the
 // block's widest tensor: 3.2 MB at 112x112x64 in MobileNetV3-Large) never
-// goes to memory.  A thread walks a band of output rows and keeps the
-// expanded input rows it needs in a ring of (K-1)*dilation+1 rows, each row
-// zero-padded left and right and its channels padded to a multiple of 16, so
-// the depthwise loop has no borders; a row is computed (pw_rows) once per
-// band, the first rows of a band again by the neighbouring band (the halo).
+// goes to memory.  The expanded rows are zero-padded left and right and laid
+// out in 16-channel blocks, so the depthwise tiles (dw_row.h) have no borders
+// and read their pixels at fixed offsets.  Images of width >= kRingMinWidth:
+// a thread walks a band of output rows and keeps the expanded input rows it
+// needs in a ring of (K-1)*dilation+1 rows; a row is computed (pw_rows) once
+// per band, the first rows of a band again by the neighbouring band (the
+// halo).  Smaller images: see pointwise_dwconv_cpu.
 
 // Output rows [begin, end) of the flattened (n, oh) range.  ring: R rows in
 // 16-channel blocks (block b of slot s at ring + (b * R + s) * Wp * 16),
