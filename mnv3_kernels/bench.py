@@ -8,13 +8,17 @@ when installed), and the fused model on every available backend (plus its
 CUDA-graph replay on CUDA).  Random weights with randomized BatchNorm
 statistics; each fused result is checked against eager before it is timed
 (tolerances: mnv3_kernels/tolerances.py).  Timing: torch.utils.benchmark's
-blocked_autorange (warm-up first; CUDA synchronized).  Writes a table to
-stdout and results.json (+ speedup.png with matplotlib) to --out.
+blocked_autorange (warm-up first; CUDA synchronized), in --rounds rounds that
+visit every variant of a case in turn, merged per variant (Measurement.merge):
+on a shared machine whose speed drifts over seconds, each variant then sees the
+same mix of fast and slow spells instead of one spell of its own.  Writes a
+table to stdout and results.json (+ speedup.png with matplotlib) to --out.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime
 import json
 import os
@@ -118,19 +122,21 @@ def _cuda_graph_runner(fn, x: torch.Tensor):
 
 
 def _runner(variant: str, tv: torch.nn.Module, device: torch.device, x: torch.Tensor):
-    """A callable x -> logits for one variant (models already on device/dtype)."""
+    """A callable x -> logits for one variant (models already on device/dtype).  Every
+    variant of a case exists at once (they are timed in rounds): none may change tv,
+    which the eager variant runs."""
     if variant == "eager":
         return tv
     if variant == "eager_cl":
-        tv_cl = tv.to(memory_format=torch.channels_last)
+        tv_cl = copy.deepcopy(tv).to(memory_format=torch.channels_last)  # Module.to converts in place
         return lambda inp: tv_cl(inp.contiguous(memory_format=torch.channels_last))
     if variant == "compile":
         if device.type == "cuda":
-            return torch.compile(tv, mode="reduce-overhead")
+            return torch.compile(copy.deepcopy(tv), mode="reduce-overhead")
         import torch._inductor.config as inductor_config
 
         inductor_config.freezing = True  # weights as constants: conv weight prepacking, BN folding
-        return torch.compile(tv)
+        return torch.compile(copy.deepcopy(tv))
     if variant == "onnxruntime":
         return _onnxruntime_runner(tv, x)
     if variant.startswith("fused-"):
@@ -156,16 +162,37 @@ def _check(variant: str, out: torch.Tensor, eager: torch.Tensor, eager_fp32: tor
     return ok, diff, f"max|diff| {diff:.2e} vs bound {bound:.2e}"
 
 
-def _time(fn, x: torch.Tensor, min_run_time: float):
+def _measure(fn, x: torch.Tensor, min_run_time: float):
     import torch.utils.benchmark as benchmark  # imports cpp_extension, which warns about CUDA_HOME
 
-    for _ in range(3):
-        fn(x)
     # Timer runs with 1 thread unless told: every variant gets torch's thread count
     # (the one ONNX Runtime's session was given), so all of them share the machine alike.
-    m = benchmark.Timer(stmt="fn(x)", globals={"fn": fn, "x": x},
-                        num_threads=torch.get_num_threads()).blocked_autorange(min_run_time=min_run_time)
-    return m.median * 1e3, m.iqr * 1e3
+    return benchmark.Timer(stmt="fn(x)", globals={"fn": fn, "x": x},
+                           num_threads=torch.get_num_threads()).blocked_autorange(min_run_time=min_run_time)
+
+
+def _time_rounds(timed: list, x: torch.Tensor, min_run_time: float, rounds: int, label: str) -> None:
+    """Times each (Result, fn) of one case: `rounds` rounds, each visiting every
+    variant (starting one further along each round), min_run_time seconds per
+    variant split over the rounds; fills median_ms / iqr_ms from the merged runs."""
+    import torch.utils.benchmark as benchmark
+
+    runs: dict[int, list] = {i: [] for i in range(len(timed))}
+    for r in range(rounds):
+        print(f"  {label}: round {r + 1}/{rounds}", file=sys.stderr, flush=True)
+        for k in range(len(timed)):
+            i = (r + k) % len(timed)
+            res, fn = timed[i]
+            if res.status != "ok":
+                continue
+            try:
+                runs[i].append(_measure(fn, x, min_run_time / rounds))
+            except Exception as e:  # one failing variant must not lose the run's other numbers
+                res.status, res.notes = "error", [f"{type(e).__name__}: {e}".splitlines()[0]]
+    for i, (res, _) in enumerate(timed):
+        if res.status == "ok" and runs[i]:
+            merged = benchmark.Measurement.merge(runs[i])[0]
+            res.median_ms, res.iqr_ms = merged.median * 1e3, merged.iqr * 1e3
 
 
 def run(args) -> tuple[dict, list[Result]]:
@@ -189,13 +216,14 @@ def run(args) -> tuple[dict, list[Result]]:
             eager_fp32 = tv.to(device)(x32.to(device)).float().cpu()
         tv = tv.to(device=device, dtype=dtype)
         x = x32.to(device=device, dtype=dtype)
-        eager_ms = None
         with torch.inference_mode():
             eager_out = tv(x).float().cpu()
+            timed, case = [], []
             for variant in variants(dtype):
                 done += 1
                 res = Result(ARCHS[arch], batch, dname, variant)
-                print(f"[{done}/{total}] {ARCHS[arch]} batch {batch} {dname} {variant} ...",
+                case.append(res)
+                print(f"[{done}/{total}] {ARCHS[arch]} batch {batch} {dname} {variant}: check ...",
                       file=sys.stderr, flush=True)
                 try:
                     fn = _runner(variant, tv, device, x)
@@ -204,21 +232,25 @@ def run(args) -> tuple[dict, list[Result]]:
                     res.max_abs_diff = diff
                     if not ok and variant.startswith("fused"):
                         res.status, res.notes = "mismatch", [note + ": not timed"]
-                        results.append(res)
                         continue
                     if not ok:
                         res.notes.append(note)
-                    res.median_ms, res.iqr_ms = _time(fn, x, args.min_run_time)
-                    res.images_per_s = batch / res.median_ms * 1e3
-                    if variant == "eager":
-                        eager_ms = res.median_ms
-                    if eager_ms:
-                        res.speedup_vs_eager = eager_ms / res.median_ms
+                    for _ in range(3):  # warm-up
+                        fn(x)
+                    timed.append((res, fn))
                 except Unavailable as e:
                     res.status, res.notes = "unavailable", [str(e)]
                 except Exception as e:  # one failing variant must not lose the run's other numbers
                     res.status, res.notes = "error", [f"{type(e).__name__}: {e}".splitlines()[0]]
-                results.append(res)
+            _time_rounds(timed, x, args.min_run_time, args.rounds, f"{ARCHS[arch]} batch {batch} {dname}")
+            del timed
+        eager_ms = next((r.median_ms for r in case if r.variant == "eager" and r.median_ms), None)
+        for res in case:
+            if res.median_ms:
+                res.images_per_s = batch / res.median_ms * 1e3
+                if eager_ms:
+                    res.speedup_vs_eager = eager_ms / res.median_ms
+        results.extend(case)
         del tv
     return _environment(device), results
 
@@ -305,11 +337,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--dtype", nargs="+", choices=list(DTYPES), help="default: fp32 on CPU; fp32 fp16 bf16 on CUDA")
     p.add_argument("--variants", nargs="+", help="only these variants (e.g. eager fused-native onnxruntime)")
     p.add_argument("--size", type=int, default=224)
-    p.add_argument("--min-run-time", type=float, default=2.0, help="seconds of timing per measurement")
+    p.add_argument("--min-run-time", type=float, default=2.0,
+                   help="seconds of timing per variant and case, split over the rounds")
+    p.add_argument("--rounds", type=int, default=5,
+                   help="rounds of timing, each visiting every variant of a case in turn")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (default: torch's default)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="mnv3_bench_results", help="folder for results.json and speedup.png")
     args = p.parse_args(argv)
+    if args.rounds < 1:
+        p.error("--rounds must be at least 1")
     on_cuda = torch.device(args.device).type == "cuda"
     args.batch = args.batch or ([1, 8, 64, 256] if on_cuda else [1, 8])
     args.dtype = args.dtype or (["fp32", "fp16", "bf16"] if on_cuda else ["fp32"])

@@ -1,0 +1,47 @@
+"""The benchmark CLI (`python -m mnv3_kernels.bench`) on a small CPU case: variants
+timed in rounds and merged, speedups against eager from the same run, and no
+variant's set-up changing the model the eager variant runs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from mnv3_kernels import bench, cpu_conv
+
+
+def test_bench_cli_times_every_variant_in_rounds(tmp_path, capsys):
+    variants = ["eager", "eager_cl"] + (["fused-native"] if cpu_conv.native_available() else [])
+    bench.main(["--device", "cpu", "--models", "small", "--batch", "1", "--size", "64", "--variants", *variants,
+                "--min-run-time", "0.1", "--rounds", "2", "--out", str(tmp_path)])
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["args"]["rounds"] == 2
+    rows = {r["variant"]: r for r in results["results"]}
+    assert sorted(rows) == sorted(variants)
+    for r in rows.values():
+        assert r["status"] == "ok" and r["median_ms"] > 0 and r["iqr_ms"] >= 0, r
+        assert r["speedup_vs_eager"] == pytest.approx(rows["eager"]["median_ms"] / r["median_ms"])
+    assert rows["eager"]["speedup_vs_eager"] == 1.0
+    err = capsys.readouterr().err
+    assert "round 1/2" in err and "round 2/2" in err
+
+
+def test_bench_variants_leave_the_eager_model_alone():
+    """All of a case's variants exist at once, so building one (eager_cl converts its
+    model to channels_last, in place for nn.Module.to) must not change the model
+    that the eager variant times."""
+    tv = bench._torchvision_model("small", 0)
+    x = torch.randn(1, 3, 64, 64)
+    before = {k: (v.clone(), v.stride()) for k, v in tv.state_dict().items()}
+    run_cl = bench._runner("eager_cl", tv, torch.device("cpu"), x)
+    with torch.inference_mode():
+        assert torch.allclose(run_cl(x), tv(x), atol=1e-5)
+    for k, v in tv.state_dict().items():
+        assert torch.equal(v, before[k][0]) and v.stride() == before[k][1], k
+
+
+def test_bench_cli_refuses_zero_rounds():
+    with pytest.raises(SystemExit):
+        bench.main(["--device", "cpu", "--rounds", "0"])
