@@ -4,8 +4,9 @@ fp16 and bf16 run the shared tile arithmetic (csrc/common/dwconv.h: dw_tile
 for 3x3/5x5 at stride 1/2, the any-geometry fallback, W tails of a tile,
 channel tails of a vector block), which the CUDA kernels run too: on a machine
 without a GPU this is what checks their arithmetic.  fp32 channels-last runs
-the CPU's vector walk (interior tiles, border columns, rows cut by padding,
-channel blocks of 16/8/4/1)."""
+the 16-channel-block tiles of pointwise_dwconv (3x3 / 5x5 kernels on images
+under 28 pixels wide) or the CPU's vector walk (interior tiles, border columns,
+rows cut by padding, channel blocks of 16/8/4/1)."""
 
 import pytest
 import torch
@@ -19,8 +20,11 @@ pytestmark = pytest.mark.skipif(
 )
 
 # (N, C, H, W): channel tails (1, 13 = 8 + 4 + 1, 24 = 16 + 8, 29 = 16 + 8 + 4 + 1),
-# W tails of a 4-pixel tile (W = 1, 2, 5, 15), tall-thin and wide-flat planes.
-SHAPES = [(1, 1, 1, 1), (2, 13, 15, 5), (1, 24, 9, 2), (3, 16, 7, 15), (1, 40, 2, 17), (1, 29, 11, 12)]
+# W tails of a 4-pixel tile (W = 1, 2, 5, 15), tall-thin and wide-flat planes; fp32
+# channels-last images under 28 pixels wide with a 3x3 / 5x5 kernel run the
+# 16-channel-block tiles (dw_row.h), the one 57 wide the vector walk.
+SHAPES = [(1, 1, 1, 1), (2, 13, 15, 5), (1, 24, 9, 2), (3, 16, 7, 15), (1, 40, 2, 17), (1, 29, 11, 12),
+          (1, 29, 4, 57)]
 GEOMETRIES = [  # k, stride, dilation, padding (None: "same"-style k//2 * d)
     (3, 1, 1, None), (3, 2, 1, None), (5, 1, 1, None), (5, 2, 1, None),
     (3, 1, 1, 0), (5, 2, 1, 3), (3, 1, 2, None), (5, 2, 2, None), (1, 1, 1, 0), (7, 3, 1, 3),

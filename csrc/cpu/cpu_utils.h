@@ -91,6 +91,38 @@ class AlignedFloats {
   int64_t size_ = 0;
 };
 
+// At least n floats of zeros, kept per calling thread (never written after
+// they are zeroed: the padding rows that the depthwise walks read).
+inline const float* zero_floats(int64_t n) {
+  thread_local AlignedFloats zeros;
+  if (zeros.size() < n) zeros.reset(n, true);
+  return zeros.data();
+}
+
+// Up to this many floats (4 MB) of scratch stay allocated per calling thread
+// between calls (no allocation, no page faults on the hot path); a larger
+// request gets a buffer of its own, freed with the Scratch.
+constexpr int64_t kKeptScratchFloats = int64_t{1} << 20;
+
+class Scratch {
+ public:
+  explicit Scratch(int64_t n) {
+    thread_local AlignedFloats kept;
+    if (n <= kKeptScratchFloats) {
+      if (kept.size() < n) kept.reset(n);
+      data_ = kept.data();
+    } else {
+      own_.reset(n);
+      data_ = own_.data();
+    }
+  }
+  float* data() const { return data_; }  // contents unspecified; 64-byte aligned
+
+ private:
+  AlignedFloats own_;
+  float* data_ = nullptr;
+};
+
 // Hot CPU loops are compiled three times, for AVX-512 (x86-64-v4), AVX2+FMA
 // (x86-64-v3) and the baseline, and the loader picks the one this CPU runs
 // (GCC target_clones, an ifunc): the wheel stays portable and a modern CPU

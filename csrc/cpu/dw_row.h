@@ -42,4 +42,15 @@ void dw_row(const DwProblem& d, const float* const* rows, int64_t n, int64_t oh)
 void dw_image_rows(const DwProblem& d, const float* images, int64_t n_first, int64_t rows, int64_t begin,
                    int64_t end);
 
+// Whether dw_row / dw_image_rows run g on a compile-time tile (3x3 or 5x5,
+// stride 1 or 2 across, no dilation across); else a generic one.
+bool dw_has_fixed_tile(const DwGeometry& g);
+
+// mnv3::dwconv_bias_act on a small fp32 channels-last image (dwconv_bias_act_cpu.cpp):
+// x copied into zero-padded rows of 16-channel blocks, then dw_image_rows, a
+// thread taking a range of blocks through both.  w: taps [kh*kw][C] (tap-major),
+// bias [C]; y: [N, OH, OW, C]; row_sums: [N*OH, ceil(C/16)*16] or nullptr.
+void dw_nhwc_blocked(const float* x, const float* w, const float* bias, float* y, float* row_sums,
+                     const DwGeometry& g, Activation act);
+
 }  // namespace mnv3

@@ -13,7 +13,10 @@
 
 #include "simd.h"
 
+#include <torch/csrc/stable/ops.h>
+
 #include <algorithm>
+#include <string.h>
 
 namespace mnv3 {
 namespace {
@@ -164,6 +167,57 @@ void dispatch_tile(const DwProblem& d, Fn&& fn) {
 }
 
 }  // namespace
+
+bool dw_has_fixed_tile(const DwGeometry& g) { return has_fixed_tile(g); }
+
+void dw_nhwc_blocked(const float* x, const float* w, const float* bias, float* y, float* row_sums,
+                     const DwGeometry& g, Activation act) {
+  DwProblem d{};
+  static_cast<DwGeometry&>(d) = g;
+  d.K = g.kh;
+  d.act = act;
+  d.Cp = (g.C + kLanes - 1) / kLanes * kLanes;
+  d.Wp = std::max(g.W + 2 * g.pw, dw_row_width(g));
+  d.zero = zero_floats(d.Wp * kLanes);
+  d.y = y;
+  d.row_sums = row_sums;
+  AlignedFloats wd, bd;  // taps and bias padded to Cp channels, unless C is a multiple of 16
+  if (d.Cp == g.C) {
+    d.w = w;
+    d.bias = bias;
+  } else {
+    const int64_t taps = g.kh * g.kw;
+    wd.reset(taps * d.Cp, true);
+    bd.reset(d.Cp, true);
+    for (int64_t t = 0; t < taps; ++t) memcpy(wd.data() + t * d.Cp, w + t * g.C, sizeof(float) * g.C);
+    memcpy(bd.data(), bias, sizeof(float) * g.C);
+    d.w = wd.data();
+    d.bias = bd.data();
+  }
+  const int64_t blocks = d.Cp / kLanes, plane = g.H * d.Wp;
+  const int64_t group = std::max<int64_t>(1, std::min<int64_t>(g.N, kKeptScratchFloats / (plane * d.Cp)));
+  const Scratch buffer(group * plane * d.Cp);
+  float* images = buffer.data();
+  for (int64_t n0 = 0; n0 < g.N; n0 += group) {
+    const int64_t count = std::min(group, g.N - n0), rows = count * g.OH;
+    d.block_stride = count * plane * kLanes;
+    const int64_t block_work = count * (g.H * g.W * kLanes + g.OH * g.OW * kLanes * g.kh * g.kw);
+    torch::stable::parallel_for(0, blocks, grain_for(block_work), [&](int64_t begin, int64_t end) {
+      for (int64_t b = begin; b < end; ++b) {  // block b of every input row, zero-padded left and right
+        const int64_t c0 = b * kLanes, valid = std::min<int64_t>(kLanes, g.C - c0);
+        for (int64_t r = 0; r < count * g.H; ++r) {
+          float* dst = images + b * d.block_stride + r * d.Wp * kLanes;
+          const float* src = x + ((n0 * g.H + r) * g.W) * g.C + c0;
+          memset(dst, 0, sizeof(float) * kLanes * g.pw);
+          for (int64_t i = 0; i < g.W; ++i)
+            memcpy(dst + (g.pw + i) * kLanes, src + i * g.C, sizeof(float) * valid);
+          memset(dst + (g.pw + g.W) * kLanes, 0, sizeof(float) * kLanes * (d.Wp - g.pw - g.W));
+        }
+      }
+      dw_image_rows(d, images, n0, rows, begin * rows, end * rows);
+    });
+  }
+}
 
 int64_t dw_row_width(const DwGeometry& g) {
   if (has_fixed_tile(g)) return ((g.OW + kTile - 1) / kTile * kTile - 1) * g.sw + g.kw;

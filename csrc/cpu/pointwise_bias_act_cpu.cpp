@@ -471,38 +471,6 @@ MNV3_CPU_CLONES void pointwise_dw_range(const PwProblem& pw, const DwProblem& d,
   }
 }
 
-// At least n floats of zeros, kept per calling thread (never written after
-// they are zeroed: the padding rows that the depthwise walks read).
-const float* zero_floats(int64_t n) {
-  thread_local AlignedFloats zeros;
-  if (zeros.size() < n) zeros.reset(n, true);
-  return zeros.data();
-}
-
-// Up to this many floats (4 MB) of scratch stay allocated per calling thread
-// between calls (no allocation, no page faults on the hot path); a larger
-// request gets a buffer of its own, freed with the Scratch.
-constexpr int64_t kKeptScratchFloats = int64_t{1} << 20;
-
-class Scratch {
- public:
-  explicit Scratch(int64_t n) {
-    thread_local AlignedFloats kept;
-    if (n <= kKeptScratchFloats) {
-      if (kept.size() < n) kept.reset(n);
-      data_ = kept.data();
-    } else {
-      own_.reset(n);
-      data_ = own_.data();
-    }
-  }
-  float* data() const { return data_; }  // contents unspecified; 64-byte aligned
-
- private:
-  AlignedFloats own_;
-  float* data_ = nullptr;
-};
-
 // From this input width on, pointwise_dwconv walks rows with a ring of
 // expanded rows; below it, it expands the whole image first (measured on 2
 // cores: a row of 7 or 14 pixels fills few GEMM register rows, and two threads
