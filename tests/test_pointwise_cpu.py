@@ -34,6 +34,15 @@ def assert_same_layout(actual: torch.Tensor, expected: torch.Tensor) -> None:
     assert actual.stride() == expected.stride(), (actual.stride(), expected.stride())
 
 
+def assert_fake_kernel_raises(op, args: dict, error, match: str) -> None:
+    """op(**args) with every tensor argument a fake tensor (no data): the op's fake
+    kernel must raise `error` matching `match`, as the CPU kernel does."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode() as mode, pytest.raises(error, match=match):
+        op(**{k: mode.from_tensor(v) if isinstance(v, torch.Tensor) else v for k, v in args.items()})
+
+
 # Row counts around the 12-row register tile (tails of 8, 4, 2, 1 rows), channel
 # counts around the 16-lane panel (partial last panels), and single rows (the
 # matrix-vector walk: 128-column blocks, partial last block and vector).
@@ -212,11 +221,7 @@ def test_se_gate_bad_input_names_the_argument(overrides, match, _):
 
 @pytest.mark.parametrize("overrides,_,match", SE_GATE_BAD, ids=[str(list(c[0])) for c in SE_GATE_BAD])
 def test_se_gate_fake_kernel_checks_too(overrides, _, match):
-    from torch._subclasses.fake_tensor import FakeTensorMode
-
-    args = _se_gate_args(**overrides)
-    with FakeTensorMode() as mode, pytest.raises(ValueError, match=match):
-        se_gate(**{k: mode.from_tensor(v) if isinstance(v, torch.Tensor) else v for k, v in args.items()})
+    assert_fake_kernel_raises(se_gate, _se_gate_args(**overrides), ValueError, match)
 
 
 def test_opcheck():
@@ -273,11 +278,7 @@ def test_pointwise_bad_input_names_the_argument(overrides, match):
 ])
 def test_pointwise_fake_kernel_checks_too(overrides, match):
     """Under torch.compile / export the fake kernel raises the same kind of error."""
-    from torch._subclasses.fake_tensor import FakeTensorMode
-
-    args = _pw_args(**overrides)
-    with FakeTensorMode() as mode, pytest.raises(ValueError, match=match):
-        pointwise(**{k: mode.from_tensor(v) if isinstance(v, torch.Tensor) else v for k, v in args.items()})
+    assert_fake_kernel_raises(pointwise, _pw_args(**overrides), ValueError, match)
 
 
 @pytest.mark.parametrize("overrides,match", [
@@ -326,11 +327,7 @@ def test_conv_bias_act_bad_input_names_the_argument(overrides, match, _):
 
 @pytest.mark.parametrize("overrides,_,match", CONV_BAD, ids=[str(list(c[0])) for c in CONV_BAD])
 def test_conv_bias_act_fake_kernel_checks_too(overrides, _, match):
-    from torch._subclasses.fake_tensor import FakeTensorMode
-
-    args = _conv_args(**overrides)
-    with FakeTensorMode() as mode, pytest.raises((TypeError, ValueError), match=match):
-        conv(**{k: mode.from_tensor(v) if isinstance(v, torch.Tensor) else v for k, v in args.items()})
+    assert_fake_kernel_raises(conv, _conv_args(**overrides), (TypeError, ValueError), match)
 
 
 _GUARD_PAGE_SCRIPT = r"""
