@@ -147,27 +147,17 @@ struct RowBlocks {
   int64_t size(int64_t b) const { return base + (b < extra ? 1 : 0); }
 };
 
-// Rows [m0, m0 + mr) (mr <= kRows) of one panel as one tile; out[i]: the output
-// row of row m0 + i.  (No lambdas here: a target clone compiles only what is
-// inlined into it.)
-template <Activation A>
+// Rows [m0, m0 + mr) (1 <= mr <= R <= kRows) of one panel as one tile of mr
+// rows (each tile size is its own instantiation: the accumulators stay in
+// registers); out[i]: the output row of row m0 + i.  (No lambdas here: a target
+// clone compiles only what is inlined into it.)
+template <Activation A, int R = kRows>
 MNV3_HD void pw_block(const PwProblem& p, const float* a, int64_t lda, int64_t m0, int64_t mr, float* const* out,
                       int64_t n0) {
-  const int valid = static_cast<int>(std::min<int64_t>(kLanes, p.Nc - n0));
-  switch (mr) {
-    case 12: pw_tile_at<12, A>(p, a, lda, m0, out, n0, valid); break;
-    case 11: pw_tile_at<11, A>(p, a, lda, m0, out, n0, valid); break;
-    case 10: pw_tile_at<10, A>(p, a, lda, m0, out, n0, valid); break;
-    case 9: pw_tile_at<9, A>(p, a, lda, m0, out, n0, valid); break;
-    case 8: pw_tile_at<8, A>(p, a, lda, m0, out, n0, valid); break;
-    case 7: pw_tile_at<7, A>(p, a, lda, m0, out, n0, valid); break;
-    case 6: pw_tile_at<6, A>(p, a, lda, m0, out, n0, valid); break;
-    case 5: pw_tile_at<5, A>(p, a, lda, m0, out, n0, valid); break;
-    case 4: pw_tile_at<4, A>(p, a, lda, m0, out, n0, valid); break;
-    case 3: pw_tile_at<3, A>(p, a, lda, m0, out, n0, valid); break;
-    case 2: pw_tile_at<2, A>(p, a, lda, m0, out, n0, valid); break;
-    case 1: pw_tile_at<1, A>(p, a, lda, m0, out, n0, valid); break;
-    default: break;
+  if (mr == R) {
+    pw_tile_at<R, A>(p, a, lda, m0, out, n0, static_cast<int>(std::min<int64_t>(kLanes, p.Nc - n0)));
+  } else if constexpr (R > 1) {
+    pw_block<A, R - 1>(p, a, lda, m0, mr, out, n0);
   }
 }
 
