@@ -143,6 +143,18 @@ def resolve(device) -> Backend:
     return Backend.REFERENCE
 
 
+def native_on_cpu() -> bool:
+    """Whether resolve("cpu") is the native backend, without its device parsing:
+    the MobileNetV3 fast plan's per-forward check.  Where MNV3_BACKEND is set it
+    defers to resolve (which parses it, and raises for a bad value)."""
+    wanted = _override
+    if wanted is None:
+        if os.environ.get(ENV_VAR):
+            return resolve("cpu") is Backend.NATIVE
+        wanted = Backend.AUTO
+    return wanted in (Backend.AUTO, Backend.NATIVE) and native_availability("cpu")[0]
+
+
 def _warn_once(device_type: str, message: str) -> None:
     if (device_type, message) not in _warned:
         _warned.add((device_type, message))

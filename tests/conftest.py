@@ -29,6 +29,16 @@ def mnv3_op_calls(fn, *args) -> Counter:
     return Counter(e.name.split("::", 1)[1] for e in prof.events() if e.name.startswith("mnv3::"))
 
 
+def disable_fast_plan(patch) -> None:
+    """Makes MobileNetV3's forward take its module path, not the CPU fast plan, while
+    `patch` (a pytest monkeypatch or its context) lasts: no plan is built, and a plan
+    a model already cached is not run."""
+    from mnv3_kernels.models.mobilenetv3 import MobileNetV3, _FastPlan
+
+    patch.setattr(MobileNetV3, "_fast_plan", lambda self: None)
+    patch.setattr(_FastPlan, "ready", lambda self, model, x: False)
+
+
 # Arguments after each mnv3::run_plan step code (mnv3_kernels.reference.PLAN_*), and the op each step runs.
 _PLAN_STEPS = {0: (0, None), 1: (9, "conv_bias_act"), 2: (10, "dwconv_bias_act"), 3: (13, "pointwise_dwconv"),
                4: (5, "se_gate"), 5: (5, "pointwise_bias_act"), 6: (0, None)}

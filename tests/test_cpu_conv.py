@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import disable_fast_plan
 from tolerances import assert_model_close, assert_op_close
 
 from mnv3_kernels import cpu_conv, reference
@@ -62,7 +63,7 @@ def test_fused_model_uses_the_packed_convs_and_matches_without_them(monkeypatch)
     calls = []
     run = cpu_conv.run
     # The module path (the CPU fast plan runs the same packed layers inside one mnv3::run_plan call).
-    monkeypatch.setattr(type(fused), "_fast_plan", lambda self: None)
+    disable_fast_plan(monkeypatch)
     monkeypatch.setattr(cpu_conv, "run", lambda p, xx, residual=None, scale=None: calls.append(
         (xx.dim(), p.linear, residual is not None)) or run(p, xx, residual, scale))
     with torch.inference_mode():

@@ -3,15 +3,16 @@ as a flat list, and when it must be rebuilt."""
 
 from __future__ import annotations
 
+from collections import Counter
+
 import pytest
 import torch
-from conftest import randomize_batchnorm, randomize_classifier
+from conftest import disable_fast_plan, mnv3_op_calls, randomize_batchnorm, randomize_classifier
 from tolerances import assert_model_close
 from torch import nn
 
 import mnv3_kernels as mk
 from mnv3_kernels import backends, cpu_conv
-from mnv3_kernels.models.mobilenetv3 import MobileNetV3
 from mnv3_kernels.testing import calibrate_batchnorm
 
 tvm = pytest.importorskip("torchvision.models", reason="torchvision is needed to compare against it")
@@ -44,7 +45,7 @@ def run(model):
 
 def module_path(model, monkeypatch):
     with monkeypatch.context() as m:
-        m.setattr(MobileNetV3, "_fast_plan", lambda self: None)
+        disable_fast_plan(m)
         return run(model)
 
 
@@ -60,7 +61,7 @@ def test_plan_runs_the_module_paths_ops_exactly(pair, monkeypatch):
     with torch.inference_mode():
         features = torch.ops.mnv3.run_plan.default(X, tensors, program[:plan.pool_at])
         with monkeypatch.context() as m:
-            m.setattr(MobileNetV3, "_fast_plan", lambda self: None)
+            disable_fast_plan(m)
             assert torch.equal(features, ours.features(X.contiguous(memory_format=torch.channels_last)))
     assert_model_close(fast, module_path(ours, monkeypatch))
     assert_model_close(fast, run(tv))
@@ -143,12 +144,23 @@ def test_a_submodule_in_train_mode_leaves_the_plan(pair):
         assert_model_close(ours(X), tv(X))
 
 
-def test_other_inputs_take_the_module_path(pair):
+def test_other_inputs_take_the_module_path(pair, monkeypatch):
+    """With a plan cached (forward's first check, _FastPlan.ready), what the plan does
+    not cover still runs the module path: autocast, and another backend chosen in code
+    or by MNV3_BACKEND."""
     tv, ours = pair
+    run(ours)
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
-        ours(X)  # runs (bf16 ops), without the fp32 plan
+        assert "run_plan" not in mnv3_op_calls(ours, X)  # bf16 ops, not the fp32 plan
     with torch.inference_mode(), mk.backends.use_backend("reference"):
+        assert mnv3_op_calls(ours, X) == Counter()  # the pure-PyTorch reference
         assert_model_close(ours(X), tv(X))
+    monkeypatch.setenv("MNV3_BACKEND", "reference")
+    with torch.inference_mode():
+        assert mnv3_op_calls(ours, X) == Counter()
+    monkeypatch.setenv("MNV3_BACKEND", "native")
+    with torch.inference_mode():
+        assert mnv3_op_calls(ours, X) == Counter(run_plan=1)
 
 
 def test_under_no_grad_the_plan_gives_an_ordinary_tensor(pair):

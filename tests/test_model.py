@@ -6,7 +6,7 @@ from collections import Counter
 
 import pytest
 import torch
-from conftest import calibrate_batchnorm, mnv3_op_calls, plan_program_ops, randomize_batchnorm, randomize_classifier
+from conftest import calibrate_batchnorm, disable_fast_plan, mnv3_op_calls, plan_program_ops, randomize_batchnorm, randomize_classifier
 from tolerances import assert_model_close
 
 import mnv3_kernels as mk
@@ -108,7 +108,7 @@ def test_fused_ops_really_run(monkeypatch):
             assert plan_program_ops(ours) == expected
         else:
             assert mnv3_op_calls(ours, x) == expected
-        monkeypatch.setattr(type(ours), "_fast_plan", lambda self: None)
+        disable_fast_plan(monkeypatch)
         assert mnv3_op_calls(ours, x) == expected
 
 
