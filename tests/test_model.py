@@ -6,7 +6,8 @@ from collections import Counter
 
 import pytest
 import torch
-from conftest import calibrate_batchnorm, disable_fast_plan, mnv3_op_calls, plan_program_ops, randomize_batchnorm, randomize_classifier
+from conftest import (calibrate_batchnorm, disable_fast_plan, mnv3_op_calls, plan_program_ops, randomize_batchnorm,
+                      randomize_classifier)
 from tolerances import assert_model_close
 
 import mnv3_kernels as mk

@@ -388,13 +388,15 @@ class _FastPlan:
     def ready(self, model: MobileNetV3, x: torch.Tensor) -> bool:
         """Whether model.forward(x) may call the run_plan program at once: an fp32 CPU
         4-d x (in any layout: the program starts with the stem's mnv3::conv_bias_act)
-        under inference_mode, outside autocast (and torch.compile: forward), the native backend,
-        the model in eval mode and the plan valid.  The same checks as the general path
-        (fused_active, packed_path_ok, _fast_plan) for that case, in one call: the
-        forward's Python runs cold, after the program has streamed the weights through
-        the caches (measured on 2 cores: those calls took ~0.2 ms of Large's 3.6 ms)."""
-        return (self.program is not None and torch.is_inference_mode_enabled() and not model.training and self.any_input_layout
-                and x.is_cpu and x.dtype is torch.float32 and x.dim() == 4 and x.numel() > 0
+        under inference_mode, outside autocast (and torch.compile: see forward), the
+        native backend, the model in eval mode and the plan valid.  The general path's
+        checks (fused_active, packed_path_ok, _fast_plan) for that case, in one call:
+        the forward's Python runs with cold caches, after the program has streamed the
+        weights through them, so every call and lookup costs (measured on 2 cores with
+        the caches thrashed between calls: 403 -> 365 us for Large; most of the rest is
+        valid(), which touches every parameter and buffer)."""
+        return (self.program is not None and torch.is_inference_mode_enabled() and not model.training
+                and self.any_input_layout and x.is_cpu and x.dtype is torch.float32 and x.dim() == 4 and x.numel() > 0
                 and not torch.is_autocast_enabled("cpu") and backends.native_on_cpu() and self.valid())
 
     def run(self, x: torch.Tensor, avgpool: nn.Module, classifier: nn.Module) -> torch.Tensor:
