@@ -142,4 +142,20 @@ inline int64_t grain_for(int64_t work_per_item) {
   return std::max<int64_t>(1, kMinChunkWork / std::max<int64_t>(1, work_per_item));
 }
 
+// The SE squeeze from per-output-row sums of a depthwise conv's output:
+// mean[n, c] = sum over oh of row_sums[(n * OH + oh) * stride + c] / (OH * OW),
+// each sum in row order (deterministic, whatever the thread count).
+inline void mean_from_row_sums(const float* row_sums, int64_t N, int64_t OH, int64_t OW, int64_t C, int64_t stride,
+                               float* mean) {
+  const float inv = 1.f / static_cast<float>(OH * OW);
+  torch::stable::parallel_for(0, N * C, grain_for(OH), [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p) {
+      const int64_t n = p / C, c = p % C;
+      float s = 0.f;
+      for (int64_t oh = 0; oh < OH; ++oh) s += row_sums[(n * OH + oh) * stride + c];
+      mean[p] = s * inv;
+    }
+  });
+}
+
 }  // namespace mnv3

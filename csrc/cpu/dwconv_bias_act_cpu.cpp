@@ -373,7 +373,7 @@ std::tuple<Tensor, Tensor> dwconv_bias_act_cpu(const Tensor& x, const Tensor& we
       // fp32 images narrower than kBlockedMaxW on the blocked tiles of
       // pointwise_dwconv (dw_row.h), whose row sums have a padded stride.
       const bool blocked = std::is_same_v<T, float> && g.W < kBlockedMaxW && dw_has_fixed_tile(g);
-      const int64_t rs_stride = blocked ? (g.C + 15) / 16 * 16 : g.C;
+      const int64_t rs_stride = blocked ? (g.C + kDwLanes - 1) / kDwLanes * kDwLanes : g.C;
       std::vector<float> row_sums(with_mean ? static_cast<size_t>(g.N * g.OH * rs_stride) : 0);
       float* rs = with_mean ? row_sums.data() : nullptr;
       if constexpr (std::is_same_v<T, float>) {
@@ -389,17 +389,7 @@ std::tuple<Tensor, Tensor> dwconv_bias_act_cpu(const Tensor& x, const Tensor& we
           }
         });
       }
-      if (with_mean) {
-        const float inv = 1.f / static_cast<float>(g.OH * g.OW);
-        torch::stable::parallel_for(0, g.N * g.C, grain_for(g.OH), [&](int64_t begin, int64_t end) {
-          for (int64_t p = begin; p < end; ++p) {
-            const int64_t n = p / g.C, c = p % g.C;
-            float s = 0.f;
-            for (int64_t oh = 0; oh < g.OH; ++oh) s += row_sums[(n * g.OH + oh) * rs_stride + c];
-            mp[p] = s * inv;
-          }
-        });
-      }
+      if (with_mean) mean_from_row_sums(rs, g.N, g.OH, g.OW, g.C, rs_stride, mp);
     } else {
       const int64_t xs[4] = {x.stride(0), x.stride(1), x.stride(2), x.stride(3)};
       dispatch_activation(act, [&](auto act_tag) {

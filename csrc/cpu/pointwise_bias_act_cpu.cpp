@@ -600,16 +600,8 @@ std::tuple<Tensor, Tensor> pointwise_dwconv_cpu(const Tensor& x, const Tensor& w
                                   });
     }
   });
-  if (with_mean) {
-    float* mp = static_cast<float*>(mean.mutable_data_ptr());
-    const float inv = 1.f / static_cast<float>(d.OH * d.OW);
-    for (int64_t n = 0; n < d.N; ++n)
-      for (int64_t c = 0; c < C; ++c) {
-        float acc = 0.f;
-        for (int64_t oh = 0; oh < d.OH; ++oh) acc += d.row_sums[(n * d.OH + oh) * d.Cp + c];
-        mp[n * C + c] = acc * inv;
-      }
-  }
+  if (with_mean)
+    mean_from_row_sums(d.row_sums, d.N, d.OH, d.OW, C, d.Cp, static_cast<float*>(mean.mutable_data_ptr()));
   return {y, mean};
 }
 
