@@ -55,6 +55,11 @@ class Result:
     status: str = "ok"
     notes: list[str] = field(default_factory=list)
 
+    def failed(self, e: Exception) -> None:
+        """Records an exception of this variant (one failing variant must not lose the
+        run's other numbers)."""
+        self.status, self.notes = "error", [f"{type(e).__name__}: {e}".splitlines()[0]]
+
 
 def _variants(device: torch.device, dtype: torch.dtype) -> list[str]:
     names = ["eager", "eager_cl", "compile"]
@@ -187,8 +192,8 @@ def _time_rounds(timed: list, x: torch.Tensor, min_run_time: float, rounds: int,
                 continue
             try:
                 runs[i].append(_measure(fn, x, min_run_time / rounds))
-            except Exception as e:  # one failing variant must not lose the run's other numbers
-                res.status, res.notes = "error", [f"{type(e).__name__}: {e}".splitlines()[0]]
+            except Exception as e:
+                res.failed(e)
     for i, (res, _) in enumerate(timed):
         if res.status == "ok" and runs[i]:
             merged = benchmark.Measurement.merge(runs[i])[0]
@@ -240,8 +245,8 @@ def run(args) -> tuple[dict, list[Result]]:
                     timed.append((res, fn))
                 except Unavailable as e:
                     res.status, res.notes = "unavailable", [str(e)]
-                except Exception as e:  # one failing variant must not lose the run's other numbers
-                    res.status, res.notes = "error", [f"{type(e).__name__}: {e}".splitlines()[0]]
+                except Exception as e:
+                    res.failed(e)
             _time_rounds(timed, x, args.min_run_time, args.rounds, f"{ARCHS[arch]} batch {batch} {dname}")
             del timed
         eager_ms = next((r.median_ms for r in case if r.variant == "eager" and r.median_ms), None)
