@@ -358,7 +358,7 @@ std::tuple<Tensor, Tensor> dwconv_bias_act_cpu(const Tensor& x, const Tensor& we
   const bool nhwc = is_nhwc_dense(x);
   Tensor y = empty_4d(g.N, g.C, g.OH, g.OW, nhwc, x.scalar_type(), x);
   Tensor mean = with_mean ? empty_2d(g.N, g.C, ScalarType::Float, x)
-                          : torch::stable::empty({0}, ScalarType::Float, std::nullopt, x.device());
+                          : empty_none(ScalarType::Float, x);
   if (g.N == 0 || g.C == 0) return {y, mean};
 
   dispatch_float_types(x.scalar_type(), [&](auto tag) {

@@ -508,7 +508,7 @@ std::tuple<Tensor, Tensor> pointwise_dwconv_cpu(const Tensor& x, const Tensor& w
   d.zero = zero_floats(d.Wp * kLanes);
   Tensor y = empty_4d(d.N, C, d.OH, d.OW, true, ScalarType::Float, x);
   Tensor mean = with_mean ? empty_2d(d.N, C, ScalarType::Float, x)
-                          : torch::stable::empty({0}, ScalarType::Float, std::nullopt, x.device());
+                          : empty_none(ScalarType::Float, x);
   if (d.N == 0 || C == 0) return {y, mean};
 
   // Depthwise taps [K*K][Cp] and bias [Cp], channel-padded with zeros: the
