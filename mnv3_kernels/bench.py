@@ -5,7 +5,10 @@ Side by side in one run, on the default device (CUDA if present, else CPU):
 torchvision eager (NCHW and channels_last), torch.compile of torchvision
 (CPU: inductor with freezing; CUDA: mode="reduce-overhead"), ONNX Runtime (CPU,
 when installed), and the fused model on every available backend (plus its
-CUDA-graph replay on CUDA).  Random weights with randomized BatchNorm
+CUDA-graph replay on CUDA; on CPU in fp32 also mnv3_kernels.freeze's frozen
+model, fused-native-frozen: weights folded once without the live model's
+per-forward check for changed weights, as compile's freezing and ONNX Runtime
+take them).  Random weights with randomized BatchNorm
 statistics; each fused result is checked against eager before it is timed
 (tolerances: mnv3_kernels/tolerances.py).  Timing: torch.utils.benchmark's
 blocked_autorange (warm-up first; CUDA synchronized), in --rounds rounds that
@@ -70,6 +73,8 @@ def _variants(device: torch.device, dtype: torch.dtype) -> list[str]:
             names.append(f"fused-{b.value}")
             if device.type == "cuda":
                 names.append(f"fused-{b.value}-graph")
+            elif b is backends.Backend.NATIVE and dtype == torch.float32:
+                names.append("fused-native-frozen")  # mk.freeze: frozen weights, like compile's and ORT's
     return names
 
 
@@ -144,6 +149,8 @@ def _runner(variant: str, tv: torch.nn.Module, device: torch.device, x: torch.Te
         return torch.compile(copy.deepcopy(tv))
     if variant == "onnxruntime":
         return _onnxruntime_runner(tv, x)
+    if variant == "fused-native-frozen":
+        return mk.freeze(tv)
     if variant.startswith("fused-"):
         backend = variant.split("-")[1]
         fused = mk.fuse(tv)

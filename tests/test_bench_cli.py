@@ -13,7 +13,7 @@ from mnv3_kernels import bench, cpu_conv
 
 
 def test_bench_cli_times_every_variant_in_rounds(tmp_path, capsys):
-    variants = ["eager", "eager_cl"] + (["fused-native"] if cpu_conv.native_available() else [])
+    variants = ["eager", "eager_cl"] + (["fused-native", "fused-native-frozen"] if cpu_conv.native_available() else [])
     bench.main(["--device", "cpu", "--models", "small", "--batch", "1", "--size", "64", "--variants", *variants,
                 "--min-run-time", "0.1", "--rounds", "2", "--out", str(tmp_path)])
     results = json.loads((tmp_path / "results.json").read_text())
