@@ -21,6 +21,23 @@ def _seed():
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
+def cpu_plan_marks() -> list:
+    """pytestmark of the tests of MobileNetV3's CPU fast plan (and freeze, which runs it)."""
+    from mnv3_kernels import backends, cpu_conv
+
+    return [
+        pytest.mark.skipif(not backends.native_availability("cpu")[0], reason="the CPU extension is not built"),
+        pytest.mark.skipif(not cpu_conv.available(), reason="this torch has no oneDNN fused linear"),
+    ]
+
+
+def plan_inputs() -> tuple[torch.Tensor, torch.Tensor]:
+    """(x, calibration batch) of the fast-plan tests: a small odd-sized input, and the
+    batch that calibrates BatchNorm statistics so the logits depend on every layer."""
+    gen = torch.Generator().manual_seed(0)
+    return torch.randn(2, 3, 72, 64, generator=gen), torch.randn(8, 3, 72, 64, generator=gen)
+
+
 def mnv3_op_calls(fn, *args) -> Counter:
     """Counter of the mnv3 ops fn(*args) dispatches (by op name without 'mnv3::'), counted
     at the dispatcher, so every path counts (the Python API, the CPU fast plan, compiled code)."""

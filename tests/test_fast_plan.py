@@ -7,24 +7,19 @@ from collections import Counter
 
 import pytest
 import torch
-from conftest import disable_fast_plan, mnv3_op_calls, randomize_batchnorm, randomize_classifier
+from conftest import (cpu_plan_marks, disable_fast_plan, mnv3_op_calls, plan_inputs, randomize_batchnorm,
+                      randomize_classifier)
 from tolerances import assert_model_close
 from torch import nn
 
 import mnv3_kernels as mk
-from mnv3_kernels import backends, cpu_conv
+from mnv3_kernels import backends
 from mnv3_kernels.testing import calibrate_batchnorm
 
 tvm = pytest.importorskip("torchvision.models", reason="torchvision is needed to compare against it")
-pytestmark = [
-    pytest.mark.skipif(not backends.native_availability("cpu")[0], reason="the CPU extension is not built"),
-    pytest.mark.skipif(not cpu_conv.available(), reason="this torch has no oneDNN fused linear"),
-]
+pytestmark = cpu_plan_marks()
 
-
-_GEN = torch.Generator().manual_seed(0)
-X = torch.randn(2, 3, 72, 64, generator=_GEN)
-CALIBRATION = torch.randn(8, 3, 72, 64, generator=_GEN)
+X, CALIBRATION = plan_inputs()
 
 
 @pytest.fixture
