@@ -101,8 +101,9 @@ def freeze(model: nn.Module) -> FrozenMobileNetV3:
         if t.is_floating_point() and (t.device.type != "cpu" or t.dtype != torch.float32):
             raise ValueError(f"freeze(model): the frozen model runs the float32 CPU kernels; model's {name} is "
                              f"{t.dtype} on {t.device} (freeze a float32 CPU copy)")
-    if not backends.native_availability("cpu")[0]:
-        raise RuntimeError(f"freeze(model): {backends.native_availability('cpu')[1]}")
+    native, why_not = backends.native_availability("cpu")
+    if not native:
+        raise RuntimeError(f"freeze(model): {why_not}")
     with torch.inference_mode():
         plan = _FastPlan.build(model)
         if plan.program is None:
