@@ -26,6 +26,7 @@ import datetime
 import json
 import os
 import platform
+import subprocess
 import sys
 import tempfile
 from dataclasses import asdict, dataclass, field
@@ -278,6 +279,24 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def _source_commit() -> str | None:
+    """The git commit of the mnv3_kernels source that ran ("+dirty" when tracked files
+    differ from it), or None when the package is not a git checkout's own (e.g. one
+    installed into site-packages)."""
+    pkg = os.path.dirname(os.path.abspath(mk.__file__))
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", pkg, *args], capture_output=True, text=True, timeout=10,
+                              check=True).stdout.strip()
+
+    try:
+        if os.path.realpath(git("rev-parse", "--show-toplevel")) != os.path.realpath(os.path.dirname(pkg)):
+            return None
+        return git("rev-parse", "HEAD") + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
 def _environment(device: torch.device) -> dict:
     env = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -289,6 +308,10 @@ def _environment(device: torch.device) -> dict:
         "cpu_count": os.cpu_count(),
         "mnv3_kernels": mk.__version__,
         "backend_auto": backends.resolve(device).value,
+        "source_commit": _source_commit(),
+        # Taken after the timings: the 1- and 5-minute averages cover the run (a shared
+        # machine's other load moves every number in it).
+        "loadavg": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
     }
     for pkg in ("triton", "onnxruntime", "torchvision"):
         try:
@@ -364,7 +387,9 @@ def main(argv: list[str] | None = None) -> None:
     args.dtype = args.dtype or (["fp32", "fp16", "bf16"] if on_cuda else ["fp32"])
     env, results = run(args)
     print(f"# {env['date']}  {env['device']} ({env['device_type']}), torch {env['torch']}, "
-          f"{env['threads']} threads, ops backend {env['backend_auto']}")
+          f"{env['threads']} threads, ops backend {env['backend_auto']}, "
+          f"load average {' '.join(f'{v:.2f}' for v in env['loadavg']) if env['loadavg'] else '-'}, "
+          f"source {env['source_commit'] or 'not a git checkout'}")
     print(format_table(results))
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "results.json"), "w") as f:

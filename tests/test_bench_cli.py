@@ -5,10 +5,15 @@ variant's set-up changing the model the eager variant runs."""
 from __future__ import annotations
 
 import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
 
 import pytest
 import torch
 
+import mnv3_kernels as mk
 from mnv3_kernels import bench, cpu_conv
 
 
@@ -45,3 +50,22 @@ def test_bench_variants_leave_the_eager_model_alone():
 def test_bench_cli_refuses_zero_rounds():
     with pytest.raises(SystemExit):
         bench.main(["--device", "cpu", "--rounds", "0"])
+
+
+def test_bench_records_its_source_commit_and_the_load(tmp_path, monkeypatch):
+    env = bench._environment(torch.device("cpu"))
+    assert env["loadavg"] is None or (len(env["loadavg"]) == 3 and all(v >= 0 for v in env["loadavg"]))
+    checkout = (Path(mk.__file__).resolve().parent.parent / ".git").exists() and shutil.which("git")
+    if checkout:
+        assert re.fullmatch(r"[0-9a-f]{40}(\+dirty)?", env["source_commit"]), env["source_commit"]
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    # A package inside some other repository (e.g. a virtual environment in a
+    # project's checkout) is not that repository's commit.
+    repo = tmp_path / "project"
+    (repo / "venv" / "mnv3_kernels").mkdir(parents=True)
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    subprocess.run(["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-q",
+                    "--allow-empty", "-m", "a commit"], check=True)
+    monkeypatch.setattr(bench.mk, "__file__", str(repo / "venv" / "mnv3_kernels" / "__init__.py"))
+    assert bench._source_commit() is None
