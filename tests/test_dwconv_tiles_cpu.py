@@ -5,8 +5,13 @@ for 3x3/5x5 at stride 1/2, the any-geometry fallback, W tails of a tile,
 channel tails of a vector block), which the CUDA kernels run too: on a machine
 without a GPU this is what checks their arithmetic.  fp32 channels-last runs
 the 16-channel-block tiles of pointwise_dwconv (3x3 / 5x5 kernels on images
-under 28 pixels wide) or the CPU's vector walk (interior tiles, border columns,
-rows cut by padding, channel blocks of 16/8/4/1)."""
+under 28 pixels wide, and at any width the geometries the vector walk has no
+tile for: dilation, stride 3, 1x1, 7x7) or the CPU's vector walk (interior
+tiles, border columns, rows cut by padding, channel blocks of 16/8/4/1).  fp32 in any other layout
+(NCHW, views) runs the plane walk: rows as vectors of 8 or 16 outputs (4 at a
+time for rows of 64 or more, 4 rows at a time for narrower ones), a last
+vector overlapping the one before it, rows narrower than a vector, and the
+copy into the padded scratch for stride 1, 2 and 3 and for any strides."""
 
 import pytest
 import torch
@@ -22,17 +27,18 @@ pytestmark = pytest.mark.skipif(
 # (N, C, H, W): channel tails (1, 13 = 8 + 4 + 1, 24 = 16 + 8, 29 = 16 + 8 + 4 + 1),
 # W tails of a 4-pixel tile (W = 1, 2, 5, 15), tall-thin and wide-flat planes; fp32
 # channels-last images under 28 pixels wide with a 3x3 / 5x5 kernel run the
-# 16-channel-block tiles (dw_row.h), the one 57 wide the vector walk.
+# 16-channel-block tiles (dw_row.h), the one 57 wide the vector walk; the 70-wide one
+# has rows of 64 or more outputs at stride 1 (the plane walk's 4-vector tiles).
 SHAPES = [(1, 1, 1, 1), (2, 13, 15, 5), (1, 24, 9, 2), (3, 16, 7, 15), (1, 40, 2, 17), (1, 29, 11, 12),
-          (1, 29, 4, 57)]
+          (1, 29, 4, 57), (1, 3, 6, 70)]
 GEOMETRIES = [  # k, stride, dilation, padding (None: "same"-style k//2 * d)
     (3, 1, 1, None), (3, 2, 1, None), (5, 1, 1, None), (5, 2, 1, None),
-    (3, 1, 1, 0), (5, 2, 1, 3), (3, 1, 2, None), (5, 2, 2, None), (1, 1, 1, 0), (7, 3, 1, 3),
+    (3, 1, 1, 0), (5, 2, 1, 3), (3, 1, 2, None), (5, 1, 2, None), (5, 2, 2, None), (1, 1, 1, 0), (7, 3, 1, 3),
 ]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-@pytest.mark.parametrize("layout", ["channels_last", "nchw", "channels_last_offset"])
+@pytest.mark.parametrize("layout", ["channels_last", "nchw", "view", "channels_last_offset"])
 @pytest.mark.parametrize("k,stride,dilation,padding", GEOMETRIES)
 @pytest.mark.parametrize("shape", SHAPES)
 def test_dwconv_tiles(shape, k, stride, dilation, padding, layout, dtype):

@@ -6,8 +6,9 @@
 //  - channels-last dense input: rows (n, oh) in parallel, tiles of a few
 //    output pixels x a vector of channels (dw_tile, the CUDA kernel's tile),
 //    filter packed tap-major so channel loads are contiguous;
-//  - any other strides (NCHW, views): planes (n, c) in parallel, one channel
-//    at a time, output contiguous NCHW.
+//  - any other strides (NCHW, views): planes (n, c) in parallel, output
+//    contiguous NCHW; fp32 as vectors along each output row over a padded
+//    copy of the plane (dw_planes_f32), fp16/bf16 one output at a time.
 // The squeeze is deterministic: per-row fp32 partial sums, reduced in row order.
 #include "cpu_utils.h"
 #include "dw_row.h"
@@ -245,7 +246,25 @@ MNV3_CPU_CLONES void dwconv_nhwc_f32_rows(const float* x, const float* w, const 
 // 81 -> 42 us, 672 at 14x14 5x5 stride 2 84 -> 50, 480 at 14x14 3x3 68 -> 48;
 // at 28x28 the copy costs more than the tiles save (120 channels 5x5:
 // 58 -> 66 us), so wider images keep the walk below, which reads x in place.
+// Geometries the walk below has no tile for (dilation, strides other than 1
+// and 2, kernels other than 3x3 / 5x5) run on the blocked tiles at any width:
+// their tiles are vectors of 16 channels x 4 or 8 pixels, where the walk's
+// fallback is one pixel at a time (measured on 2 threads: 960 channels at
+// 14x14, 5x5, dilation 2, the dilated stage of the segmentation backbones,
+// 290-520 -> ~140 us).
 constexpr int64_t kBlockedMaxW = 28;
+
+// Whether the vector walk below has a compile-time tile for g (dispatch_dw_tile).
+bool f32_walk_has_tile(const DwGeometry& g) {
+  return g.kh == g.kw && g.sh == g.sw && g.dh == 1 && g.dw == 1 && (g.kh == 3 || g.kh == 5) &&
+         (g.sh == 1 || g.sh == 2);
+}
+
+// Whether g runs on the blocked tiles (dw_nhwc_blocked): a square kernel of at most 16 rows.
+bool dw_blocked(const DwGeometry& g) {
+  if (g.kh != g.kw || g.kh > 16) return false;
+  return g.W < kBlockedMaxW ? true : !f32_walk_has_tile(g);
+}
 
 // Planes narrower than this run on a zero-padded copy of the input: their
 // border columns (2 of 7 per side for a 5x5 kernel at 7x7) would otherwise
@@ -283,6 +302,213 @@ void dwconv_nhwc_f32(const float* x, const float* w_packed, const float* bias, f
         dwconv_nhwc_f32_rows<K, S, 4, A>(x, w_packed, bias, y, row_sums, gp, begin, end);
       }
     });
+  });
+}
+
+// ---- fp32, any other strides (NCHW, views): planes ----
+// A thread takes planes (n, c).  Each is copied into a zero-padded scratch
+// whose columns are split by their phase modulo the column stride sw: phase q
+// holds padded columns q, q + sw, q + 2 sw, ...  Tap (i, j) of output column
+// ow reads padded column ow * sw + j * dw, which is index ow + (j * dw) / sw of
+// phase (j * dw) % sw: V consecutive outputs read V consecutive floats for
+// every tap, so a row is walked in vectors of V outputs (R rows x U vectors at
+// a time: independent FMA chains).  Every tap is summed in dw_point's order;
+// the padding's taps add zeros, which leave a sum unchanged, so each output is
+// dw_point's sum.  (The scalar walk, one output at a time with a bounds check
+// per tap, made fuse()d NCHW models slower than eager: measured 22 ms of
+// depthwise layers a forward in DeepLabV3-MobileNetV3 at 224x224.)
+struct PlaneScratch {
+  int64_t rows;   // padded input rows, H + 2 ph
+  int64_t ld;     // floats per row of a phase: every index a vector reads
+  int64_t phase;  // floats per phase, rows * ld
+  // Per phase q: its first input column, first[q] = (q - pw) mod sw, and
+  // that column's index, first[sw + q] = (first[q] + pw) / sw (integer
+  // divisions once per call, not per row).
+  const int64_t* first;
+};
+
+PlaneScratch plane_scratch(const DwGeometry& g, int V) {
+  const int64_t vectors = (g.OW + V - 1) / V;
+  const int64_t columns = (g.W + 2 * g.pw + g.sw - 1) / g.sw;  // of a phase
+  const int64_t reach = vectors * V + (g.kw - 1) * g.dw / g.sw;  // one past the last index read
+  PlaneScratch l{};
+  l.rows = g.H + 2 * g.ph;
+  l.ld = std::max(columns, reach);
+  l.phase = l.rows * l.ld;
+  return l;
+}
+
+// n floats from src to dst as vectors, the last one overlapping the one
+// before it (a copy loop compiles to a libc memmove call per row: 11% of a
+// 14x14 layer's time).
+MNV3_HD void copy_floats(float* dst, const float* src, int64_t n) {
+  if (n >= 16) {
+    int64_t k = 0;
+    for (; k + 16 <= n; k += 16) vstore<16>(dst + k, vload<16>(src + k));
+    if (k < n) vstore<16>(dst + n - 16, vload<16>(src + n - 16));
+  } else if (n >= 8) {
+    vstore<8>(dst, vload<8>(src));
+    vstore<8>(dst + n - 8, vload<8>(src + n - 8));
+  } else if (n >= 4) {
+    vstore<4>(dst, vload<4>(src));
+    vstore<4>(dst + n - 4, vload<4>(src + n - 4));
+  } else {
+    for (int64_t k = 0; k < n; ++k) dst[k] = src[k];
+  }
+}
+
+// Plane (n, c) of x into the scratch's data positions (the padding positions
+// are never written: they stay zero).  Padded column col = w + pw goes to
+// index col / sw of phase col % sw; per phase, the columns step by sw and the
+// indices by 1.
+MNV3_HD void copy_plane(const float* x, const int64_t* xs, const DwGeometry& g, const PlaneScratch& l,
+                        int64_t n, int64_t c, float* scratch) {
+  const float* xp = x + n * xs[0] + c * xs[1];
+  for (int64_t h = 0; h < g.H; ++h) {
+    const float* src = xp + h * xs[2];
+    float* dst = scratch + (h + g.ph) * l.ld;
+    if (g.sw == 1 && xs[3] == 1) {
+      copy_floats(dst + g.pw, src, g.W);
+      continue;
+    }
+    for (int64_t q = 0; q < g.sw; ++q) {
+      const int64_t w0 = l.first[q];
+      float* out = dst + q * l.phase + l.first[g.sw + q];
+      if (g.sw == 2 && xs[3] == 1) {  // a constant stride: the compiler vectorizes the split
+        for (int64_t k = 0; w0 + 2 * k < g.W; ++k) out[k] = src[w0 + 2 * k];
+      } else {
+        for (int64_t k = 0; w0 + k * g.sw < g.W; ++k) out[k] = src[(w0 + k * g.sw) * xs[3]];
+      }
+    }
+  }
+}
+
+// One plane's walk: its scratch, each tap's offset in it from a tile's base
+// (off), the scratch floats between output rows (row_step), its filter
+// (taps of them) and bias, its output (OH x OW, contiguous).
+struct PlaneWalk {
+  const float* scratch;
+  const int64_t* off;
+  int64_t taps, row_step;
+  const float* w;
+  float bias;
+  float* y;
+  int64_t OH, OW;
+};
+
+// v where lo <= lane < hi, else 0.
+template <int V>
+MNV3_HD vfloat<V> lanes_between(vfloat<V> v, int64_t lo, int64_t hi) {
+  vint<V> lane;
+  for (int i = 0; i < V; ++i) lane[i] = i;
+  return (lane >= static_cast<int>(lo)) & (lane < static_cast<int>(hi)) ? v : vzero<V>();
+}
+
+// Output rows [oh, oh + R) x columns [o, o + U * V): bias, activation, store,
+// and the squeeze's running sum of lanes [lo, hi) of each vector (the lanes of
+// an overlapping last vector that the one before it counted, or the lanes past
+// a row narrower than V, are left out).  A vector is stored whole where it
+// ends inside the plane: lanes past its row land on the next rows, which are
+// stored after it (rows go in order); else only lanes [0, hi).
+template <int V, int R, int U, Activation A>
+MNV3_HD void plane_tile(const PlaneWalk& p, int64_t oh, int64_t o, int64_t lo, int64_t hi, vfloat<V>& sum) {
+  vfloat<V> acc[R][U];
+  for (int r = 0; r < R; ++r)
+    for (int u = 0; u < U; ++u) acc[r][u] = vzero<V>();
+  const float* base = p.scratch + oh * p.row_step + o;
+  for (int64_t t = 0; t < p.taps; ++t) {
+    const float wv = p.w[t];
+    const float* in = base + p.off[t];
+    for (int r = 0; r < R; ++r)
+      for (int u = 0; u < U; ++u) acc[r][u] += vload<V>(in + r * p.row_step + u * V) * wv;
+  }
+  for (int r = 0; r < R; ++r) {
+    for (int u = 0; u < U; ++u) {
+      const vfloat<V> out = activate<A>(acc[r][u] + p.bias);
+      const int64_t at = (oh + r) * p.OW + o + u * V;
+      if (at + V <= p.OH * p.OW) {
+        vstore<V>(p.y + at, out);
+      } else {
+        for (int64_t v = 0; v < hi; ++v) p.y[at + v] = out[v];
+      }
+      sum += lanes_between<V>(out, lo, hi);
+    }
+  }
+}
+
+// Output rows [oh, oh + R): vectors of V columns (4 and 2 at a time for a
+// single row), then the row's last columns as one vector ending at OW (or, for
+// rows narrower than V, the row's OW columns).
+template <int V, int R, Activation A>
+MNV3_HD void plane_rows(const PlaneWalk& p, int64_t oh, vfloat<V>& sum) {
+  int64_t o = 0;
+  if constexpr (R == 1) {
+    for (; o + 4 * V <= p.OW; o += 4 * V) plane_tile<V, 1, 4, A>(p, oh, o, 0, V, sum);
+    for (; o + 2 * V <= p.OW; o += 2 * V) plane_tile<V, 1, 2, A>(p, oh, o, 0, V, sum);
+  }
+  for (; o + V <= p.OW; o += V) plane_tile<V, R, 1, A>(p, oh, o, 0, V, sum);
+  if (o < p.OW) {
+    if (p.OW >= V) {
+      plane_tile<V, R, 1, A>(p, oh, p.OW - V, o - (p.OW - V), V, sum);
+    } else {
+      plane_tile<V, R, 1, A>(p, oh, 0, 0, p.OW, sum);
+    }
+  }
+}
+
+// Planes [begin, end) of (n, c), cloned per vector ISA (MNV3_CPU_CLONES).
+// w: channel-major [C][kh * kw]; off: each tap's offset in the scratch;
+// y: contiguous NCHW; mean: [N * C] or null.  Rows of 4 or more vectors go
+// one at a time (4 vectors per tile), narrower ones 4 rows at a time
+// (MobileNetV3's 7- to 28-wide planes), then 2 and 1.
+template <int V, Activation A>
+MNV3_CPU_CLONES void dw_planes_f32(const float* x, const int64_t* xs, const float* w, const float* bias, float* y,
+                                   float* mean, const DwGeometry& g, const PlaneScratch& l, const int64_t* off,
+                                   float* scratch, int64_t begin, int64_t end) {
+  const int64_t taps = g.kh * g.kw;
+  for (int64_t i = begin; i < end; ++i) {
+    const int64_t n = i / g.C, c = i % g.C;
+    copy_plane(x, xs, g, l, n, c, scratch);
+    const PlaneWalk p{scratch, off, taps, g.sh * l.ld, w + c * taps, bias[c], y + i * g.OH * g.OW, g.OH, g.OW};
+    vfloat<V> sum = vzero<V>();
+    int64_t oh = 0;
+    if (g.OW < 4 * V) {
+      for (; oh + 4 <= g.OH; oh += 4) plane_rows<V, 4, A>(p, oh, sum);
+      for (; oh + 2 <= g.OH; oh += 2) plane_rows<V, 2, A>(p, oh, sum);
+    }
+    for (; oh < g.OH; ++oh) plane_rows<V, 1, A>(p, oh, sum);
+    if (mean != nullptr) {
+      float total = 0.f;
+      for (int v = 0; v < V; ++v) total += sum[v];
+      mean[i] = total / static_cast<float>(g.OH * g.OW);
+    }
+  }
+}
+
+template <Activation A>
+void dwconv_planes_f32(const float* x, const int64_t* xs, const float* w, const float* bias, float* y, float* mean,
+                       const DwGeometry& g) {
+  const int V = g.OW <= 8 ? 8 : 16;
+  PlaneScratch l = plane_scratch(g, V);
+  std::vector<int64_t> first(static_cast<size_t>(2 * g.sw));
+  for (int64_t q = 0; q < g.sw; ++q) {
+    first[q] = ((q - g.pw) % g.sw + g.sw) % g.sw;
+    first[g.sw + q] = (first[q] + g.pw) / g.sw;
+  }
+  l.first = first.data();
+  std::vector<int64_t> off(static_cast<size_t>(g.kh * g.kw));
+  for (int64_t i = 0; i < g.kh; ++i)
+    for (int64_t j = 0; j < g.kw; ++j) {
+      const int64_t col = j * g.dw;
+      off[i * g.kw + j] = (col % g.sw) * l.phase + i * g.dh * l.ld + col / g.sw;
+    }
+  torch::stable::parallel_for(0, g.N * g.C, grain_for(g.OH * g.OW * g.kh * g.kw), [&](int64_t begin, int64_t end) {
+    const AlignedFloats scratch(l.phase * g.sw, true);
+    if (V == 8) {
+      dw_planes_f32<8, A>(x, xs, w, bias, y, mean, g, l, off.data(), scratch.data(), begin, end);
+    } else {
+      dw_planes_f32<16, A>(x, xs, w, bias, y, mean, g, l, off.data(), scratch.data(), begin, end);
+    }
   });
 }
 
@@ -370,9 +596,9 @@ std::tuple<Tensor, Tensor> dwconv_bias_act_cpu(const Tensor& x, const Tensor& we
     T* yp = static_cast<T*>(y.mutable_data_ptr());
     float* mp = with_mean ? static_cast<float*>(mean.mutable_data_ptr()) : nullptr;
     if (nhwc) {
-      // fp32 images narrower than kBlockedMaxW on the blocked tiles of
-      // pointwise_dwconv (dw_row.h), whose row sums have a padded stride.
-      const bool blocked = std::is_same_v<T, float> && g.W < kBlockedMaxW && dw_has_fixed_tile(g);
+      // fp32 on the blocked tiles of pointwise_dwconv (dw_row.h) where
+      // dw_blocked says so; their row sums have a padded stride.
+      const bool blocked = std::is_same_v<T, float> && dw_blocked(g);
       const int64_t rs_stride = blocked ? (g.C + kDwLanes - 1) / kDwLanes * kDwLanes : g.C;
       std::vector<float> row_sums(with_mean ? static_cast<size_t>(g.N * g.OH * rs_stride) : 0);
       float* rs = with_mean ? row_sums.data() : nullptr;
@@ -393,7 +619,12 @@ std::tuple<Tensor, Tensor> dwconv_bias_act_cpu(const Tensor& x, const Tensor& we
     } else {
       const int64_t xs[4] = {x.stride(0), x.stride(1), x.stride(2), x.stride(3)};
       dispatch_activation(act, [&](auto act_tag) {
-        dwconv_strided<T, decltype(act_tag)::value>(xp, xs, w, b, yp, mp, g);
+        constexpr Activation A = decltype(act_tag)::value;
+        if constexpr (std::is_same_v<T, float>) {
+          dwconv_planes_f32<A>(xp, xs, w, b, yp, mp, g);
+        } else {
+          dwconv_strided<T, A>(xp, xs, w, b, yp, mp, g);
+        }
       });
     }
   });

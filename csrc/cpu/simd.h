@@ -20,6 +20,12 @@ struct FloatVector {
 };
 template <int V>
 using vfloat = typename FloatVector<V>::type;
+template <int V>
+struct IntVector {
+  typedef int type __attribute__((vector_size(V * sizeof(int))));
+};
+template <int V>
+using vint = typename IntVector<V>::type;  // (a comparison of vfloat<V>s, or lanes for a select)
 
 template <int V>
 MNV3_HD vfloat<V> vload(const float* p) {
