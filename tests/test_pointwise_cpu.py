@@ -84,6 +84,8 @@ def test_pointwise_empty_inputs():
 DW_CASES = [((1, 16, 112, 112), 64, 3, 2, 1, 1), ((2, 24, 9, 7), 72, 5, 1, 2, 1), ((1, 40, 14, 14), 120, 5, 2, 2, 1),
             ((1, 7, 6, 5), 20, 3, 1, 2, 2), ((3, 8, 5, 9), 17, 3, 2, 0, 1), ((1, 8, 4, 4), 16, 1, 1, 0, 1),
             ((2, 3, 1, 1), 5, 3, 1, 1, 1),
+            # 5x5 at dilation 2 (the segmentation backbones' last stage): whole image and row walk
+            ((1, 16, 14, 14), 96, 5, 1, 4, 2), ((1, 8, 9, 60), 24, 5, 1, 4, 2),
             # the row walk (width >= 56) at 3x3 / 5x5, strides 1 and 2, with a last
             # partial 8-pixel depthwise tile and a partial channel block
             ((1, 8, 57, 61), 24, 5, 1, 2, 1), ((1, 6, 60, 58), 40, 5, 2, 2, 1), ((2, 6, 9, 59), 16, 3, 1, 1, 1),

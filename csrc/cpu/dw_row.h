@@ -43,7 +43,8 @@ void dw_image_rows(const DwProblem& d, const float* images, int64_t n_first, int
                    int64_t end);
 
 // Whether dw_row / dw_image_rows run g on a compile-time tile (3x3 or 5x5,
-// stride 1 or 2 across, no dilation across); else a generic one.
+// across: stride 1 or 2 without dilation, or stride 1 with dilation 2); else
+// a generic one.
 bool dw_has_fixed_tile(const DwGeometry& g);
 
 // mnv3::dwconv_bias_act on a small fp32 channels-last image (dwconv_bias_act_cpu.cpp):

@@ -1,10 +1,12 @@
 // Depthwise output rows of mnv3::pointwise_dwconv (dw_row.h), on rows of
 // 16-channel blocks.
 //
-// MobileNetV3's depthwise convs (3x3 and 5x5, stride 1 and 2, no horizontal
-// dilation) run on tiles of kTile output pixels x 16 channels with the kernel
-// size and stride known at compile time: per tap row, the tile's
-// (kTile - 1) * S + K input pixels are loaded once and each feeds up to K
+// MobileNetV3's depthwise convs (3x3 and 5x5, stride 1 and 2 without
+// horizontal dilation, or stride 1 with dilation 2: the dilated last stage of
+// the segmentation backbones) run on tiles of kTile output pixels x 16
+// channels with the kernel size, stride and dilation known at compile time:
+// per tap row, the tile's (kTile - 1) * S + (K - 1) * D + 1 input pixels are
+// loaded once and each feeds up to K
 // multiply-adds (a 3x3 stride-1 tile: 10 loads for 24 FMAs, where reloading
 // per tap is one load per FMA), and the block's taps are first copied next to
 // each other so the tile reads them at fixed offsets too.  Any other geometry
@@ -27,7 +29,7 @@ constexpr int kGenericTile = 4;  // output pixels per generic tile
 constexpr int kMaxFixedTaps = 25;
 
 bool has_fixed_tile(const DwGeometry& g) {
-  return g.kw == g.kh && (g.kw == 3 || g.kw == 5) && (g.sw == 1 || g.sw == 2) && g.dw == 1;
+  return g.kw == g.kh && (g.kw == 3 || g.kw == 5) && ((g.sw == 1 || g.sw == 2) && g.dw == 1 || g.sw == 1 && g.dw == 2);
 }
 
 // Activates, stores and sums `count` pixels of a tile at output column ow,
@@ -50,17 +52,33 @@ MNV3_HD void dw_epilogue(const DwProblem& d, float* yrow, int64_t ow, int64_t c0
   }
 }
 
+// TW output pixels from column ow of the generic tile (runtime kernel size,
+// stride and dilation) added to acc; TW a compile-time count, so that the
+// accumulators stay in registers (indexed by a runtime pixel count they went
+// to the stack: measured 960 channels at 14x14, 5x5, dilation 2, ~250 us).
+template <int TW>
+MNV3_HD void generic_tile(const DwProblem& d, const float* const* r, const float* taps, int64_t ow,
+                          vfloat<kLanes>* acc) {
+  for (int64_t kh = 0; kh < d.K; ++kh) {
+    for (int64_t kw = 0; kw < d.K; ++kw) {
+      const vfloat<kLanes> w = vload<kLanes>(taps + (kh * d.K + kw) * d.Cp);
+      const float* px = r[kh] + (ow * d.sw + kw * d.dw) * kLanes;
+      for (int t = 0; t < TW; ++t) acc[t] += vload<kLanes>(px + t * d.sw * kLanes) * w;
+    }
+  }
+}
+
 // Output row (n, oh), channel block c0: r[kh] its tap rows in this block, taps
 // its K*K taps ([K*K][16] for a fixed tile; the [K*K][Cp] weight from c0 for
 // the generic one, K == 0).
-template <int K, int S, Activation A>
+template <int K, int S, int D, Activation A>
 MNV3_HD void block_row(const DwProblem& d, const float* const* r, const float* taps, int64_t n, int64_t oh,
                        int64_t c0) {
   float* yrow = d.y + ((n * d.OH + oh) * d.OW) * d.C;
   const vfloat<kLanes> bias = vload<kLanes>(d.bias + c0);
   vfloat<kLanes> sum = vzero<kLanes>();
   if constexpr (K > 0) {
-    constexpr int kInputs = (kTile - 1) * S + K;
+    constexpr int kInputs = (kTile - 1) * S + (K - 1) * D + 1;
     for (int64_t ow = 0; ow < d.OW; ow += kTile) {
       vfloat<kLanes> acc[kTile];
       for (int t = 0; t < kTile; ++t) acc[t] = bias;
@@ -74,7 +92,7 @@ MNV3_HD void block_row(const DwProblem& d, const float* const* r, const float* t
         for (int kw = 0; kw < K; ++kw) {
           const vfloat<kLanes> w = vload<kLanes>(taps + (kh * K + kw) * kLanes);
 #pragma GCC unroll 8
-          for (int t = 0; t < kTile; ++t) acc[t] += in[t * S + kw] * w;
+          for (int t = 0; t < kTile; ++t) acc[t] += in[t * S + kw * D] * w;
         }
       }
       dw_epilogue<A>(d, yrow, ow, c0, acc, static_cast<int>(std::min<int64_t>(kTile, d.OW - ow)), sum);
@@ -84,12 +102,10 @@ MNV3_HD void block_row(const DwProblem& d, const float* const* r, const float* t
       const int tw = static_cast<int>(std::min<int64_t>(kGenericTile, d.OW - ow));
       vfloat<kLanes> acc[kGenericTile];
       for (int t = 0; t < kGenericTile; ++t) acc[t] = bias;
-      for (int64_t kh = 0; kh < d.K; ++kh) {
-        for (int64_t kw = 0; kw < d.K; ++kw) {
-          const vfloat<kLanes> w = vload<kLanes>(taps + (kh * d.K + kw) * d.Cp);
-          const float* px = r[kh] + (ow * d.sw + kw * d.dw) * kLanes;
-          for (int t = 0; t < tw; ++t) acc[t] += vload<kLanes>(px + t * d.sw * kLanes) * w;
-        }
+      if (tw == kGenericTile) {
+        generic_tile<kGenericTile>(d, r, taps, ow, acc);
+      } else {
+        for (int t = 0; t < tw; ++t) generic_tile<1>(d, r, taps, ow + t, acc + t);
       }
       dw_epilogue<A>(d, yrow, ow, c0, acc, tw, sum);
     }
@@ -109,17 +125,17 @@ MNV3_HD const float* block_taps(const DwProblem& d, int64_t c0, float* local) {
   }
 }
 
-template <int K, int S, Activation A>
+template <int K, int S, int D, Activation A>
 MNV3_CPU_CLONES void ring_row(const DwProblem& d, const float* const* rows, int64_t n, int64_t oh) {
   alignas(64) float local[kMaxFixedTaps * kLanes];
   const float* r[16];
   for (int64_t b = 0; b * kLanes < d.Cp; ++b) {
     for (int64_t kh = 0; kh < d.K; ++kh) r[kh] = rows[kh] == d.zero ? d.zero : rows[kh] + b * d.block_stride;
-    block_row<K, S, A>(d, r, block_taps<K>(d, b * kLanes, local), n, oh, b * kLanes);
+    block_row<K, S, D, A>(d, r, block_taps<K>(d, b * kLanes, local), n, oh, b * kLanes);
   }
 }
 
-template <int K, int S, Activation A>
+template <int K, int S, int D, Activation A>
 MNV3_CPU_CLONES void image_rows(const DwProblem& d, const float* images, int64_t n_first, int64_t rows, int64_t begin,
                                 int64_t end) {
   alignas(64) float local[kMaxFixedTaps * kLanes];
@@ -138,13 +154,13 @@ MNV3_CPU_CLONES void image_rows(const DwProblem& d, const float* images, int64_t
       const int64_t ih = oh * d.sh - d.ph + kh * d.dh;
       r[kh] = ih < 0 || ih >= d.H ? d.zero : block + ih * d.Wp * kLanes;
     }
-    block_row<K, S, A>(d, r, taps, n, oh, b * kLanes);
+    block_row<K, S, D, A>(d, r, taps, n, oh, b * kLanes);
   }
 }
 
-template <int K_, int S_, Activation A_>
+template <int K_, int S_, int D_, Activation A_>
 struct Tile {
-  static constexpr int K = K_, S = S_;
+  static constexpr int K = K_, S = S_, D = D_;
   static constexpr Activation A = A_;
 };
 
@@ -154,15 +170,17 @@ void dispatch_tile(const DwProblem& d, Fn&& fn) {
   dispatch_activation(d.act, [&](auto act_tag) {
     constexpr Activation A = decltype(act_tag)::value;
     if (has_fixed_tile(d)) {
-      switch (d.K * 10 + d.sw) {
-        case 31: return fn(Tile<3, 1, A>{});
-        case 32: return fn(Tile<3, 2, A>{});
-        case 51: return fn(Tile<5, 1, A>{});
-        case 52: return fn(Tile<5, 2, A>{});
+      switch (d.K * 100 + d.sw * 10 + d.dw) {
+        case 311: return fn(Tile<3, 1, 1, A>{});
+        case 321: return fn(Tile<3, 2, 1, A>{});
+        case 511: return fn(Tile<5, 1, 1, A>{});
+        case 521: return fn(Tile<5, 2, 1, A>{});
+        case 312: return fn(Tile<3, 1, 2, A>{});
+        case 512: return fn(Tile<5, 1, 2, A>{});
         default: break;
       }
     }
-    fn(Tile<0, 0, A>{});
+    fn(Tile<0, 0, 0, A>{});
   });
 }
 
@@ -220,14 +238,14 @@ void dw_nhwc_blocked(const float* x, const float* w, const float* bias, float* y
 }
 
 int64_t dw_row_width(const DwGeometry& g) {
-  if (has_fixed_tile(g)) return ((g.OW + kTile - 1) / kTile * kTile - 1) * g.sw + g.kw;
+  if (has_fixed_tile(g)) return ((g.OW + kTile - 1) / kTile * kTile - 1) * g.sw + (g.kw - 1) * g.dw + 1;
   return (g.OW - 1) * g.sw + (g.kw - 1) * g.dw + 1;
 }
 
 void dw_row(const DwProblem& d, const float* const* rows, int64_t n, int64_t oh) {
   dispatch_tile(d, [&](auto tile) {
     using T = decltype(tile);
-    ring_row<T::K, T::S, T::A>(d, rows, n, oh);
+    ring_row<T::K, T::S, T::D, T::A>(d, rows, n, oh);
   });
 }
 
@@ -235,7 +253,7 @@ void dw_image_rows(const DwProblem& d, const float* images, int64_t n_first, int
                    int64_t end) {
   dispatch_tile(d, [&](auto tile) {
     using T = decltype(tile);
-    image_rows<T::K, T::S, T::A>(d, images, n_first, rows, begin, end);
+    image_rows<T::K, T::S, T::D, T::A>(d, images, n_first, rows, begin, end);
   });
 }
 
