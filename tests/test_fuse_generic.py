@@ -108,6 +108,34 @@ def test_model_is_fused_and_matches(name):
     assert_model_close(actual, expected, reference64)
 
 
+# torchvision's segmentation models on MobileNetV3-Large with its last stage dilated (5x5
+# depthwise convs at dilation 2): the backbone's blocks fused through torch.fx.
+SEGMENTATION = ["lraspp_mobilenet_v3_large", "deeplabv3_mobilenet_v3_large"]
+
+
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+@pytest.mark.parametrize("name", SEGMENTATION)
+def test_segmentation_backbone_is_fused_and_matches(name, layout):
+    model = prepared(getattr(tvm.segmentation, name)(weights=None, weights_backbone=None))
+    x = torch.randn(2, 3, 96, 96)
+    calibrate_batchnorm(model, x)
+    if layout == "channels_last":
+        model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+    fused = mk.fuse(model)
+    assert (fused.mnv3_fuse_report.count("dwconv"), fused.mnv3_fuse_report.count("se")) == (15, 8)
+    dilated = [m for m in fused.modules() if isinstance(m, FusedDWConvBNAct) and m.part("conv").dilation != (1, 1)]
+    assert len(dilated) == 3  # the last stage's three 5x5 blocks
+    with torch.inference_mode():
+        expected = model(x)["out"]
+        reference64 = copy.deepcopy(model).double()(x.double())["out"]
+        calls = mnv3_op_calls(fused, x)
+        actual = fused(x)["out"]
+    assert calls == Counter({"dwconv_bias_act": 15, "se_excite_scale": 8})
+    assert actual.is_contiguous(memory_format=torch.channels_last if layout == "channels_last"
+                                else torch.contiguous_format)
+    assert_model_close(actual, expected, reference64)
+
+
 def test_seed_se_takes_its_squeeze_from_the_depthwise_pass():
     """The seed's SE follows its depthwise block: the dw op computes the mean (with_mean)."""
     fused = mk.fuse(prepared(seed_large()))
