@@ -29,7 +29,8 @@ constexpr int kGenericTile = 4;  // output pixels per generic tile
 constexpr int kMaxFixedTaps = 25;
 
 bool has_fixed_tile(const DwGeometry& g) {
-  return g.kw == g.kh && (g.kw == 3 || g.kw == 5) && ((g.sw == 1 || g.sw == 2) && g.dw == 1 || g.sw == 1 && g.dw == 2);
+  const bool stride_dilation = (g.dw == 1 && (g.sw == 1 || g.sw == 2)) || (g.dw == 2 && g.sw == 1);
+  return g.kw == g.kh && (g.kw == 3 || g.kw == 5) && stride_dilation;
 }
 
 // Activates, stores and sums `count` pixels of a tile at output column ow,
