@@ -7,11 +7,12 @@ without a GPU this is what checks their arithmetic.  fp32 channels-last runs
 the 16-channel-block tiles of pointwise_dwconv (3x3 / 5x5 kernels on images
 under 28 pixels wide, and at any width the geometries the vector walk has no
 tile for: dilation, stride 3, 1x1, 7x7) or the CPU's vector walk (interior
-tiles, border columns, rows cut by padding, channel blocks of 16/8/4/1).  fp32 in any other layout
-(NCHW, views) runs the plane walk: rows as vectors of 8 or 16 outputs (4 at a
-time for rows of 64 or more, 4 rows at a time for narrower ones), a last
-vector overlapping the one before it, rows narrower than a vector, and the
-copy into the padded scratch for stride 1, 2 and 3 and for any strides."""
+tiles, border columns, rows cut by padding, channel blocks of 16/8/4/1).
+fp32 in any other layout (NCHW, views) runs the plane walk: rows as vectors
+of 8 or 16 outputs (4 at a time for rows of 64 or more, 4 rows at a time for
+narrower ones), a last vector overlapping the one before it, rows narrower
+than a vector, and the copy into the padded scratch for stride 1, 2 and 3
+and for any strides."""
 
 import pytest
 import torch
