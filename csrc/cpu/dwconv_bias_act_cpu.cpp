@@ -254,10 +254,12 @@ MNV3_CPU_CLONES void dwconv_nhwc_f32_rows(const float* x, const float* w, const 
 // 290-520 -> ~140 us).
 constexpr int64_t kBlockedMaxW = 28;
 
-// Whether the vector walk below has a compile-time tile for g (dispatch_dw_tile).
+// Whether the vector walk below has a compile-time tile for g: dispatch_dw_tile
+// (which picks the walk's tile) gives it a kernel size.
 bool f32_walk_has_tile(const DwGeometry& g) {
-  return g.kh == g.kw && g.sh == g.sw && g.dh == 1 && g.dw == 1 && (g.kh == 3 || g.kh == 5) &&
-         (g.sh == 1 || g.sh == 2);
+  bool fixed = false;
+  dispatch_dw_tile(g, [&](auto k_tag, auto) { fixed = decltype(k_tag)::value > 0; });
+  return fixed;
 }
 
 // Whether g runs on the blocked tiles (dw_nhwc_blocked): a square kernel of at most 16 rows.
