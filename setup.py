@@ -12,12 +12,19 @@ Environment switches:
                           DEFAULT_ARCH_LIST below when none is visible
   MAX_JOBS                parallel compile jobs (ninja)
   MNV3_DEBUG=1            -O0 -g builds
+
+The CPU kernels (csrc/cpu/kernels/*.cpp) are compiled once per vector ISA
+level of the target (CPU_LEVELS: AVX-512, AVX2 + FMA and the baseline on
+x86-64; the baseline alone elsewhere, NEON on aarch64); the CPU module picks
+one level's kernels at load time (csrc/cpu/cpu_isa.cpp, MNV3_CPU_ISA).
 """
 
 import glob
 import json
 import os
+import platform
 import shutil
+import subprocess
 import sys
 
 from setuptools import find_packages, setup
@@ -28,6 +35,27 @@ PACKAGE = "mnv3_kernels"
 DEFAULT_ARCH_LIST = "8.0;9.0+PTX"
 # Oldest torch whose stable ABI the extensions use (2.10.0), as TORCH_TARGET_VERSION.
 TORCH_TARGET_VERSION = "0x020a000000000000"
+
+
+# The vector ISA levels the CPU kernels are built for, best first, with each
+# level's compiler flags (the macro MNV3_CPU_LEVEL_<NAME> selects its constants
+# in csrc/cpu/kernels/level.h, which also checks the flags).  x86-64-v4 is
+# AVX-512 F/BW/CD/DQ/VL, x86-64-v3 AVX2 + FMA + BMI; the baseline is spelled
+# out so that CFLAGS with -march=native cannot raise it.
+X86_CPU_LEVELS = {
+    "avx512": ["-march=x86-64-v4"],
+    "avx2": ["-march=x86-64-v3"],
+    "baseline": ["-march=x86-64"],
+}
+CPU_KERNEL_SOURCES = sorted(glob.glob(os.path.join("csrc", "cpu", "kernels", "*.cpp")))
+HEADERS = sorted(glob.glob(os.path.join("csrc", "**", "*.h"), recursive=True)
+                 + glob.glob(os.path.join("csrc", "**", "*.cuh"), recursive=True))
+
+
+def _cpu_levels():
+    if platform.machine().lower() in ("x86_64", "amd64"):
+        return X86_CPU_LEVELS
+    return {"baseline": []}  # the target's own baseline vectors (aarch64: NEON)
 
 
 def _env_flag(name):
@@ -91,11 +119,51 @@ def _arch_list():
 BUILD_INFO = {}
 
 
+def _check_level_symbols(objects, level):
+    """Fails the build if a kernel object of `level` defines a global symbol
+    outside its level's names (namespace mnv3::cpu_<level>, table
+    cpu_kernels_<level>): an inline function compiled for AVX-512 and merged
+    by the linker with the baseline's copy would run AVX-512 code on every
+    level.  Skipped (with a note) where nm is missing."""
+    nm = shutil.which("nm")
+    if nm is None:
+        print("mnv3_kernels: nm not found: the per-level symbol check of the CPU kernels is skipped", file=sys.stderr)
+        return
+    allowed = (f"cpu_{level}", f"cpu_kernels_{level}")
+    for obj in objects:
+        out = subprocess.run([nm, "-g", "--defined-only", obj], capture_output=True, text=True, check=True).stdout
+        shared = [line.split()[-1] for line in out.splitlines() if line.strip()
+                  and not any(a in line.split()[-1] for a in allowed)]
+        if shared:
+            raise RuntimeError(f"{obj} ({level} kernels) defines symbols outside its level, which the linker would "
+                               f"share between levels: {shared[:8]}; make them MNV3_HD (always inline) or move them "
+                               "into the level's namespace")
+
+
 class BuildExtWithRecord(BuildExtension):
-    """build_ext that also writes the build record (_build_info.json) beside the
-    extension modules it built: into the wheel for `pip install .`, into the
-    source tree for in-place / editable builds.  Never into a tree it did not
-    build for, so a wheel built from a checkout leaves the checkout's record alone."""
+    """build_ext that compiles the CPU kernels once per vector ISA level and
+    writes the build record (_build_info.json) beside the extension modules it
+    built: into the wheel for `pip install .`, into the source tree for
+    in-place / editable builds.  Never into a tree it did not build for, so a
+    wheel built from a checkout leaves the checkout's record alone."""
+
+    def build_extension(self, ext):
+        levels = getattr(ext, "mnv3_cpu_levels", None)
+        if levels:
+            objects = []
+            for level, flags in levels.items():
+                objs = self.compiler.compile(
+                    CPU_KERNEL_SOURCES,
+                    output_dir=os.path.join(self.build_temp, "cpu_levels", level),
+                    macros=[(f"MNV3_CPU_LEVEL_{level.upper()}", None)],
+                    debug=self.debug,
+                    extra_postargs=ext.mnv3_kernel_cflags + flags,
+                    depends=HEADERS,
+                )
+                _check_level_symbols(objs, level)
+                objects += objs
+            ext.extra_objects = list(ext.extra_objects or []) + objects
+        super().build_extension(ext)
 
     def run(self):
         super().run()
@@ -110,20 +178,24 @@ def get_extensions():
     debug = _env_flag("MNV3_DEBUG")
     opt = ["-O0", "-g"] if debug else ["-O3"]
     common = ["-std=c++17", f"-DTORCH_TARGET_VERSION={TORCH_TARGET_VERSION}"]
-    # -Wno-psabi: the CPU kernels' vector helpers (csrc/cpu/simd.h) are always
-    # inlined into their target clones, so GCC's note that passing vectors
-    # changes the ABI across targets never applies.
+    # -Wno-psabi: the CPU kernels' vector helpers (csrc/cpu/kernels/vec.h) are
+    # always inlined, so GCC's note that passing vectors changes the ABI
+    # across targets never applies.
     cxx = opt + common + ["-fdiagnostics-color=always", "-Wno-psabi"]
 
-    extensions = [
-        CppExtension(
-            f"{PACKAGE}._C",
-            sorted(glob.glob(os.path.join("csrc", "cpu", "*.cpp"))),
-            extra_compile_args={"cxx": cxx},
-            py_limited_api=True,
-        )
-    ]
+    levels = _cpu_levels()
+    cpu = CppExtension(
+        f"{PACKAGE}._C",
+        sorted(glob.glob(os.path.join("csrc", "cpu", "*.cpp"))),
+        extra_compile_args={"cxx": cxx + (["-DMNV3_CPU_X86_LEVELS"] if "avx2" in levels else [])},
+        depends=CPU_KERNEL_SOURCES + HEADERS,
+        py_limited_api=True,
+    )
+    cpu.mnv3_cpu_levels = levels  # compiled by BuildExtWithRecord.build_extension
+    cpu.mnv3_kernel_cflags = cxx
+    extensions = [cpu]
     info = {
+        "cpu_levels": list(levels),
         "torch": torch.__version__,
         "torch_target_version": "2.10",
         "python": sys.version.split()[0],

@@ -3,7 +3,8 @@
 Importing an extension module runs its static registrations: the CPU or CUDA
 implementations of the ops that ops.py defines.  A missing or broken build is
 not an error here: backends.py falls back and `python -m mnv3_kernels.info`
-says why.
+says why.  One exception: MNV3_CPU_ISA asking for a vector ISA level this CPU
+(or build) cannot run raises at load, with what the CPU lacks.
 """
 
 from __future__ import annotations
@@ -56,6 +57,42 @@ def _load(module: str, what: str, not_built_reason: str) -> ExtensionStatus:
     return ExtensionStatus(True, "loaded")
 
 
+def cpu_isa() -> dict | None:
+    """The vector ISA level the CPU kernels run, as the CPU extension chose it
+    (csrc/cpu/cpu_isa.cpp): {"level", "lanes", "reason", "built", "supported",
+    "features"}; None when the CPU extension is not loaded.  Raises
+    RuntimeError when MNV3_CPU_ISA asks for a level this CPU or build lacks."""
+    try:
+        from . import _C
+    except ImportError:
+        return None
+    if not hasattr(_C, "cpu_isa"):  # a module built before the ISA levels existed
+        return None
+    return _C.cpu_isa()
+
+
+def cpu_model() -> str:
+    """The CPU's model name, with its family and model numbers where /proc/cpuinfo
+    has them ("AMD EPYC" is the whole name on some VMs: Zen 3 is family 25 model 1,
+    Zen 4 family 25 model 17)."""
+    import platform
+
+    fields: dict[str, str] = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if not line.strip():
+                    break  # the first processor is enough
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip(), value.strip())
+    except OSError:
+        pass
+    name = fields.get("model name") or platform.processor() or platform.machine()
+    if "cpu family" in fields and "model" in fields:
+        name += f" (family {fields['cpu family']}, model {fields['model']})"
+    return name
+
+
 def load_extensions() -> dict[str, ExtensionStatus]:
     info = build_info()
     # A source checkout imported without an in-place build has the build record
@@ -64,6 +101,8 @@ def load_extensions() -> dict[str, ExtensionStatus]:
                "use `pip install --no-build-isolation -e .`, or run from outside the checkout)")
     status = {"cpu": _load("_C", "CPU", missing.format("") if info else
                            "the CPU extension was not built (pip install . builds it)")}
+    if status["cpu"].loaded:
+        cpu_isa()  # a bad MNV3_CPU_ISA fails here, at import, not at the first op
     if info.get("cuda_built"):
         cuda_reason = missing.format("_cuda")
     else:

@@ -3,12 +3,13 @@ is available for each device, and why not."""
 
 from __future__ import annotations
 
+import os
 import sys
 
 import torch
 
 from . import __version__, backends
-from ._extension import build_info
+from ._extension import build_info, cpu_isa, cpu_model
 
 
 def report() -> str:
@@ -20,6 +21,8 @@ def report() -> str:
     else:
         lines.append(f"  built with torch {info.get('torch')} (stable ABI target {info.get('torch_target_version')}), "
                      f"python {info.get('python')}")
+        if info.get("cpu_levels"):
+            lines.append(f"  CPU kernels: vector ISA levels {', '.join(info['cpu_levels'])}")
         if info.get("cuda_built"):
             lines.append(f"  CUDA extension: CUDA {info.get('cuda')}, archs {info.get('cuda_arch_list')}")
         else:
@@ -29,6 +32,14 @@ def report() -> str:
     lines.append(f"  torch {torch.__version__}, CUDA runtime {torch.version.cuda}, python {sys.version.split()[0]}")
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none visible"
     lines.append(f"  GPU: {gpu}")
+    lines.append(f"  CPU: {cpu_model()}, {os.cpu_count()} logical CPUs, {torch.get_num_threads()} torch threads")
+    isa = cpu_isa()
+    if isa is None:
+        lines.append("  CPU kernels' vector ISA: - (the CPU extension is not loaded)")
+    else:
+        lines.append(f"  CPU kernels' vector ISA: {isa['level']} ({isa['lanes']} fp32 lanes): {isa['reason']}")
+        lines.append(f"    levels this CPU runs: {', '.join(isa['supported'])}; features (+ present, - absent): "
+                     f"{isa['features'] or '-'}")
     lines.append(f"  requested backend: {backends.requested_backend().value} ({backends.ENV_VAR} / set_backend)")
     lines.append("")
     lines.append("backends:")

@@ -7,6 +7,8 @@
 
 #include <math.h>
 
+#include <type_traits>
+
 namespace mnv3 {
 
 // The integer codes are part of the contract with mnv3_kernels/ops.py
@@ -15,7 +17,7 @@ enum class Activation : int { Identity = 0, ReLU = 1, ReLU6 = 2, HardSwish = 3 }
 enum class Gate : int { HardSigmoid = 0, Sigmoid = 1 };
 
 // Templates over the value type F: float everywhere, and on the CPU also a
-// GCC vector of floats (csrc/cpu/simd.h), lane by lane the same formula.
+// GCC vector of floats (csrc/cpu/kernels/vec.h), lane by lane the same formula.
 template <typename F>
 MNV3_HD F relu(F v) { return v < 0.f ? F{} + 0.f : v; }
 
@@ -49,6 +51,34 @@ MNV3_HD float apply_gate(float v) {
     return sigmoid(v);
   } else {
     return hardsigmoid(v);
+  }
+}
+
+// Calls fn(std::integral_constant<Activation, A>{}) for the runtime value.
+template <typename Fn>
+void dispatch_activation(Activation act, Fn&& fn) {
+  switch (act) {
+    case Activation::Identity:
+      fn(std::integral_constant<Activation, Activation::Identity>{});
+      break;
+    case Activation::ReLU:
+      fn(std::integral_constant<Activation, Activation::ReLU>{});
+      break;
+    case Activation::ReLU6:
+      fn(std::integral_constant<Activation, Activation::ReLU6>{});
+      break;
+    case Activation::HardSwish:
+      fn(std::integral_constant<Activation, Activation::HardSwish>{});
+      break;
+  }
+}
+
+template <typename Fn>
+void dispatch_gate(Gate gate, Fn&& fn) {
+  if (gate == Gate::Sigmoid) {
+    fn(std::integral_constant<Gate, Gate::Sigmoid>{});
+  } else {
+    fn(std::integral_constant<Gate, Gate::HardSigmoid>{});
   }
 }
 

@@ -216,32 +216,4 @@ void dispatch_float_types(ScalarType dtype, Fn&& fn) {
   }
 }
 
-// Calls fn(std::integral_constant<Activation, A>{}) for the runtime value.
-template <typename Fn>
-void dispatch_activation(Activation act, Fn&& fn) {
-  switch (act) {
-    case Activation::Identity:
-      fn(std::integral_constant<Activation, Activation::Identity>{});
-      break;
-    case Activation::ReLU:
-      fn(std::integral_constant<Activation, Activation::ReLU>{});
-      break;
-    case Activation::ReLU6:
-      fn(std::integral_constant<Activation, Activation::ReLU6>{});
-      break;
-    case Activation::HardSwish:
-      fn(std::integral_constant<Activation, Activation::HardSwish>{});
-      break;
-  }
-}
-
-template <typename Fn>
-void dispatch_gate(Gate gate, Fn&& fn) {
-  if (gate == Gate::Sigmoid) {
-    fn(std::integral_constant<Gate, Gate::Sigmoid>{});
-  } else {
-    fn(std::integral_constant<Gate, Gate::HardSigmoid>{});
-  }
-}
-
 }  // namespace mnv3

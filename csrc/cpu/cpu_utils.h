@@ -3,6 +3,7 @@
 #pragma once
 
 #include "../common/op_glue.h"
+#include "kernels/kernels.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -24,6 +25,11 @@ std::tuple<Tensor, Tensor> dwconv_bias_act_cpu_kernel(const Tensor& x, const Ten
                                                       const std::vector<int64_t>& padding,
                                                       const std::vector<int64_t>& dilation,
                                                       const std::string& activation, bool with_mean);
+
+// The kernels' name for a tensor dtype (fp32, fp16 or bf16: check_* validated it).
+inline Storage storage_of(ScalarType t) {
+  return t == ScalarType::Half ? Storage::Float16 : t == ScalarType::BFloat16 ? Storage::BFloat16 : Storage::Float32;
+}
 
 template <typename T>
 std::vector<float> vector_to_float(const Tensor& v) {
@@ -122,17 +128,6 @@ class Scratch {
   AlignedFloats own_;
   float* data_ = nullptr;
 };
-
-// Hot CPU loops are compiled three times, for AVX-512 (x86-64-v4), AVX2+FMA
-// (x86-64-v3) and the baseline, and the loader picks the one this CPU runs
-// (GCC target_clones, an ifunc): the wheel stays portable and a modern CPU
-// gets its full vector width.  Functions a clone calls must be inlined into it
-// (MNV3_HD is always_inline) to be compiled for its target.
-#if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__) && !defined(__clang__)
-#define MNV3_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define MNV3_CPU_CLONES
-#endif
 
 // A parallel_for chunk should hold at least this much work (multiply-adds or
 // elements) for the thread hand-off to pay.

@@ -1,27 +1,13 @@
-// CPU kernel of mnv3::pointwise_bias_act: a 1x1 convolution (or a Linear) as
-// a matrix product with its epilogue fused,
-//   y[m, :] = act(W (x[m, :] * scale[sample(m), :]) + b) (+ residual[m, :]),
-// on the rows of a channels-last activation ([N*H*W, Cin], the tensor's own
-// memory) or of a 2-d [M, Cin] matrix.  `scale` is the SE gate: applying it
-// where the projection reads its input saves the separate pass that scales the
-// whole activation.
-//
-// Register tiles of kRows rows x 16 output channels (one AVX-512 register per
-// row: 12 accumulators, the weight vector and the broadcast input).  Weights
-// are read as panels of 16 output channels, [ceil(Cout/16)][Cin][16] with the
-// last panel zero-padded (layout.pack_pointwise_weight): a tile reads its
-// panel front to back, so the first pass over weights that are not in cache
-// streams sequential memory (the hardware prefetcher runs ahead) instead of
-// one cache line per weight row, a page apart for wide layers (measured: that
-// first pass dominated the 7x7 layers' time in a whole forward).  A caller
-// that packs once (cpu_conv.prepack) passes the panels; a [Cout, Cin] weight
-// is packed per call.  The tiles are the unit of
-// the parallel split (row blocks outer, 16-channel panels inner, so a thread
-// reuses its rows across panels).  fp32 only: it backs the fp32 CPU fast path;
-// other dtypes run the reference.
+// CPU ops on the GEMM register tiles (kernels/gemm.cpp): mnv3::pointwise_bias_act
+// (a 1x1 conv or Linear with bias, activation, SE scale and residual fused),
+// mnv3::se_gate, mnv3::pointwise_dwconv (an inverted residual block's expand
+// 1x1 conv + depthwise conv in one pass), mnv3::conv_bias_act (the dense
+// stem), and mnv3::run_plan (a whole MobileNetV3 forward).  Here: argument
+// checks, weight packing, allocation and the split between threads; the
+// arithmetic runs on the vector ISA level's kernels (cpu_isa.h).  fp32 only:
+// these ops back the fp32 CPU fast path; other dtypes run the reference.
+#include "cpu_isa.h"
 #include "cpu_utils.h"
-#include "dw_row.h"
-#include "simd.h"
 
 #include <torch/csrc/stable/ops.h>
 
@@ -32,260 +18,20 @@
 namespace mnv3 {
 namespace {
 
-constexpr int kLanes = 16;  // output channels per panel
-constexpr int kRows = 12;   // rows per full register tile (measured best of 6x32, 8x32, 12x16, 14x16 on AVX-512)
-
-template <int L = kLanes>
-MNV3_HD vfloat<L> vload_partial(const float* p, int n) {
-  vfloat<L> v = vzero<L>();
-  memcpy(&v, p, sizeof(float) * n);
-  return v;
-}
-
-// One tile: MR rows of a (row stride lda) x one weight panel b ([K][16]; `valid`
-// of its 16 channels exist, the rest are zero), L of its lanes computed (8 for
-// a panel with at most 8 channels, see pw_tile_at).  Input k of row i is
-// a[i * lda + k], or with Gather a[i * lda + off[k]] (conv_bias_act's taps);
-// LDA > 0: lda known at compile time (the 12 loads of a step then address off
-// one register, not 12 row pointers that no longer fit the integer registers).
-// Output row i goes to c[i] (rows may be anywhere: the padded layout of
-// pointwise_dwconv); residual row i (if any) is res + i * ldr.
-template <int MR, Activation A, bool Gather = false, int LDA = 0, int L = kLanes>
-MNV3_HD void pw_tile(const float* a, int64_t lda, const float* b, int64_t K, int valid, const float* bias,
-                     const float* res, int64_t ldr, float* const* c, const int64_t* off = nullptr) {
-  const int64_t step = LDA > 0 ? LDA : lda;
-  const bool full = valid == L;
-  // Every loop over the MR rows unrolled, the epilogue's cases outside them: the
-  // accumulators then stay in registers (with runtime branches inside the row loop,
-  // GCC kept acc[] on the stack: 12 stores before the k loop and 12 after, measured
-  // ~20% of a K = 16 tile's time).
-  vfloat<L> acc[MR];
-  const vfloat<L> bv = full ? vload<L>(bias) : vload_partial<L>(bias, valid);
-#pragma GCC unroll 16
-  for (int i = 0; i < MR; ++i) acc[i] = bv;
-  for (int64_t k = 0; k < K; ++k) {
-    const vfloat<L> w = vload<L>(b + k * kLanes);
-    const float* ak = Gather ? a + off[k] : a + k;
-#pragma GCC unroll 16
-    for (int i = 0; i < MR; ++i) acc[i] += ak[i * step] * w;
-  }
-#pragma GCC unroll 16
-  for (int i = 0; i < MR; ++i) acc[i] = activate<A>(acc[i]);
-  if (full && res == nullptr) {
-#pragma GCC unroll 16
-    for (int i = 0; i < MR; ++i) vstore<L>(c[i], acc[i]);
-  } else if (full) {
-#pragma GCC unroll 16
-    for (int i = 0; i < MR; ++i) vstore<L>(c[i], acc[i] + vload<L>(res + i * ldr));
-  } else {
-#pragma GCC unroll 16
-    for (int i = 0; i < MR; ++i) {
-      vfloat<L> y = acc[i];
-      if (res != nullptr) y += vload_partial<L>(res + i * ldr, valid);
-      float tmp[L];
-      vstore<L>(tmp, y);
-      memcpy(c[i], tmp, sizeof(float) * valid);
-    }
-  }
-}
-
-struct PwProblem {
-  const float* x;      // [M, K] row-major
-  const float* w;      // panels [ceil(Nc/16)][K][16]: w[(n / 16) * K * 16 + k * 16 + n % 16]
-  const float* bias;   // [Nc]
-  const float* scale;  // [samples, K] or nullptr
-  const float* res;    // [M, Nc] row-major or nullptr
-  float* y;            // [M, Nc] rows, row stride ldy
-  int64_t ldy;
-  // Floats between the outputs of consecutive 16-channel panels of a row: 16
-  // (channels contiguous), or a block stride (pointwise_dwconv's expanded rows
-  // in 16-channel blocks, dw_row.h).
-  int64_t panel_stride = kLanes;
-  int64_t M, K, Nc, rows_per_sample;
-  // Row-padded output (pointwise_dwconv): when out_w > 0, row m = pixel w of
-  // image row r = m / out_w (of all samples' rows in turn) goes to
-  // y + (r * Wp + w + pw) * ldy, and the pw pixels left of each image row and
-  // the Wp - out_w - pw right of it get zeros (written with the row's first and
-  // last pixel, panel by panel: no separate pass clears the padding).
-  int64_t out_w, Wp, pw;
-};
-
-MNV3_HD float* pw_out_row(const PwProblem& p, int64_t m) {
-  if (p.out_w == 0) return p.y + m * p.ldy;
-  return p.y + ((m / p.out_w) * p.Wp + m % p.out_w + p.pw) * p.ldy;
-}
-
-// The padding pixels of row-padded output rows [m0, m0 + mr), channels [n0, n0 + 16).
-MNV3_HD void pw_zero_padding(const PwProblem& p, int64_t m0, int64_t mr, float* const* out, int64_t n0) {
-  const vfloat<kLanes> zero = vzero<kLanes>();
-  for (int64_t i = 0; i < mr; ++i) {
-    const int64_t col = (m0 + i) % p.out_w;
-    if (col == 0)
-      for (int64_t j = 1; j <= p.pw; ++j) vstore<kLanes>(out[i] - j * p.ldy + n0 / kLanes * p.panel_stride, zero);
-    if (col == p.out_w - 1)
-      for (int64_t j = 1; j < p.Wp - p.out_w - p.pw + 1; ++j)
-        vstore<kLanes>(out[i] + j * p.ldy + n0 / kLanes * p.panel_stride, zero);
-  }
-}
-
-// R rows from row m of one panel (a: those rows' inputs; out: their output rows).
-template <int R, Activation A>
-MNV3_HD void pw_tile_at(const PwProblem& p, const float* a, int64_t lda, int64_t m, float* const* out, int64_t n0,
-                        int valid) {
-  const float* res = p.res == nullptr ? nullptr : p.res + m * p.Nc + n0;
-  float* rows[R];
-  for (int i = 0; i < R; ++i) rows[i] = out[i] + n0 / kLanes * p.panel_stride;
-  // A last panel of at most 8 channels (24, 40, 72, 120, 184, 200 outputs) on
-  // 8-lane vectors: half the multiply-adds (an AVX-512 core issues two 8-lane
-  // FMAs where it issues one 16-lane FMA).
-  if (valid <= kLanes / 2)
-    pw_tile<R, A, false, 0, kLanes / 2>(a, lda, p.w + n0 * p.K, p.K, valid, p.bias + n0, res, p.Nc, rows);
-  else
-    pw_tile<R, A>(a, lda, p.w + n0 * p.K, p.K, valid, p.bias + n0, res, p.Nc, rows);
-}
-
-// Rows are cut into blocks of near-equal size: ceil(M / 12) blocks of
-// floor(M / blocks) rows, the first M % blocks of them one row more (49 rows:
-// 10, 10, 10, 10, 9 rather than 12, 12, 12, 12, 1, whose one-row tile costs a
-// pass over the weights for one FMA per load, and splits unevenly between
-// threads: measured on the 7x7 layers).
-struct RowBlocks {
-  int64_t count, base, extra;
-  explicit RowBlocks(int64_t M) : count((M + kRows - 1) / kRows) {
-    base = count > 0 ? M / count : 0;
-    extra = count > 0 ? M % count : 0;
-  }
-  int64_t start(int64_t b) const { return b * base + std::min(b, extra); }
-  int64_t size(int64_t b) const { return base + (b < extra ? 1 : 0); }
-};
-
-// Rows [m0, m0 + mr) (1 <= mr <= R <= kRows) of one panel as one tile of mr
-// rows (each tile size is its own instantiation: the accumulators stay in
-// registers); out[i]: the output row of row m0 + i.  (No lambdas here: a target
-// clone compiles only what is inlined into it.)
-template <Activation A, int R = kRows>
-MNV3_HD void pw_block(const PwProblem& p, const float* a, int64_t lda, int64_t m0, int64_t mr, float* const* out,
-                      int64_t n0) {
-  if (mr == R) {
-    pw_tile_at<R, A>(p, a, lda, m0, out, n0, static_cast<int>(std::min<int64_t>(kLanes, p.Nc - n0)));
-  } else if constexpr (R > 1) {
-    pw_block<A, R - 1>(p, a, lda, m0, mr, out, n0);
-  }
-}
-
-// Rows [m0, m0 + mr) of one panel as tiles of kRows, then 8, 4, 2, 1 rows
-// (pointwise_dwconv's rows of 56 or more pixels: short tails; and only 5 tile
-// sizes compiled into each of its 16 activation pairs, against 12 in pw_block).
-template <Activation A>
-MNV3_HD void pw_rows(const PwProblem& p, const float* a, int64_t lda, int64_t m0, int64_t mr, float* const* out,
-                     int64_t n0) {
-  const int valid = static_cast<int>(std::min<int64_t>(kLanes, p.Nc - n0));
-  int64_t i = 0;
-  for (; i + kRows <= mr; i += kRows) pw_tile_at<kRows, A>(p, a + i * lda, lda, m0 + i, out + i, n0, valid);
-  if (i + 8 <= mr) { pw_tile_at<8, A>(p, a + i * lda, lda, m0 + i, out + i, n0, valid); i += 8; }
-  if (i + 4 <= mr) { pw_tile_at<4, A>(p, a + i * lda, lda, m0 + i, out + i, n0, valid); i += 4; }
-  if (i + 2 <= mr) { pw_tile_at<2, A>(p, a + i * lda, lda, m0 + i, out + i, n0, valid); i += 2; }
-  if (i + 1 <= mr) pw_tile_at<1, A>(p, a + i * lda, lda, m0 + i, out + i, n0, valid);
-}
-
-// Tasks [begin, end) of (row block (RowBlocks), panel), row blocks outer, or
-// with panel_major of (panel, row block), panels outer (pointwise_dwconv's
-// small images: a thread's depthwise half then reads the channel blocks it
-// expanded).  Per row block, once: its output row addresses and, with a scale,
-// its rows copied scaled into `scaled` (kRows x K), which every panel then reads.
-template <Activation A>
-MNV3_CPU_CLONES void pw_range(const PwProblem& p, float* scaled, int64_t begin, int64_t end, bool panel_major = false) {
-  const int64_t panels = (p.Nc + kLanes - 1) / kLanes;
-  const RowBlocks blocks(p.M);
-  int64_t current = -1;
-  float* out[kRows];
-  for (int64_t t = begin; t < end; ++t) {
-    const int64_t block = panel_major ? t % blocks.count : t / panels;
-    const int64_t panel = panel_major ? t / blocks.count : t % panels;
-    const int64_t m0 = blocks.start(block), mr = blocks.size(block);
-    const float* a = p.x + m0 * p.K;
-    if (current != block) {
-      for (int64_t i = 0; i < mr; ++i) out[i] = pw_out_row(p, m0 + i);
-      if (p.scale != nullptr) {
-        for (int64_t i = 0; i < mr; ++i) {
-          const float* s = p.scale + ((m0 + i) / p.rows_per_sample) * p.K;
-          const float* src = a + i * p.K;
-          float* dst = scaled + i * p.K;
-          for (int64_t k = 0; k < p.K; ++k) dst[k] = src[k] * s[k];
-        }
-      }
-      current = block;
-    }
-    pw_block<A>(p, p.scale != nullptr ? scaled : a, p.K, m0, mr, out, panel * kLanes);
-    if (p.out_w > 0) pw_zero_padding(p, m0, mr, out, panel * kLanes);
-  }
-}
-
-// One row (M = 1: batch-1 Linears, SE fc layers): blocks of kGemvVectors
-// panels, each with its accumulators in registers while the panels stream past
-// side by side (k outer; each panel read front to back).  A panel at a time
-// would keep one accumulator busy: a chain of dependent FMAs.
-constexpr int kGemvVectors = 8;
-constexpr int kGemvColumns = kGemvVectors * kLanes;
-
-template <Activation A>
-MNV3_CPU_CLONES void gemv_range(const PwProblem& p, int64_t begin, int64_t end) {
-  for (int64_t blk = begin; blk < end; ++blk) {
-    const int64_t n0 = blk * kGemvColumns;
-    const int64_t width = std::min<int64_t>(kGemvColumns, p.Nc - n0);
-    const int nv = static_cast<int>((width + kLanes - 1) / kLanes);
-    const int last = static_cast<int>(width - (nv - 1) * kLanes);  // valid lanes of the last vector
-    vfloat<kLanes> acc[kGemvVectors];
-    for (int v = 0; v < kGemvVectors; ++v) acc[v] = vzero<kLanes>();
-    const float* w = p.w + n0 * p.K;  // this block's first panel
-    const int64_t panel = p.K * kLanes;
-    if (nv == kGemvVectors) {
-      for (int64_t k = 0; k < p.K; ++k) {
-        const float a = p.scale == nullptr ? p.x[k] : p.x[k] * p.scale[k];
-        for (int v = 0; v < kGemvVectors; ++v) acc[v] += a * vload<kLanes>(w + v * panel + k * kLanes);
-      }
-    } else {
-      for (int64_t k = 0; k < p.K; ++k) {
-        const float a = p.scale == nullptr ? p.x[k] : p.x[k] * p.scale[k];
-        for (int v = 0; v < nv; ++v) acc[v] += a * vload<kLanes>(w + v * panel + k * kLanes);
-      }
-    }
-    for (int v = 0; v < nv; ++v) {
-      const int valid = v + 1 < nv ? kLanes : last;
-      const float* bias = p.bias + n0 + v * kLanes;
-      vfloat<kLanes> y = acc[v] + (valid == kLanes ? vload<kLanes>(bias) : vload_partial<kLanes>(bias, valid));
-      y = activate<A>(y);
-      float* out = p.y + n0 + v * kLanes;
-      if (valid == kLanes) {
-        if (p.res != nullptr) y += vload<kLanes>(p.res + n0 + v * kLanes);
-        vstore<kLanes>(out, y);
-      } else {
-        if (p.res != nullptr) y += vload_partial<kLanes>(p.res + n0 + v * kLanes, valid);
-        float tmp[kLanes];
-        vstore<kLanes>(tmp, y);
-        memcpy(out, tmp, sizeof(float) * valid);
-      }
-    }
-  }
-}
-
 // p on the register tiles (M > 1) or the matrix-vector walk (M = 1), in parallel.
 void run_pointwise(const PwProblem& p, Activation act) {
-  const int64_t panels = (p.Nc + kLanes - 1) / kLanes, K = p.K;
-  const int64_t tasks = ((p.M + kRows - 1) / kRows) * panels;
-  dispatch_activation(act, [&](auto act_tag) {
-    constexpr Activation A = decltype(act_tag)::value;
-    if (p.M == 1) {  // a matrix-vector product: stream the weight panels
-      const int64_t blocks = (p.Nc + kGemvColumns - 1) / kGemvColumns;
-      torch::stable::parallel_for(0, blocks, grain_for(kGemvColumns * std::max<int64_t>(K, 1)),
-                                  [&](int64_t begin, int64_t end) { gemv_range<A>(p, begin, end); });
-      return;
-    }
-    torch::stable::parallel_for(0, tasks, grain_for(kRows * kLanes * std::max<int64_t>(K, 1)),
-                                [&](int64_t begin, int64_t end) {
-                                  std::vector<float> scaled(p.scale != nullptr ? kRows * K : 0);
-                                  pw_range<A>(p, scaled.data(), begin, end);
-                                });
+  const CpuKernels& k = cpu_kernels();
+  const int64_t panels = (p.Nc + kPanel - 1) / kPanel, K = std::max<int64_t>(p.K, 1);
+  if (p.M == 1) {  // a matrix-vector product: stream the weight panels
+    const int64_t blocks = (p.Nc + k.gemv_columns - 1) / k.gemv_columns;
+    torch::stable::parallel_for(0, blocks, grain_for(k.gemv_columns * K),
+                                [&](int64_t begin, int64_t end) { k.pointwise_gemv(p, act, begin, end); });
+    return;
+  }
+  const int64_t tasks = RowBlocks(p.M).count * panels;
+  torch::stable::parallel_for(0, tasks, grain_for(kGemmBlockRows * kPanel * K), [&](int64_t begin, int64_t end) {
+    std::vector<float> scaled(p.scale != nullptr ? kGemmBlockRows * p.K : 0);
+    k.pointwise_tiles(p, act, scaled.data(), begin, end, false);
   });
 }
 
@@ -301,13 +47,13 @@ int64_t check_pointwise_weights(const Tensor& x, const Tensor& weight, const Ten
   const bool panels = weight.dim() == 3;
   const int64_t Nc = panels ? bias.size(0) : weight.size(0);
   if (panels) {
-    STD_TORCH_CHECK(weight.size(0) == (Nc + kLanes - 1) / kLanes && weight.size(1) == K &&
-                        weight.size(2) == kLanes &&
+    STD_TORCH_CHECK(weight.size(0) == (Nc + kPanel - 1) / kPanel && weight.size(1) == K &&
+                        weight.size(2) == kPanel &&
                         (weight.size(0) * K == 0 ||  // no elements: any strides (torch calls that contiguous)
-                         ((weight.size(0) == 1 || weight.stride(0) == K * kLanes) &&
-                          (K == 1 || weight.stride(1) == kLanes) && weight.stride(2) == 1)),
+                         ((weight.size(0) == 1 || weight.stride(0) == K * kPanel) &&
+                          (K == 1 || weight.stride(1) == kPanel) && weight.stride(2) == 1)),
                     wname, " given as panels must be a contiguous [ceil(Cout/16), Cin, 16] = [",
-                    (Nc + kLanes - 1) / kLanes, ", ", K, ", 16] tensor (layout.pack_pointwise_weight)");
+                    (Nc + kPanel - 1) / kPanel, ", ", K, ", 16] tensor (layout.pack_pointwise_weight)");
   } else {
     STD_TORCH_CHECK(weight.dim() == 2 && weight.size(1) == K, wname,
                     " must be a float32 [Cout, Cin] matrix with Cin = ", K, " (or its [ceil(Cout/16), Cin, 16] panels)");
@@ -323,10 +69,10 @@ int64_t check_pointwise_weights(const Tensor& x, const Tensor& weight, const Ten
 const float* weight_panels(const Tensor& weight, int64_t K, int64_t Nc, std::vector<float>& storage) {
   const float* w = static_cast<const float*>(weight.const_data_ptr());
   if (weight.dim() == 3) return w;
-  storage.assign(static_cast<size_t>((Nc + kLanes - 1) / kLanes * K * kLanes), 0.f);
+  storage.assign(static_cast<size_t>((Nc + kPanel - 1) / kPanel * K * kPanel), 0.f);
   const int64_t s0 = weight.stride(0), s1 = weight.stride(1);
   for (int64_t n = 0; n < Nc; ++n)
-    for (int64_t k = 0; k < K; ++k) storage[(n / kLanes * K + k) * kLanes + n % kLanes] = w[n * s0 + k * s1];
+    for (int64_t k = 0; k < K; ++k) storage[(n / kPanel * K + k) * kPanel + n % kPanel] = w[n * s0 + k * s1];
   return storage.data();
 }
 
@@ -433,45 +179,12 @@ Tensor se_gate_cpu(const Tensor& pooled, const Tensor& w1, const Tensor& b1, con
 // inverted residual block in one pass, so the expanded activation (the
 // block's widest tensor: 3.2 MB at 112x112x64 in MobileNetV3-Large) never
 // goes to memory.  The expanded rows are zero-padded left and right and laid
-// out in 16-channel blocks, so the depthwise tiles (dw_row.h) have no borders
+// out in 16-channel blocks, so the depthwise tiles (kernels/dw_rows.cpp) have no borders
 // and read their pixels at fixed offsets.  Images of width >= kRingMinWidth:
 // a thread walks a band of output rows and keeps the expanded input rows it
 // needs in a ring of (K-1)*dilation+1 rows; a row is computed (pw_rows) once
 // per band, the first rows of a band again by the neighbouring band (the
 // halo).  Smaller images: see pointwise_dwconv_cpu.
-
-// Output rows [begin, end) of the flattened (n, oh) range.  ring: R rows in
-// 16-channel blocks (block b of slot s at ring + (b * R + s) * Wp * 16),
-// zero-initialized (the padding columns and channels stay zero: pw_rows writes
-// only the W real pixels' C channels); out: room for W row addresses.
-template <Activation A1>
-MNV3_CPU_CLONES void pointwise_dw_range(const PwProblem& pw, const DwProblem& d, float* ring, int64_t* tags,
-                                        float** out, int64_t begin, int64_t end) {
-  const int64_t R = (d.K - 1) * d.dh + 1, row_floats = d.Wp * kLanes;
-  const int64_t panels = (pw.Nc + kLanes - 1) / kLanes;
-  const float* rows[16];
-  for (int64_t i = 0; i < R; ++i) tags[i] = -1;
-  for (int64_t r = begin; r < end; ++r) {
-    const int64_t n = r / d.OH, oh = r % d.OH;
-    for (int64_t kh = 0; kh < d.K; ++kh) {
-      const int64_t ih = oh * d.sh - d.ph + kh * d.dh;
-      if (ih < 0 || ih >= d.H) {
-        rows[kh] = d.zero;
-        continue;
-      }
-      const int64_t slot = ih % R, tag = n * d.H + ih;
-      float* buf = ring + slot * row_floats;
-      if (tags[slot] != tag) {  // expand input row (n, ih) into the ring
-        const float* a = pw.x + tag * d.W * pw.K;
-        for (int64_t w = 0; w < d.W; ++w) out[w] = buf + (d.pw + w) * kLanes;
-        for (int64_t pnl = 0; pnl < panels; ++pnl) pw_rows<A1>(pw, a, pw.K, 0, d.W, out, pnl * kLanes);
-        tags[slot] = tag;
-      }
-      rows[kh] = buf;
-    }
-    dw_row(d, rows, n, oh);
-  }
-}
 
 // From this input width on, pointwise_dwconv walks rows with a ring of
 // expanded rows; below it, it expands the whole image first (measured on 2
@@ -496,16 +209,16 @@ std::tuple<Tensor, Tensor> pointwise_dwconv_cpu(const Tensor& x, const Tensor& w
   check_same_device(x, "x", dw_bias, "dw_bias");
   const DwGeometry g = dw_geometry(x.size(0), C, x.size(2), x.size(3), dw_weight, dw_bias, stride, padding,
                                    dilation, "dw_weight", "dw_bias");
-  STD_TORCH_CHECK(g.kh == g.kw && (g.kh - 1) * g.dh + 1 <= 16,
-                  "dw_weight must be a square kernel whose dilated span is at most 16 rows");
+  STD_TORCH_CHECK(g.kh == g.kw && (g.kh - 1) * g.dh + 1 <= kMaxDwSpan,
+                  "dw_weight must be a square kernel whose dilated span is at most ", kMaxDwSpan, " rows");
   DwProblem d{};
   static_cast<DwGeometry&>(d) = g;
   d.K = g.kh;
   const Activation act1 = parse_activation(activation);
   d.act = parse_activation(dw_activation);
-  d.Cp = (C + kLanes - 1) / kLanes * kLanes;
+  d.Cp = (C + kDwBlock - 1) / kDwBlock * kDwBlock;
   d.Wp = std::max(d.W + 2 * d.pw, dw_row_width(d));
-  d.zero = zero_floats(d.Wp * kLanes);
+  d.zero = zero_floats(d.Wp * kDwBlock);
   Tensor y = empty_4d(d.N, C, d.OH, d.OW, true, ScalarType::Float, x);
   Tensor mean = with_mean ? empty_2d(d.N, C, ScalarType::Float, x)
                           : empty_none(ScalarType::Float, x);
@@ -543,7 +256,7 @@ std::tuple<Tensor, Tensor> pointwise_dwconv_cpu(const Tensor& x, const Tensor& w
   pw.x = static_cast<const float*>(x.const_data_ptr());
   pw.w = weight_panels(weight, Cin, C, w_storage);
   pw.bias = vector_as_float<float>(bias, b_storage);
-  pw.ldy = kLanes;  // the expanded rows in 16-channel blocks (dw_row.h)
+  pw.ldy = kDwBlock;  // the expanded rows in 16-channel blocks (a panel's outputs fill one block)
   pw.M = d.W;
   pw.K = Cin;
   pw.Nc = C;
@@ -551,19 +264,17 @@ std::tuple<Tensor, Tensor> pointwise_dwconv_cpu(const Tensor& x, const Tensor& w
 
   const int64_t R = (d.K - 1) * d.dh + 1;
   const int64_t row_work = d.OW * d.Cp * d.K * d.K + d.W * C * Cin;
-  dispatch_activation(act1, [&](auto a1) {
-    constexpr Activation A1 = decltype(a1)::value;
-    if (d.W >= kRingMinWidth) {
-      PwProblem ring_pw = pw;
-      ring_pw.panel_stride = d.block_stride = R * d.Wp * kLanes;
-      torch::stable::parallel_for(0, d.N * d.OH, grain_for(row_work), [&](int64_t begin, int64_t end) {
-        const AlignedFloats ring(R * d.Wp * d.Cp, true);
-        std::vector<float*> out(static_cast<size_t>(d.W));
-        int64_t tags[16];
-        pointwise_dw_range<A1>(ring_pw, d, ring.data(), tags, out.data(), begin, end);
-      });
-      return;
-    }
+  const CpuKernels& k = cpu_kernels();
+  if (d.W >= kRingMinWidth) {
+    PwProblem ring_pw = pw;
+    ring_pw.panel_stride = d.block_stride = R * d.Wp * kDwBlock;
+    torch::stable::parallel_for(0, d.N * d.OH, grain_for(row_work), [&](int64_t begin, int64_t end) {
+      const AlignedFloats ring(R * d.Wp * d.Cp, true);
+      std::vector<float*> out(static_cast<size_t>(d.W));
+      int64_t tags[kMaxDwSpan];
+      k.pointwise_dw_rows(ring_pw, d, act1, ring.data(), tags, out.data(), begin, end);
+    });
+  } else {
     // Small images: the expand GEMM over every pixel at once (full register
     // tiles), written into a row-padded copy of the expanded images in
     // 16-channel blocks ([Cp/16][count][H][Wp][16]; each row's left and right
@@ -590,16 +301,16 @@ std::tuple<Tensor, Tensor> pointwise_dwconv_cpu(const Tensor& x, const Tensor& w
       all.out_w = d.W;
       all.Wp = d.Wp;
       all.pw = d.pw;
-      all.panel_stride = d.block_stride = count * plane * kLanes;
-      const int64_t panels = (C + kLanes - 1) / kLanes, rows = count * d.OH;
-      torch::stable::parallel_for(0, panels, grain_for(all.M * kLanes * Cin + rows * d.OW * kLanes * d.K * d.K),
+      all.panel_stride = d.block_stride = count * plane * kDwBlock;
+      const int64_t panels = (C + kPanel - 1) / kPanel, rows = count * d.OH;
+      torch::stable::parallel_for(0, panels, grain_for(all.M * kPanel * Cin + rows * d.OW * kDwBlock * d.K * d.K),
                                   [&](int64_t begin, int64_t end) {
                                     const int64_t blocks = RowBlocks(all.M).count;
-                                    pw_range<A1>(all, nullptr, begin * blocks, end * blocks, true);
-                                    dw_image_rows(d, padded, n0, rows, begin * rows, end * rows);
+                                    k.pointwise_tiles(all, act1, nullptr, begin * blocks, end * blocks, true);
+                                    k.dw_image_rows(d, padded, n0, rows, begin * rows, end * rows);
                                   });
     }
-  });
+  }
   if (with_mean)
     mean_from_row_sums(d.row_sums, d.N, d.OH, d.OW, C, d.Cp, static_cast<float*>(mean.mutable_data_ptr()));
   return {y, mean};
@@ -613,88 +324,6 @@ std::tuple<Tensor, Tensor> pointwise_dwconv_cpu(const Tensor& x, const Tensor& w
 // per-tap offsets, whatever x's layout (the model's NCHW input needs no
 // channels-last copy first).  Pixels whose windows cross the border gather their
 // taps, zeros outside, into a small buffer first.
-
-struct ConvProblem : DwGeometry {  // (the geometry of any conv: op_glue.h conv_geometry)
-  const float* x;
-  int64_t xn, xc, xh, xw;  // x's strides
-  int64_t Kc, Cout;        // Kc = C * kh * kw taps
-  const float* w;          // panels [ceil(Cout/16)][Kc][16]
-  const float* bias;       // [Cout]
-  float* y;                // [N][OH][OW][Cout]
-  const int64_t* off;      // [Kc]: x offset of tap (c, i, j) from its window's first element
-  int64_t ow_lo, ow_hi;    // the output columns whose windows lie inside x horizontally
-};
-
-// R output pixels (n, oh, ow0..ow0+R-1) x the panel at channel n0.  inside:
-// their windows lie inside x (taps read in place), else the taps are gathered
-// into `gathered` (room for kRows x Kc floats), zeros outside.
-template <int R, Activation A>
-MNV3_HD void conv_tile(const ConvProblem& p, int64_t n, int64_t oh, int64_t ow0, int64_t n0, bool inside,
-                       float* gathered) {
-  const int valid = static_cast<int>(std::min<int64_t>(kLanes, p.Cout - n0));
-  const int64_t ih0 = oh * p.sh - p.ph, iw0 = ow0 * p.sw - p.pw;
-  float* out[R];
-  for (int i = 0; i < R; ++i) out[i] = p.y + ((n * p.OH + oh) * p.OW + ow0 + i) * p.Cout + n0;
-  const float* panel = p.w + n0 * p.Kc;
-  const float* bias = p.bias + n0;
-  if (inside) {
-    const float* a = p.x + n * p.xn + ih0 * p.xh + iw0 * p.xw;
-    const int64_t lda = p.sw * p.xw;  // between neighbouring output pixels' windows
-    if constexpr (R == kRows) {
-      if (lda == 2) {  // an NCHW input at stride 2 (the stem)
-        pw_tile<R, A, true, 2>(a, lda, panel, p.Kc, valid, bias, nullptr, 0, out, p.off);
-        return;
-      }
-      if (lda == 6) {  // a 3-channel channels-last input at stride 2
-        pw_tile<R, A, true, 6>(a, lda, panel, p.Kc, valid, bias, nullptr, 0, out, p.off);
-        return;
-      }
-    }
-    pw_tile<R, A, true>(a, lda, panel, p.Kc, valid, bias, nullptr, 0, out, p.off);
-    return;
-  }
-  for (int i = 0; i < R; ++i) {
-    float* row = gathered + i * p.Kc;
-    for (int64_t c = 0, k = 0; c < p.C; ++c)
-      for (int64_t a = 0; a < p.kh; ++a)
-        for (int64_t b = 0; b < p.kw; ++b, ++k) {
-          const int64_t ih = ih0 + a * p.dh, iw = iw0 + i * p.sw + b * p.dw;
-          row[k] = ih >= 0 && ih < p.H && iw >= 0 && iw < p.W ? p.x[n * p.xn + c * p.xc + ih * p.xh + iw * p.xw]
-                                                               : 0.f;
-        }
-  }
-  pw_tile<R, A>(gathered, p.Kc, panel, p.Kc, valid, bias, nullptr, 0, out);
-}
-
-// Output pixels [ow, stop) of row (n, oh), one panel: tiles of kRows, then 8, 4, 2, 1.
-template <Activation A>
-MNV3_HD void conv_span(const ConvProblem& p, int64_t n, int64_t oh, int64_t ow, int64_t stop, int64_t n0,
-                       bool inside, float* gathered) {
-  for (; ow + kRows <= stop; ow += kRows) conv_tile<kRows, A>(p, n, oh, ow, n0, inside, gathered);
-  if (ow + 8 <= stop) { conv_tile<8, A>(p, n, oh, ow, n0, inside, gathered); ow += 8; }
-  if (ow + 4 <= stop) { conv_tile<4, A>(p, n, oh, ow, n0, inside, gathered); ow += 4; }
-  if (ow + 2 <= stop) { conv_tile<2, A>(p, n, oh, ow, n0, inside, gathered); ow += 2; }
-  if (ow + 1 <= stop) conv_tile<1, A>(p, n, oh, ow, n0, inside, gathered);
-}
-
-// Tasks [begin, end) of (output row, panel).  In a row whose windows lie inside
-// x vertically, the pixels [ow_lo, ow_hi) read x in place; the rest (the
-// stem's first pixel of each row, its first row) gather.
-template <Activation A>
-MNV3_CPU_CLONES void conv_range(const ConvProblem& p, float* gathered, int64_t begin, int64_t end) {
-  const int64_t panels = (p.Cout + kLanes - 1) / kLanes;
-  for (int64_t t = begin; t < end; ++t) {
-    const int64_t row = t / panels, n0 = t % panels * kLanes;
-    const int64_t n = row / p.OH, oh = row % p.OH, ih0 = oh * p.sh - p.ph;
-    if (ih0 < 0 || ih0 + (p.kh - 1) * p.dh >= p.H) {
-      conv_span<A>(p, n, oh, 0, p.OW, n0, false, gathered);
-      continue;
-    }
-    conv_span<A>(p, n, oh, 0, p.ow_lo, n0, false, gathered);
-    conv_span<A>(p, n, oh, p.ow_lo, p.ow_hi, n0, true, gathered);
-    conv_span<A>(p, n, oh, p.ow_hi, p.OW, n0, false, gathered);
-  }
-}
 
 Tensor conv_bias_act_cpu(const Tensor& x, const Tensor& weight, const Tensor& bias, const std::vector<int64_t>& stride,
                          const std::vector<int64_t>& padding, const std::vector<int64_t>& dilation,
@@ -722,8 +351,8 @@ Tensor conv_bias_act_cpu(const Tensor& x, const Tensor& weight, const Tensor& bi
   // and each tap's offset in x.  (Strides read once: each accessor is a call through
   // the stable ABI.)
   p.Kc = p.C * p.kh * p.kw;
-  const int64_t panels = (p.Cout + kLanes - 1) / kLanes;
-  std::vector<float> w(static_cast<size_t>(panels * p.Kc * kLanes), 0.f), b_storage;
+  const int64_t panels = (p.Cout + kPanel - 1) / kPanel;
+  std::vector<float> w(static_cast<size_t>(panels * p.Kc * kPanel), 0.f), b_storage;
   std::vector<int64_t> off(static_cast<size_t>(p.Kc));
   const float* wsrc = static_cast<const float*>(weight.const_data_ptr());
   const int64_t w0 = weight.stride(0), w1 = weight.stride(1), w2 = weight.stride(2), w3 = weight.stride(3);
@@ -736,7 +365,7 @@ Tensor conv_bias_act_cpu(const Tensor& x, const Tensor& weight, const Tensor& bi
       for (int64_t j = 0; j < p.kw; ++j, ++k) {
         off[k] = c * p.xc + i * p.dh * p.xh + j * p.dw * p.xw;
         for (int64_t o = 0; o < p.Cout; ++o)
-          w[(o / kLanes * p.Kc + k) * kLanes + o % kLanes] = wsrc[o * w0 + c * w1 + i * w2 + j * w3];
+          w[(o / kPanel * p.Kc + k) * kPanel + o % kPanel] = wsrc[o * w0 + c * w1 + i * w2 + j * w3];
       }
   p.x = static_cast<const float*>(x.const_data_ptr());
   p.w = w.data();
@@ -747,12 +376,10 @@ Tensor conv_bias_act_cpu(const Tensor& x, const Tensor& weight, const Tensor& bi
   const int64_t last = p.W - 1 + p.pw - (p.kw - 1) * p.dw;  // the last window start inside x, padded coordinates
   p.ow_hi = std::max(p.ow_lo, last < 0 ? int64_t{0} : std::min(p.OW, last / p.sw + 1));
   const int64_t tasks = p.N * p.OH * panels;
-  dispatch_activation(act, [&](auto act_tag) {
-    constexpr Activation A = decltype(act_tag)::value;
-    torch::stable::parallel_for(0, tasks, grain_for(p.OW * kLanes * p.Kc), [&](int64_t begin, int64_t end) {
-      std::vector<float> gathered(static_cast<size_t>(kRows * p.Kc));
-      conv_range<A>(p, gathered.data(), begin, end);
-    });
+  const CpuKernels& k = cpu_kernels();
+  torch::stable::parallel_for(0, tasks, grain_for(p.OW * kPanel * p.Kc), [&](int64_t begin, int64_t end) {
+    std::vector<float> gathered(static_cast<size_t>(kGemmBlockRows * p.Kc));
+    k.conv_rows(p, act, gathered.data(), begin, end);
   });
   return y;
 }
