@@ -35,6 +35,7 @@ import torch
 
 import mnv3_kernels as mk
 from mnv3_kernels import backends, tolerances
+from mnv3_kernels._extension import cpu_isa, cpu_model
 from mnv3_kernels.testing import randomize_batchnorm, randomize_classifier
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -268,17 +269,6 @@ def run(args) -> tuple[dict, list[Result]]:
     return _environment(device), results
 
 
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def _source_commit() -> str | None:
     """The git commit of the mnv3_kernels source that ran ("+dirty" when tracked files
     differ from it), or None when the package is not a git checkout's own (e.g. one
@@ -300,8 +290,12 @@ def _source_commit() -> str | None:
 def _environment(device: torch.device) -> dict:
     env = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name(),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model(),
         "device_type": device.type,
+        # The host CPU and the vector ISA level of mnv3_kernels' CPU kernels (on a
+        # GPU run too: the host side and the CPU-only variants depend on them).
+        "cpu_model": cpu_model(),
+        "cpu_isa": cpu_isa(),
         "torch": torch.__version__,
         "python": platform.python_version(),
         "threads": torch.get_num_threads(),
@@ -321,6 +315,14 @@ def _environment(device: torch.device) -> dict:
     return env
 
 
+def _isa_text(env: dict) -> str:
+    isa = env.get("cpu_isa")
+    if not isa:
+        return "mnv3 CPU kernels: not loaded"
+    how = "forced by MNV3_CPU_ISA" if isa["reason"].startswith("forced") else "the best this CPU runs"
+    return f"mnv3 CPU ISA {isa['level']} ({isa['lanes']} lanes, {how})"
+
+
 def format_table(results: list[Result]) -> str:
     head = f"{'model':20s} {'batch':>5s} {'dtype':5s} {'variant':20s} {'median ms':>10s} {'IQR ms':>8s} " \
            f"{'img/s':>9s} {'vs eager':>8s}  notes"
@@ -336,7 +338,7 @@ def format_table(results: list[Result]) -> str:
     return "\n".join(lines)
 
 
-def _plot(results: list[Result], path: str) -> str | None:
+def _plot(results: list[Result], path: str, env: dict) -> str | None:
     try:
         import matplotlib
 
@@ -357,6 +359,7 @@ def _plot(results: list[Result], path: str) -> str | None:
     ax.set_xticklabels([f"{m.replace('mobilenet_v3_', '')}\nb{b} {d}" for m, b, d in cases])
     ax.axhline(1.0, color="gray", lw=0.8)
     ax.set_ylabel("speedup vs torchvision eager (higher is better)")
+    ax.set_title(f"{env['device']}, {_isa_text(env)}, {env['threads']} threads", fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -386,7 +389,7 @@ def main(argv: list[str] | None = None) -> None:
     args.batch = args.batch or ([1, 8, 64, 256] if on_cuda else [1, 8])
     args.dtype = args.dtype or (["fp32", "fp16", "bf16"] if on_cuda else ["fp32"])
     env, results = run(args)
-    print(f"# {env['date']}  {env['device']} ({env['device_type']}), torch {env['torch']}, "
+    print(f"# {env['date']}  {env['device']} ({env['device_type']}), {_isa_text(env)}, torch {env['torch']}, "
           f"{env['threads']} threads, ops backend {env['backend_auto']}, "
           f"load average {' '.join(f'{v:.2f}' for v in env['loadavg']) if env['loadavg'] else '-'}, "
           f"source {env['source_commit'] or 'not a git checkout'}")
@@ -394,7 +397,7 @@ def main(argv: list[str] | None = None) -> None:
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump({"environment": env, "args": vars(args), "results": [asdict(r) for r in results]}, f, indent=2)
-    plot = _plot(results, os.path.join(args.out, "speedup.png"))
+    plot = _plot(results, os.path.join(args.out, "speedup.png"), env)
     print(f"# wrote {os.path.join(args.out, 'results.json')}" + (f" and {plot}" if plot else " (no matplotlib: no plot)"))
 
 
