@@ -69,3 +69,18 @@ def test_bench_records_its_source_commit_and_the_load(tmp_path, monkeypatch):
                     "--allow-empty", "-m", "a commit"], check=True)
     monkeypatch.setattr(bench.mk, "__file__", str(repo / "venv" / "mnv3_kernels" / "__init__.py"))
     assert bench._source_commit() is None
+
+
+def test_bench_records_the_cpu_and_its_isa_level(capsys, tmp_path):
+    env = bench._environment(torch.device("cpu"))
+    assert env["cpu_model"] and env["device"] == env["cpu_model"]
+    isa = env["cpu_isa"]
+    if isa is None:
+        pytest.skip("the CPU extension is not built")
+    assert isa["level"] in ("avx512", "avx2", "baseline") and isa["lanes"] in (4, 8, 16) and isa["reason"]
+    text = bench._isa_text(env)
+    assert f"mnv3 CPU ISA {isa['level']} ({isa['lanes']} lanes" in text
+    bench.main(["--device", "cpu", "--models", "small", "--batch", "1", "--size", "32", "--variants", "eager",
+                "--min-run-time", "0.02", "--rounds", "1", "--out", str(tmp_path)])
+    assert text in capsys.readouterr().out.splitlines()[0]
+    assert json.loads((tmp_path / "results.json").read_text())["environment"]["cpu_isa"] == isa
