@@ -148,15 +148,20 @@ MNV3_HD void pw_tile_of(const PwProblem& p, const float* a, int64_t lda, int64_t
   }
 }
 
-// Rows [m0, m0 + mr) (mr <= 12: a row block) of one panel: tiles of the
-// level's tile rows, then one tile of the rest.
+// Rows [m0, m0 + mr) (mr <= 12: a row block) of one panel as ceil(mr / T)
+// tiles of near-equal height, T the level's tile rows (AVX2, T = 6: a 9-row
+// block as 5 + 4 rows, not 6 + 3, whose 6 accumulators cannot hide the FMA
+// latency: 4 cycles at 2 FMAs a cycle wants 8 chains).
 template <Activation A, int L>
 MNV3_HD void pw_block_lanes(const PwProblem& p, const float* a, int64_t lda, int64_t m0, int64_t mr,
                             float* const* out, int64_t n0, int valid) {
   constexpr int T = tile_rows<L>();
-  int64_t i = 0;
-  for (; i + T <= mr; i += T) pw_tile_at<T, A, L>(p, a + i * lda, lda, m0 + i, out + i, n0, valid);
-  if (i < mr) pw_tile_of<A, L, T - 1 < 1 ? 1 : T - 1>(p, a + i * lda, lda, m0 + i, mr - i, out + i, n0, valid);
+  const int64_t tiles = (mr + T - 1) / T, base = mr / tiles, extra = mr % tiles;
+  for (int64_t t = 0, i = 0; t < tiles; ++t) {
+    const int64_t rows = base + (t < extra ? 1 : 0);
+    pw_tile_of<A, L, T>(p, a + i * lda, lda, m0 + i, rows, out + i, n0, valid);
+    i += rows;
+  }
 }
 
 // A last panel of at most 8 channels (24, 40, 72, 120, 184, 200 outputs) on
@@ -255,7 +260,7 @@ void gemv_range(const PwProblem& p, int64_t begin, int64_t end) {
     // Vector v: columns n0 + v * VL .., in panel (n0 + v * VL) / 16 at lane (v * VL) % 16.
     const float* w[kGemvVectors];
     for (int v = 0; v < kGemvVectors; ++v) {
-      const int64_t col = n0 + v * VL;
+      const int64_t col = n0 + (v < nv ? v : 0) * VL;  // (vectors past the last column: never read)
       w[v] = p.w + (col / kPanel) * p.K * kPanel + col % kPanel;
     }
     V acc[kGemvVectors];
