@@ -15,8 +15,8 @@
 //    copy of the plane (kernels/dw_walks.cpp dw_planes), fp16/bf16 one output
 //    at a time.
 // The channels-last walks and the fp32 plane walk run on the vector ISA
-// level's kernels (cpu_isa.h).  The
-// squeeze is deterministic: per-row fp32 partial sums, reduced in row order.
+// level's kernels (cpu_isa.h).  The squeeze is deterministic: per-row fp32
+// partial sums, reduced in row order.
 #include "cpu_isa.h"
 #include "cpu_utils.h"
 
@@ -75,7 +75,8 @@ bool dw_blocked(const DwGeometry& g) {
 constexpr int64_t kPadCopyMaxW = 16;
 
 // x copied into zero-padded rows of 16-channel blocks, then the blocked
-// depthwise rows, a thread taking a range of blocks through both.  w: taps
+// depthwise rows, a thread taking a range of blocks and running both on one
+// block before the next (as pointwise_dwconv's small images).  w: taps
 // [kh*kw][C] (tap-major), bias [C]; y: [N, OH, OW, C]; row_sums:
 // [N*OH, ceil(C/16)*16] or nullptr.
 void dw_nhwc_blocked(const float* x, const float* w, const float* bias, float* y, float* row_sums,
@@ -122,8 +123,8 @@ void dw_nhwc_blocked(const float* x, const float* w, const float* bias, float* y
             memcpy(dst + (g.pw + i) * kDwBlock, src + i * g.C, sizeof(float) * valid);
           memset(dst + (g.pw + g.W) * kDwBlock, 0, sizeof(float) * kDwBlock * (d.Wp - g.pw - g.W));
         }
+        k.dw_image_rows(d, images, n0, rows, b * rows, (b + 1) * rows);  // while the block is in cache
       }
-      k.dw_image_rows(d, images, n0, rows, begin * rows, end * rows);
     });
   }
 }
