@@ -209,7 +209,9 @@ def _time_rounds(timed: list, x: torch.Tensor, min_run_time: float, rounds: int,
             res.median_ms, res.iqr_ms = merged.median * 1e3, merged.iqr * 1e3
 
 
-def run(args) -> tuple[dict, list[Result]]:
+def run(args, on_case=None) -> tuple[dict, list[Result]]:
+    """Times every case of args; on_case(env, results so far) after each case (main
+    writes results.json then, so a run cut short keeps the cases it finished)."""
     device = torch.device(args.device)
     if device.type == "cpu" and args.threads:
         torch.set_num_threads(args.threads)
@@ -266,6 +268,8 @@ def run(args) -> tuple[dict, list[Result]]:
                     res.speedup_vs_eager = eager_ms / res.median_ms
         results.extend(case)
         del tv
+        if on_case is not None:
+            on_case(_environment(device), results)
     return _environment(device), results
 
 
@@ -366,6 +370,15 @@ def _plot(results: list[Result], path: str, env: dict) -> str | None:
     return path
 
 
+def _write_results(args, env: dict, results: list[Result]) -> None:
+    """results.json in args.out, replaced whole (written beside, then renamed): a
+    reader, or a run killed mid-write, never sees half a file."""
+    path = os.path.join(args.out, "results.json")
+    with open(path + ".tmp", "w") as f:
+        json.dump({"environment": env, "args": vars(args), "results": [asdict(r) for r in results]}, f, indent=2)
+    os.replace(path + ".tmp", path)
+
+
 def main(argv: list[str] | None = None) -> None:
     cuda = torch.cuda.is_available()
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -388,15 +401,14 @@ def main(argv: list[str] | None = None) -> None:
     on_cuda = torch.device(args.device).type == "cuda"
     args.batch = args.batch or ([1, 8, 64, 256] if on_cuda else [1, 8])
     args.dtype = args.dtype or (["fp32", "fp16", "bf16"] if on_cuda else ["fp32"])
-    env, results = run(args)
+    os.makedirs(args.out, exist_ok=True)
+    env, results = run(args, on_case=lambda env, results: _write_results(args, env, results))
     print(f"# {env['date']}  {env['device']} ({env['device_type']}), {_isa_text(env)}, torch {env['torch']}, "
           f"{env['threads']} threads, ops backend {env['backend_auto']}, "
           f"load average {' '.join(f'{v:.2f}' for v in env['loadavg']) if env['loadavg'] else '-'}, "
           f"source {env['source_commit'] or 'not a git checkout'}")
     print(format_table(results))
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "results.json"), "w") as f:
-        json.dump({"environment": env, "args": vars(args), "results": [asdict(r) for r in results]}, f, indent=2)
+    _write_results(args, env, results)
     plot = _plot(results, os.path.join(args.out, "speedup.png"), env)
     print(f"# wrote {os.path.join(args.out, 'results.json')}" + (f" and {plot}" if plot else " (no matplotlib: no plot)"))
 

@@ -47,6 +47,27 @@ def test_bench_variants_leave_the_eager_model_alone():
         assert torch.equal(v, before[k][0]) and v.stride() == before[k][1], k
 
 
+def test_bench_writes_results_after_every_case(tmp_path, monkeypatch):
+    """A run cut short (the device check's bench step has a timeout) keeps the
+    cases it finished: results.json is written after each case."""
+    real = bench._torchvision_model
+    calls = []
+
+    def model_then_die(arch, seed):
+        calls.append(arch)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # the second case never finishes, like a killed run
+        return real(arch, seed)
+
+    monkeypatch.setattr(bench, "_torchvision_model", model_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        bench.main(["--device", "cpu", "--models", "small", "--batch", "1", "2", "--size", "32", "--variants",
+                    "eager", "--min-run-time", "0.02", "--rounds", "1", "--out", str(tmp_path)])
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert [(r["batch"], r["variant"], r["status"]) for r in results["results"]] == [(1, "eager", "ok")]
+    assert not (tmp_path / "results.json.tmp").exists()
+
+
 def test_bench_cli_refuses_zero_rounds():
     with pytest.raises(SystemExit):
         bench.main(["--device", "cpu", "--rounds", "0"])
