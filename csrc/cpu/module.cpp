@@ -5,6 +5,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#include "../common/python_list.h"
 #include "cpu_isa.h"
 
 namespace {
@@ -15,20 +16,6 @@ bool set_item(PyObject* dict, const char* key, PyObject* value) {
   const int rc = PyDict_SetItemString(dict, key, value);
   Py_DECREF(value);
   return rc == 0;
-}
-
-PyObject* string_list(const std::vector<std::string>& items) {
-  PyObject* list = PyList_New(0);
-  for (const std::string& s : items) {
-    PyObject* item = list ? PyUnicode_FromString(s.c_str()) : nullptr;
-    if (item == nullptr || PyList_Append(list, item) != 0) {
-      Py_XDECREF(item);
-      Py_XDECREF(list);
-      return nullptr;
-    }
-    Py_DECREF(item);
-  }
-  return list;
 }
 
 // cpu_isa() -> dict(level, lanes, reason, built, supported, features); raises
@@ -44,7 +31,7 @@ PyObject* cpu_isa(PyObject*, PyObject*) {
   if (set_item(d, "level", PyUnicode_FromString(c.level.c_str())) &&
       set_item(d, "lanes", PyLong_FromLong(c.kernels->lanes)) &&
       set_item(d, "reason", PyUnicode_FromString(c.reason.c_str())) &&
-      set_item(d, "built", string_list(c.built)) && set_item(d, "supported", string_list(c.supported)) &&
+      set_item(d, "built", mnv3::string_list(c.built)) && set_item(d, "supported", mnv3::string_list(c.supported)) &&
       set_item(d, "features", PyUnicode_FromString(c.features.c_str())))
     return d;
   Py_DECREF(d);
