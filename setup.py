@@ -12,6 +12,12 @@ Environment switches:
                           DEFAULT_ARCH_LIST below when none is visible
   MAX_JOBS                parallel compile jobs (ninja)
   MNV3_DEBUG=1            -O0 -g builds
+  MNV3_BUILD_EMULATED=1   also build mnv3_kernels._C_emulated: the CUDA kernels compiled as
+                          host C++ and run by the CUDA emulator on CPU tensors (ops
+                          mnv3_emulated::*; for tests and debugging without a GPU, no nvcc needed)
+  MNV3_EMULATED_ASAN=1    build only _C_emulated, with AddressSanitizer (it then loads only
+                          with libasan preloaded; for scripts/emulated_asan_check.sh, which
+                          builds it outside the tree)
 
 The CPU kernels (csrc/cpu/kernels/*.cpp) are compiled once per vector ISA
 level of the target (CPU_LEVELS: AVX-512, AVX2 + FMA and the baseline on
@@ -174,6 +180,22 @@ class BuildExtWithRecord(BuildExtension):
             f.write("\n")
 
 
+def _emulated_extension(debug, common, asan):
+    """mnv3_kernels._C_emulated: csrc/cuda/*.cu as host C++ for the CUDA emulator
+    (the wrappers in csrc/cuda/emulation/ include them)."""
+    sanitize = ["-fsanitize=address", "-fno-omit-frame-pointer"] if asan else []
+    opt = ["-O0", "-g"] if debug else ["-O1"]  # compile time over speed: it is a checker, not a fast path
+    return CppExtension(
+        f"{PACKAGE}._C_emulated",
+        sorted(glob.glob(os.path.join("csrc", "cuda", "emulation", "*.cpp"))),
+        extra_compile_args={"cxx": opt + common + ["-fdiagnostics-color=always", "-Wno-psabi",
+                                                   "-DMNV3_CUDA_EMULATION", "-Wno-unknown-pragmas", "-Wno-sign-compare"] + sanitize},
+        extra_link_args=sanitize,
+        depends=sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu"))) + HEADERS,
+        py_limited_api=True,
+    )
+
+
 def get_extensions():
     debug = _env_flag("MNV3_DEBUG")
     opt = ["-O0", "-g"] if debug else ["-O3"]
@@ -182,6 +204,10 @@ def get_extensions():
     # always inlined, so GCC's note that passing vectors changes the ABI
     # across targets never applies.
     cxx = opt + common + ["-fdiagnostics-color=always", "-Wno-psabi"]
+
+    if _env_flag("MNV3_EMULATED_ASAN"):
+        BUILD_INFO.update({"torch": torch.__version__, "emulated_built": True, "emulated_asan": True})
+        return [_emulated_extension(debug, common, asan=True)]
 
     levels = _cpu_levels()
     cpu = CppExtension(
@@ -224,6 +250,9 @@ def get_extensions():
             )
         )
     print(f"mnv3_kernels: CUDA extension: {reason}", file=sys.stderr)
+    info["emulated_built"] = _env_flag("MNV3_BUILD_EMULATED")
+    if info["emulated_built"]:
+        extensions.append(_emulated_extension(debug, common, asan=False))
     BUILD_INFO.update(info)
     return extensions
 

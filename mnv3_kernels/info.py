@@ -27,6 +27,11 @@ def report() -> str:
             lines.append(f"  CUDA extension: CUDA {info.get('cuda')}, archs {info.get('cuda_arch_list')}")
         else:
             lines.append(f"  CUDA extension: not built ({info.get('cuda_reason')})")
+        if info.get("emulated_built"):
+            lines.append("  CUDA emulator: built (mnv3_kernels._C_emulated: the CUDA kernels on CPU tensors, "
+                         "torch.ops.mnv3_emulated.* after `import mnv3_kernels.emulated`; for tests)")
+        else:
+            lines.append("  CUDA emulator: not built (MNV3_BUILD_EMULATED=1 at build time builds it)")
     lines.append("")
     lines.append("runtime:")
     lines.append(f"  torch {torch.__version__}, CUDA runtime {torch.version.cuda}, python {sys.version.split()[0]}")

@@ -53,11 +53,17 @@ def dwconv_params(c, k, dtype, device, generator=None):
     return w.to(device=device, dtype=dtype), b.to(device=device, dtype=dtype)
 
 
-def check_dwconv(x, w, b, stride, padding, dilation, activation, with_mean=True):
-    """Runs torch.ops.mnv3.dwconv_bias_act on x's device and checks y and mean."""
+def check_dwconv(x, w, b, stride, padding, dilation, activation, with_mean=True, ops=None,
+                 reference_on_cpu=False):
+    """Runs `ops`.dwconv_bias_act (torch.ops.mnv3 unless given: torch.ops.mnv3_emulated
+    runs the CUDA kernels under the emulator) on x's device and checks y and mean;
+    against references computed on CPU copies when reference_on_cpu (so that a
+    sanitizer on the GPU sees the op's kernels only)."""
     args = ([stride] * 2, [padding] * 2, [dilation] * 2, activation, with_mean)
-    y, mean = torch.ops.mnv3.dwconv_bias_act(x, w, b, *args)
+    y, mean = (ops or torch.ops.mnv3).dwconv_bias_act(x, w, b, *args)
     assert y.device == x.device and y.dtype == x.dtype
+    if reference_on_cpu:
+        x, w, b, y, mean = (t.cpu() for t in (x, w, b, y, mean))
     ref_y, ref_mean = reference.dwconv_bias_act(x.float(), w.float(), b.float(), *args)
     assert y.shape == ref_y.shape
     if x.dtype == torch.float32:
@@ -80,9 +86,12 @@ def se_params(c, cr, dtype, device, generator=None):
     return [t.to(device=device, dtype=dtype) for t in (w1, b1, w2, b2)]
 
 
-def check_se(x, pooled, w1, b1, w2, b2, gate):
-    y = torch.ops.mnv3.se_excite_scale(x, pooled, w1, b1, w2, b2, gate)
+def check_se(x, pooled, w1, b1, w2, b2, gate, ops=None, reference_on_cpu=False):
+    """Runs `ops`.se_excite_scale (as check_dwconv) and checks y."""
+    y = (ops or torch.ops.mnv3).se_excite_scale(x, pooled, w1, b1, w2, b2, gate)
     assert y.device == x.device and y.dtype == x.dtype
+    if reference_on_cpu:
+        x, pooled, w1, b1, w2, b2, y = (t.cpu() for t in (x, pooled, w1, b1, w2, b2, y))
     up = [t.float() for t in (x, pooled, w1, b1, w2, b2)]
     ref = reference.se_excite_scale(*up, gate)
     if x.dtype == torch.float32:
@@ -91,3 +100,54 @@ def check_se(x, pooled, w1, b1, w2, b2, gate):
         own = reference.se_excite_scale(x, pooled, w1, b1, w2, b2, gate)
         assert_lowp_close(y, ref, own, x.dtype)
     return y
+
+
+# ------------------------------------------------------------------ launch branches of the CUDA kernels
+# A launch log is [(kernel, grid, block, dynamic smem bytes)] as the CUDA emulator
+# records it (mnv3_kernels.emulated.module().launch_log()); the kernel names
+# carry the launch branch (check_launch in csrc/cuda/*.cu).
+def _followed_by_reduce(launches, prefix):
+    return any(k.startswith(prefix) and i + 1 < len(launches) and launches[i + 1][0] == "reduce_partials_kernel"
+               for i, (k, *_rest) in enumerate(launches))
+
+
+def _threads(block):
+    return block[0] * block[1] * block[2]
+
+
+LAUNCH_BRANCHES = {
+    "dwconv NHWC, 16-byte vectors, one chunk": lambda L: any(
+        k == "dwconv_nhwc_kernel (16-byte vectors, one chunk)" for k, *_ in L),
+    "dwconv NHWC, 16-byte vectors, many chunks + partial-sum pass": lambda L: _followed_by_reduce(
+        L, "dwconv_nhwc_kernel (16-byte vectors, chunks)"),
+    "dwconv NHWC, scalar, one chunk": lambda L: any(k == "dwconv_nhwc_kernel (scalar, one chunk)" for k, *_ in L),
+    "dwconv NHWC, scalar, many chunks + partial-sum pass": lambda L: _followed_by_reduce(
+        L, "dwconv_nhwc_kernel (scalar, chunks)"),
+    "dwconv NHWC, full 256-thread block": lambda L: any(
+        k.startswith("dwconv_nhwc_kernel") and _threads(b) == 256 for k, _g, b, _s in L),
+    "dwconv NHWC, block shrunk for a small problem": lambda L: any(
+        k.startswith("dwconv_nhwc_kernel") and _threads(b) < 256 for k, _g, b, _s in L),
+    "dwconv NHWC, narrower channel group (tc < 32)": lambda L: any(
+        k.startswith("dwconv_nhwc_kernel") and b[0] < 32 for k, _g, b, _s in L),
+    "dwconv NHWC, many channel groups (grid.y > 1)": lambda L: any(
+        k.startswith("dwconv_nhwc_kernel") and g[1] > 1 for k, g, _b, _s in L),
+    "dwconv planes (any strides), full block": lambda L: any(
+        k == "dwconv_planes_kernel" and _threads(b) == 256 for k, _g, b, _s in L),
+    "dwconv planes (any strides), partial block": lambda L: any(
+        k == "dwconv_planes_kernel" and _threads(b) < 256 for k, _g, b, _s in L),
+    "se gate": lambda L: any(k == "se_gate_kernel" for k, *_ in L),
+    "se scale NHWC, 16-byte vectors": lambda L: any(k == "scale_nhwc_kernel (16-byte vectors)" for k, *_ in L),
+    "se scale NHWC, scalar": lambda L: any(k == "scale_nhwc_kernel (scalar)" for k, *_ in L),
+    "se scale NCHW planes, 16-byte vectors": lambda L: any(k == "scale_planes_kernel" for k, *_ in L),
+    "se scale, any strides": lambda L: any(k == "scale_strided_kernel" for k, *_ in L),
+}
+
+
+
+
+def missed_launch_branches(launches) -> list[str]:
+    """The LAUNCH_BRANCHES a launch log never reached; also fails on a launch that
+    no check_launch followed (a kernel whose errors would go unreported)."""
+    unnamed = [launch for launch in launches if not launch[0]]
+    assert not unnamed, f"launches no check_launch followed: {unnamed[:5]}"
+    return [name for name, reached in LAUNCH_BRANCHES.items() if not reached(launches)]

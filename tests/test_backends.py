@@ -93,6 +93,10 @@ def test_info_reports_build_and_backends(tmp_path):
     out = subprocess.run([sys.executable, "-m", "mnv3_kernels.info"], capture_output=True, text=True, check=True,
                          timeout=120, cwd=tmp_path, env=env).stdout
     assert "built with torch" in out or "no build record" in out
+    from mnv3_kernels import emulated
+
+    if "built with torch" in out:  # says whether the CUDA emulator's kernels were built, as they loaded here
+        assert ("CUDA emulator: built" if emulated.available() else "CUDA emulator: not built") in out
     for device_type in ("cpu", "cuda"):
         for name in ("native", "triton", "reference"):
             ok, why = backends.availability(Backend(name), device_type)

@@ -1,23 +1,52 @@
-"""The handwritten CUDA kernels (mnv3_kernels._C_cuda) against the reference:
-a sweep of shapes, strides, layouts, dtypes and activations, opcheck, streams
-and CUDA-graph capture.  Every test needs a GPU and is skipped without one;
-with a GPU, a missing CUDA kernel fails (tests/test_cuda_build.py says why)."""
+"""The handwritten CUDA kernels against the reference: a sweep of shapes,
+strides, layouts, dtypes and activations, opcheck, streams and CUDA-graph
+capture.
+
+The sweep runs on two targets: `cuda`, mnv3_kernels._C_cuda on a GPU
+(torch.ops.mnv3.* on CUDA tensors; skipped without a GPU, and with a GPU a
+missing CUDA kernel fails, tests/test_cuda_build.py says why), and
+`emulated`, the same .cu sources compiled for the CUDA emulator
+(torch.ops.mnv3_emulated.* on CPU tensors, mnv3_kernels/emulated.py; skipped
+unless built with MNV3_BUILD_EMULATED=1, which CI sets).  Streams and graph
+capture need a GPU."""
 
 import itertools
+from dataclasses import dataclass
 
 import pytest
 import torch
 
-from mnv3_kernels import ops, reference
-from op_cases import LAYOUTS, check_dwconv, check_se, dwconv_params, make_x, se_params
+from mnv3_kernels import emulated, ops, reference
+from op_cases import LAYOUTS, check_dwconv, check_se, dwconv_params, make_x, missed_launch_branches, se_params
 from tolerances import assert_op_close
 
-pytestmark = [
-    pytest.mark.cuda,
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none visible)"),
-]
-DEV = "cuda"
+requires_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none visible)")
 LOWP = [torch.float16, torch.bfloat16]
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    device: str  # where the op's tensors live
+    namespace: str  # torch.ops.<namespace>
+
+    @property
+    def ops(self):
+        return getattr(torch.ops, self.namespace)
+
+
+CUDA = Target("cuda", "cuda", "mnv3")
+EMULATED = Target("emulated", "cpu", emulated.NAMESPACE)
+
+
+@pytest.fixture(params=[
+    pytest.param(CUDA, marks=[pytest.mark.cuda, requires_gpu], id="cuda"),
+    pytest.param(EMULATED, id="emulated", marks=pytest.mark.skipif(
+        not emulated.available(), reason=f"the emulated CUDA kernels: {emulated.STATUS.reason}")),
+])
+def target(request):
+    return request.param
+
 
 # The CPU op sweep's axes, pruned: every (N, C, H=W) below meets every
 # geometry; activations, layouts and dtypes rotate over the cases instead of
@@ -47,68 +76,68 @@ def _gen(*key):
 
 
 @pytest.mark.parametrize("shape,k,stride,dilation,padding,layout,activation", DWCONV_CASES)
-def test_dwconv_fp32(shape, k, stride, dilation, padding, layout, activation):
+def test_dwconv_fp32(shape, k, stride, dilation, padding, layout, activation, target):
     g = _gen(shape, k, stride, dilation, layout)
-    x = make_x(shape, torch.float32, DEV, layout, g)
-    w, b = dwconv_params(shape[1], k, torch.float32, DEV, g)
-    check_dwconv(x, w, b, stride, padding, dilation, activation, with_mean=True)
+    x = make_x(shape, torch.float32, target.device, layout, g)
+    w, b = dwconv_params(shape[1], k, torch.float32, target.device, g)
+    check_dwconv(x, w, b, stride, padding, dilation, activation, with_mean=True, ops=target.ops)
 
 
 @pytest.mark.parametrize("dtype", LOWP, ids=str)
 @pytest.mark.parametrize("shape,k,stride,dilation,padding,layout,activation", DWCONV_CASES[::3])
-def test_dwconv_lowp(shape, k, stride, dilation, padding, layout, activation, dtype):
+def test_dwconv_lowp(shape, k, stride, dilation, padding, layout, activation, dtype, target):
     g = _gen(shape, k, stride, dilation, layout, str(dtype))
-    x = make_x(shape, dtype, DEV, layout, g)
-    w, b = dwconv_params(shape[1], k, dtype, DEV, g)
-    check_dwconv(x, w, b, stride, padding, dilation, activation, with_mean=True)
+    x = make_x(shape, dtype, target.device, layout, g)
+    w, b = dwconv_params(shape[1], k, dtype, target.device, g)
+    check_dwconv(x, w, b, stride, padding, dilation, activation, with_mean=True, ops=target.ops)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32] + LOWP, ids=str)
 @pytest.mark.parametrize("layout", LAYOUTS)
-def test_dwconv_without_mean(layout, dtype):
+def test_dwconv_without_mean(layout, dtype, target):
     g = _gen(layout, str(dtype))
-    x = make_x((2, 24, 19, 11), dtype, DEV, layout, g)
-    w, b = dwconv_params(24, 3, dtype, DEV, g)
-    check_dwconv(x, w, b, 1, 1, 1, "relu6", with_mean=False)
+    x = make_x((2, 24, 19, 11), dtype, target.device, layout, g)
+    w, b = dwconv_params(24, 3, dtype, target.device, g)
+    check_dwconv(x, w, b, 1, 1, 1, "relu6", with_mean=False, ops=target.ops)
 
 
 @pytest.mark.parametrize("k,stride,dilation,padding",
                          [(1, 1, 1, 0), (7, 3, 1, 3), (3, 1, 1, 0), (5, 2, 1, 4), (41, 1, 1, 20)])
 @pytest.mark.parametrize("layout", ["channels_last", "nchw"])
-def test_dwconv_other_geometries(k, stride, dilation, padding, layout):
+def test_dwconv_other_geometries(k, stride, dilation, padding, layout, target):
     """Kernel sizes, strides and paddings off the unrolled tiles: the any-geometry path."""
     g = _gen(k, stride, dilation, padding, layout)
-    x = make_x((2, 16, 23, 17), torch.float32, DEV, layout, g)
-    w, b = dwconv_params(16, k, torch.float32, DEV, g)
-    check_dwconv(x, w, b, stride, padding, dilation, "hardswish")
+    x = make_x((2, 16, 23, 17), torch.float32, target.device, layout, g)
+    w, b = dwconv_params(16, k, torch.float32, target.device, g)
+    check_dwconv(x, w, b, stride, padding, dilation, "hardswish", ops=target.ops)
 
 
-def test_dwconv_mean_over_many_chunks():
+def test_dwconv_mean_over_many_chunks(target):
     """A plane big enough that the squeeze goes through the partial-sum pass, in fp16."""
     g = _gen("chunks")
-    x = make_x((2, 16, 224, 224), torch.float16, DEV, "channels_last", g)
-    w, b = dwconv_params(16, 3, torch.float16, DEV, g)
-    check_dwconv(x, w, b, 1, 1, 1, "hardswish")
+    x = make_x((2, 16, 224, 224), torch.float16, target.device, "channels_last", g)
+    w, b = dwconv_params(16, 3, torch.float16, target.device, g)
+    check_dwconv(x, w, b, 1, 1, 1, "hardswish", ops=target.ops)
 
 
-def test_dwconv_deterministic():
+def test_dwconv_deterministic(target):
     g = _gen("det")
-    x = make_x((4, 64, 112, 112), torch.float16, DEV, "channels_last", g)
-    w, b = dwconv_params(64, 3, torch.float16, DEV, g)
+    x = make_x((4, 64, 112, 112), torch.float16, target.device, "channels_last", g)
+    w, b = dwconv_params(64, 3, torch.float16, target.device, g)
     args = (w, b, [1, 1], [1, 1], [1, 1], "relu", True)
-    first = torch.ops.mnv3.dwconv_bias_act(x, *args)
+    first = target.ops.dwconv_bias_act(x, *args)
     for _ in range(3):
-        again = torch.ops.mnv3.dwconv_bias_act(x, *args)
+        again = target.ops.dwconv_bias_act(x, *args)
         assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])
 
 
-def test_dwconv_weight_views():
+def test_dwconv_weight_views(target):
     """Weights and bias with any strides (e.g. slices of a bigger parameter)."""
     g = _gen("wviews")
-    x = make_x((2, 24, 9, 9), torch.float32, DEV, "channels_last", g)
-    w = torch.randn(24, 1, 3, 6, generator=g).to(DEV)[:, :, :, ::2]
-    b = torch.randn(48, generator=g).to(DEV)[::2]
-    check_dwconv(x, w, b, 1, 1, 1, "identity")
+    x = make_x((2, 24, 9, 9), torch.float32, target.device, "channels_last", g)
+    w = torch.randn(24, 1, 3, 6, generator=g).to(target.device)[:, :, :, ::2]
+    b = torch.randn(48, generator=g).to(target.device)[::2]
+    check_dwconv(x, w, b, 1, 1, 1, "identity", ops=target.ops)
 
 
 SE_CASES = [  # (N, C, Cr, H, W)
@@ -120,20 +149,20 @@ SE_CASES = [  # (N, C, Cr, H, W)
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("gate", ops.GATES)
 @pytest.mark.parametrize("n,c,cr,h,w", SE_CASES)
-def test_se_excite_scale(n, c, cr, h, w, gate, layout, dtype):
+def test_se_excite_scale(n, c, cr, h, w, gate, layout, dtype, target):
     g = _gen(n, c, cr, h, w, layout, str(dtype))
-    x = make_x((n, c, h, w), dtype, DEV, layout, g)
+    x = make_x((n, c, h, w), dtype, target.device, layout, g)
     pooled_dtype = torch.float32 if (c + h) % 2 else dtype  # both pooled dtypes the schema allows
     pooled = x.float().mean(dim=(2, 3)).to(pooled_dtype)
-    check_se(x, pooled, *se_params(c, cr, dtype, DEV, g), gate)
+    check_se(x, pooled, *se_params(c, cr, dtype, target.device, g), gate, ops=target.ops)
 
 
-def test_se_weight_views():
+def test_se_weight_views(target):
     g = _gen("se views")
-    x = make_x((2, 32, 6, 6), torch.float32, DEV, "channels_last", g)
-    w1, b1, w2, b2 = se_params(32, 8, torch.float32, DEV, g)
-    pooled = torch.randn(32, 2, generator=g).to(DEV).t()  # transposed view
-    check_se(x, pooled, w1.t().contiguous().t(), b1, w2.t().contiguous().t(), b2, "sigmoid")
+    x = make_x((2, 32, 6, 6), torch.float32, target.device, "channels_last", g)
+    w1, b1, w2, b2 = se_params(32, 8, torch.float32, target.device, g)
+    pooled = torch.randn(32, 2, generator=g).to(target.device).t()  # transposed view
+    check_se(x, pooled, w1.t().contiguous().t(), b1, w2.t().contiguous().t(), b2, "sigmoid", ops=target.ops)
 
 
 # ------------------------------------------------------------------ opcheck
@@ -147,26 +176,28 @@ OPCHECK_SAMPLES = [
 
 @pytest.mark.parametrize("op,layout,dtype,dw_args", OPCHECK_SAMPLES,
                          ids=[f"{o}-{l}-{d}-{a}" for o, l, d, a in OPCHECK_SAMPLES])
-def test_opcheck(op, layout, dtype, dw_args):
+def test_opcheck(op, layout, dtype, dw_args, target):
     g = _gen("opcheck", op, layout, str(dtype))
-    x = make_x((2, 16, 9, 9), dtype, DEV, layout, g)
+    x = make_x((2, 16, 9, 9), dtype, target.device, layout, g)
     if op == "dwconv_bias_act":
         stride, activation, with_mean = dw_args
-        w, b = dwconv_params(16, 3, dtype, DEV, g)
+        w, b = dwconv_params(16, 3, dtype, target.device, g)
         args = (x, w, b, [stride] * 2, [1, 1], [1, 1], activation, with_mean)
     else:
-        args = (x, x.float().mean(dim=(2, 3)), *se_params(16, 8, dtype, DEV, g), "hardsigmoid")
-    torch.library.opcheck(getattr(torch.ops.mnv3, op).default, args)
+        args = (x, x.float().mean(dim=(2, 3)), *se_params(16, 8, dtype, target.device, g), "hardsigmoid")
+    torch.library.opcheck(getattr(target.ops, op).default, args)
 
 
 # ------------------------------------------------------------------ streams and graphs
+@pytest.mark.cuda
+@requires_gpu
 def test_runs_on_the_current_stream():
     """The op must wait for a producer queued on the same non-default stream."""
     g = _gen("stream")
-    src = make_x((2, 32, 56, 56), torch.float32, DEV, "channels_last", g)
-    w, b = dwconv_params(32, 3, torch.float32, DEV, g)
-    pooled = torch.rand(2, 32, generator=g).to(DEV)
-    se_w = se_params(32, 8, torch.float32, DEV, g)
+    src = make_x((2, 32, 56, 56), torch.float32, "cuda", "channels_last", g)
+    w, b = dwconv_params(32, 3, torch.float32, "cuda", g)
+    pooled = torch.rand(2, 32, generator=g).to("cuda")
+    se_w = se_params(32, 8, torch.float32, "cuda", g)
     torch.cuda.synchronize()
     side = torch.cuda.Stream()
     with torch.cuda.stream(side):
@@ -182,12 +213,14 @@ def test_runs_on_the_current_stream():
     assert_op_close(z, reference.se_excite_scale(src, pooled, *se_w, "hardsigmoid"))
 
 
+@pytest.mark.cuda
+@requires_gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
 def test_cuda_graph_capture_and_replay(dtype):
     g = _gen("graph", str(dtype))
-    x = make_x((2, 72, 56, 56), dtype, DEV, "channels_last", g)  # big enough for the partial-sum pass
-    w, b = dwconv_params(72, 5, dtype, DEV, g)
-    se_w = se_params(72, 24, dtype, DEV, g)
+    x = make_x((2, 72, 56, 56), dtype, "cuda", "channels_last", g)  # big enough for the partial-sum pass
+    w, b = dwconv_params(72, 5, dtype, "cuda", g)
+    se_w = se_params(72, 24, dtype, "cuda", g)
 
     def step():
         y, mean = torch.ops.mnv3.dwconv_bias_act(x, w, b, [1, 1], [2, 2], [1, 1], "hardswish", True)
@@ -202,24 +235,59 @@ def test_cuda_graph_capture_and_replay(dtype):
     with torch.cuda.graph(graph):
         out, mean = step()
     for _ in range(2):  # replay on new inputs, written in place
-        x.copy_(make_x(x.shape, dtype, DEV, "channels_last", g))
+        x.copy_(make_x(x.shape, dtype, "cuda", "channels_last", g))
         graph.replay()
         torch.cuda.synchronize()
         expected_out, expected_mean = step()
         assert torch.equal(out, expected_out) and torch.equal(mean, expected_mean)
 
 
-def test_bad_input_raises_instead_of_crashing():
-    x = torch.randn(1, 8, 5, 5, device=DEV)
-    w, b = dwconv_params(8, 3, torch.float32, DEV)
+def test_bad_input_raises_instead_of_crashing(target):
+    x = torch.randn(1, 8, 5, 5, device=target.device)
+    w, b = dwconv_params(8, 3, torch.float32, target.device)
     with pytest.raises(RuntimeError, match="weight must have shape"):
-        torch.ops.mnv3.dwconv_bias_act(x, w[:4], b, [1, 1], [1, 1], [1, 1], "relu", True)
-    with pytest.raises(RuntimeError, match="must be on the same device"):
-        torch.ops.mnv3.dwconv_bias_act(x, w.cpu(), b, [1, 1], [1, 1], [1, 1], "relu", True)
+        target.ops.dwconv_bias_act(x, w[:4], b, [1, 1], [1, 1], [1, 1], "relu", True)
+    if target.device == "cuda":
+        with pytest.raises(RuntimeError, match="must be on the same device"):
+            target.ops.dwconv_bias_act(x, w.cpu(), b, [1, 1], [1, 1], [1, 1], "relu", True)
     with pytest.raises(RuntimeError, match="too large"):
-        big_w = torch.randn(8, 1, 111, 111, device=DEV)  # > 12k taps: no room in shared memory
-        torch.ops.mnv3.dwconv_bias_act(x.contiguous(memory_format=torch.channels_last), big_w, b,
-                                       [1, 1], [55, 55], [1, 1], "relu", True)
+        big_w = torch.randn(8, 1, 111, 111, device=target.device)  # > 12k taps: no room in shared memory
+        target.ops.dwconv_bias_act(x.contiguous(memory_format=torch.channels_last), big_w, b,
+                                   [1, 1], [55, 55], [1, 1], "relu", True)
     with pytest.raises(RuntimeError, match="pooled must have shape"):
-        torch.ops.mnv3.se_excite_scale(x, torch.zeros(1, 4, device=DEV), *se_params(8, 4, torch.float32, DEV),
-                                       "sigmoid")
+        target.ops.se_excite_scale(x, torch.zeros(1, 4, device=target.device),
+                                   *se_params(8, 4, torch.float32, target.device), "sigmoid")
+
+
+# ------------------------------------------------------------------ launch branches (emulated)
+# Every launch the emulated sweep above ran, as (kernel, grid, block, dynamic smem
+# bytes); the kernel names carry the launch branch (check_launch in csrc/cuda/).
+_EMULATED_LAUNCHES: list = []
+_EMULATED_TESTS_RUN: set = set()
+
+
+@pytest.fixture(autouse=True)
+def _record_emulated_launches(request):
+    on_emulator = ("target" in request.fixturenames and emulated.available()
+                   and request.node.callspec.params.get("target") is EMULATED)
+    if on_emulator:
+        emulated.module().launch_log()  # drop what earlier tests launched
+    yield
+    if on_emulator:
+        _EMULATED_LAUNCHES.extend(emulated.module().launch_log())
+        _EMULATED_TESTS_RUN.add(request.node.nodeid)
+
+
+def test_emulated_sweep_reaches_every_launch_branch(request):
+    """Runs last in this file: the emulated sweep above must have launched every
+    branch of LAUNCH_BRANCHES, and every launch must have been checked (named)."""
+    if not emulated.available():
+        pytest.skip(f"the emulated CUDA kernels: {emulated.STATUS.reason}")
+    sweep = {item.nodeid for item in request.session.items
+             if item.module is request.module and getattr(item, "callspec", None)
+             and item.callspec.params.get("target") is EMULATED}
+    if not sweep or not sweep <= _EMULATED_TESTS_RUN:
+        pytest.skip(f"the emulated sweep did not run whole in this session ({len(_EMULATED_TESTS_RUN & sweep)} "
+                    f"of {len(sweep)} tests)")
+    missed = missed_launch_branches(_EMULATED_LAUNCHES)
+    assert not missed, f"the emulated sweep never reached: {missed}"

@@ -1,14 +1,100 @@
-// Host helpers of the CUDA kernels: the current stream, launch checks.
+// What the CUDA kernels share beyond their arithmetic: the launch helper, 16-byte
+// vector loads and stores, the current stream, launch checks, the device the
+// ops run on and the namespace they register in.
+//
+// The same sources build twice (setup.py):
+//  - by nvcc into mnv3_kernels._C_cuda: ops mnv3::* on CUDA tensors;
+//  - as host C++ with MNV3_CUDA_EMULATION (MNV3_BUILD_EMULATED=1) against
+//    emulation/cuda_emulation.h into mnv3_kernels._C_emulated: ops
+//    mnv3_emulated::* on CPU tensors, every launch run by the emulator, which
+//    checks barriers, shuffles, vector alignment, shared memory and launch
+//    limits (emulation/emulator.cpp).
+// Everything that differs between the two lives here.
 #pragma once
 
 #include "../common/op_glue.h"
 
+#if defined(MNV3_CUDA_EMULATION)
+#include "emulation/cuda_emulation.h"
+#else
 #include <cuda_runtime.h>
 #include <torch/csrc/inductor/aoti_torch/c/shim.h>
 #include <torch/csrc/stable/accelerator.h>
 #include <torch/headeronly/util/shim_utils.h>
+#endif
+
+#include <tuple>
+#include <type_traits>
+#include <utility>
+
+// STABLE_TORCH_LIBRARY_IMPL of the CUDA ops: mnv3 on CUDA, or mnv3_emulated
+// on CPU for the emulator (ops.py defines both namespaces' schemas).
+#if defined(MNV3_CUDA_EMULATION)
+#define MNV3_CUDA_LIBRARY_IMPL(m) STABLE_TORCH_LIBRARY_IMPL(mnv3_emulated, CPU, m)
+#else
+#define MNV3_CUDA_LIBRARY_IMPL(m) STABLE_TORCH_LIBRARY_IMPL(mnv3, CUDA, m)
+#endif
+
+// extern __shared__ T name[]: the block's dynamic shared memory.
+#if !defined(MNV3_CUDA_EMULATION)
+#define MNV3_DYNAMIC_SHARED(T, name) extern __shared__ T name[]
+#endif
 
 namespace mnv3 {
+
+// Launches kernel<<<grid, block, smem, stream>>>(args...); under the emulator
+// runs it on the host.  Arguments are converted to the kernel's parameter
+// types here, once, as a CUDA launch copies them.  Follow with check_launch.
+template <typename... Params, typename... Args>
+void launch(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream, Args&&... args) {
+#if defined(MNV3_CUDA_EMULATION)
+  (void)stream;
+  const std::tuple<std::decay_t<Params>...> params(std::forward<Args>(args)...);
+  emu::run_grid(grid, block, smem, [&] { std::apply(kernel, params); });
+#else
+  kernel<<<grid, block, smem, stream>>>(std::forward<Args>(args)...);
+#endif
+}
+
+// One 16-byte (alignof(V)) vector load or store; the emulator checks the
+// alignment a GPU would fault on.
+template <typename V>
+__device__ __forceinline__ V load_vector(const V* p) {
+#if defined(MNV3_CUDA_EMULATION)
+  emu::check_aligned(p, alignof(V), "a vector load");
+#endif
+  return *p;
+}
+
+template <typename V>
+__device__ __forceinline__ void store_vector(V* p, const V& v) {
+#if defined(MNV3_CUDA_EMULATION)
+  emu::check_aligned(p, alignof(V), "a vector store");
+#endif
+  *p = v;
+}
+
+// The ops' tensors are on the kernels' device: CUDA, or the CPU under the emulator.
+inline void check_kernel_device(const Tensor& x, const char* op) {
+#if defined(MNV3_CUDA_EMULATION)
+  STD_TORCH_CHECK(x.is_cpu(), op, " (emulated CUDA kernel): x must be a CPU tensor");
+#else
+  STD_TORCH_CHECK(x.is_cuda(), op, " (CUDA kernel): x must be a CUDA tensor");
+#endif
+}
+
+#if defined(MNV3_CUDA_EMULATION)
+struct KernelDeviceGuard {
+  explicit KernelDeviceGuard(const Tensor&) {}
+};
+
+inline cudaStream_t current_stream(const Tensor&) { return nullptr; }
+#else
+// Makes x's device current for the op's launches.
+struct KernelDeviceGuard {
+  explicit KernelDeviceGuard(const Tensor& x) : guard(x.get_device_index()) {}
+  torch::stable::accelerator::DeviceGuard guard;
+};
 
 // torch's current CUDA stream on x's device, as a cudaStream_t.  (A stable
 // Stream's id() is torch's stream id, not the cudaStream_t; the C shim hands
@@ -18,8 +104,12 @@ inline cudaStream_t current_stream(const Tensor& x) {
   TORCH_ERROR_CODE_CHECK(aoti_torch_get_current_cuda_stream(x.get_device_index(), &stream));
   return static_cast<cudaStream_t>(stream);
 }
+#endif
 
 inline void check_launch(const char* kernel) {
+#if defined(MNV3_CUDA_EMULATION)
+  emu::name_last_launch(kernel);
+#endif
   const cudaError_t err = cudaGetLastError();
   STD_TORCH_CHECK(err == cudaSuccess, "mnv3: CUDA launch of ", kernel,
                   " failed: ", cudaGetErrorString(err));

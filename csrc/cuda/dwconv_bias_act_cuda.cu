@@ -58,7 +58,7 @@ using LoadFor = std::conditional_t<(V > 1), VectorLoad<V>, ConvertLoad<V>>;
 
 // Stores V fp32 values as T: one 16-byte store when V * sizeof(T) == 16.
 template <typename T, int V>
-__device__ __forceinline__ void store_vector(T* p, const float (&v)[V]) {
+__device__ __forceinline__ void store_converted(T* p, const float (&v)[V]) {
   if constexpr (V * sizeof(T) == 16) {
     union {
       uint4 raw;
@@ -66,7 +66,7 @@ __device__ __forceinline__ void store_vector(T* p, const float (&v)[V]) {
     } out;
 #pragma unroll
     for (int i = 0; i < V; ++i) out.e[i] = static_cast<T>(v[i]);
-    *reinterpret_cast<uint4*>(p) = out.raw;
+    store_vector(reinterpret_cast<uint4*>(p), out.raw);
   } else {
 #pragma unroll
     for (int i = 0; i < V; ++i) p[i] = static_cast<T>(v[i]);
@@ -88,7 +88,7 @@ dwconv_nhwc_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __
                    float partial_scale, DwGeometry g, Activation act, int64_t chunks,
                    int64_t tiles_per_chunk) {
   constexpr int TW = dw_tile_width<K>();
-  extern __shared__ float smem[];
+  MNV3_DYNAMIC_SHARED(float, smem);
   const int tc = blockDim.x, ts = blockDim.y;
   const int BC = tc * V;  // channels of this block
   const int taps = static_cast<int>(g.kh * g.kw);
@@ -133,7 +133,7 @@ dwconv_nhwc_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __
       T* yp = yn + (oh * g.OW + ow0) * g.C;
 #pragma unroll
       for (int t = 0; t < TW; ++t) {
-        if (t < valid) store_vector<T, V>(yp + t * g.C, acc[t]);
+        if (t < valid) store_converted<T, V>(yp + t * g.C, acc[t]);
       }
     }
   }
@@ -273,17 +273,17 @@ void launch_nhwc(const Tensor& x, const Tensor& weight, const Tensor& bias, Tens
   }
 
   const WeightView wv{weight.stride(0), weight.stride(2), weight.stride(3), bias.stride(0)};
-  dwconv_nhwc_kernel<T, V, K, S>
-      <<<dim3(static_cast<unsigned>(g.N * chunks), static_cast<unsigned>(groups)), dim3(tc, ts),
-         smem, stream>>>(static_cast<const T*>(x.const_data_ptr()),
-                         static_cast<const T*>(weight.const_data_ptr()),
-                         static_cast<const T*>(bias.const_data_ptr()), wv,
-                         static_cast<T*>(y.mutable_data_ptr()), partial, partial_scale, g,
-                         act, chunks, tiles_per_chunk);
-  check_launch("dwconv_nhwc_kernel");
+  launch(dwconv_nhwc_kernel<T, V, K, S>, dim3(static_cast<unsigned>(g.N * chunks), static_cast<unsigned>(groups)),
+         dim3(tc, ts), smem, stream, static_cast<const T*>(x.const_data_ptr()),
+         static_cast<const T*>(weight.const_data_ptr()), static_cast<const T*>(bias.const_data_ptr()), wv,
+         static_cast<T*>(y.mutable_data_ptr()), partial, partial_scale, g, act, chunks, tiles_per_chunk);
+  // The name says which launch branch ran (the emulated sweep checks it reached each).
+  check_launch(V > 1 ? (chunks == 1 ? "dwconv_nhwc_kernel (16-byte vectors, one chunk)"
+                                    : "dwconv_nhwc_kernel (16-byte vectors, chunks)")
+                     : (chunks == 1 ? "dwconv_nhwc_kernel (scalar, one chunk)" : "dwconv_nhwc_kernel (scalar, chunks)"));
   if (with_mean && chunks > 1) {
-    reduce_partials_kernel<<<blocks_for(g.N * g.C, kThreads), kThreads, 0, stream>>>(
-        partial, static_cast<float*>(mean.mutable_data_ptr()), g.N, g.C, chunks, inv_plane);
+    launch(reduce_partials_kernel, blocks_for(g.N * g.C, kThreads), kThreads, 0, stream, partial,
+           static_cast<float*>(mean.mutable_data_ptr()), g.N, g.C, chunks, inv_plane);
     check_launch("reduce_partials_kernel");
   }
 }
@@ -300,7 +300,7 @@ void launch_planes(const Tensor& x, const Tensor& weight, const Tensor& bias, Te
                   " is too large for one launch");
   const int64_t tiles = g.OH * ((g.OW + TW - 1) / TW);
   const int threads = static_cast<int>(std::min<int64_t>(kThreads, (tiles + 31) / 32 * 32));
-  dwconv_planes_kernel<T, K, S><<<static_cast<unsigned>(planes), threads, 0, stream>>>(
+  launch(dwconv_planes_kernel<T, K, S>, static_cast<unsigned>(planes), threads, 0, stream,
       static_cast<const T*>(x.const_data_ptr()), x.stride(0), x.stride(1), x.stride(2),
       x.stride(3), static_cast<const T*>(w.const_data_ptr()),
       static_cast<const T*>(b.const_data_ptr()), static_cast<T*>(y.mutable_data_ptr()),
@@ -316,10 +316,10 @@ std::tuple<Tensor, Tensor> dwconv_bias_act_cuda(const Tensor& x, const Tensor& w
                                                 const std::vector<int64_t>& padding,
                                                 const std::vector<int64_t>& dilation,
                                                 const std::string& activation, bool with_mean) {
-  STD_TORCH_CHECK(x.is_cuda(), "mnv3::dwconv_bias_act (CUDA kernel): x must be a CUDA tensor");
+  check_kernel_device(x, "mnv3::dwconv_bias_act");
   const DwGeometry g = check_dwconv_args(x, weight, bias, stride, padding, dilation);
   const Activation act = parse_activation(activation);
-  torch::stable::accelerator::DeviceGuard guard(x.get_device_index());
+  KernelDeviceGuard guard(x);
   const bool nhwc = is_nhwc_dense(x);
   Tensor y = empty_4d(g.N, g.C, g.OH, g.OW, nhwc, x.scalar_type(), x);
   Tensor mean = with_mean ? empty_2d(g.N, g.C, ScalarType::Float, x)
@@ -348,6 +348,6 @@ std::tuple<Tensor, Tensor> dwconv_bias_act_cuda(const Tensor& x, const Tensor& w
 }  // namespace
 }  // namespace mnv3
 
-STABLE_TORCH_LIBRARY_IMPL(mnv3, CUDA, m) {
+MNV3_CUDA_LIBRARY_IMPL(m) {
   m.impl("dwconv_bias_act", TORCH_BOX(&mnv3::dwconv_bias_act_cuda));
 }

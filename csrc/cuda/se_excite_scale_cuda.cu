@@ -31,7 +31,7 @@ __global__ void __launch_bounds__(kThreads)
 se_gate_kernel(const P* __restrict__ pooled, const T* __restrict__ w1, const T* __restrict__ b1,
                const T* __restrict__ w2, const T* __restrict__ b2, float* __restrict__ gates,
                int64_t C, int64_t Cr) {
-  extern __shared__ float smem[];
+  MNV3_DYNAMIC_SHARED(float, smem);
   float* pooled_s = smem;
   float* hidden_s = smem + C;
   const int64_t n = blockIdx.x;
@@ -69,10 +69,10 @@ scale_nhwc_kernel(const T* __restrict__ x, const float* __restrict__ gates, T* _
   const int64_t c0 = (i % per_pixel) * V;
   const float* g = gates + n * C + c0;
   if constexpr (V == Vec16<T>::kSize) {
-    Vec16<T> v = reinterpret_cast<const Vec16<T>*>(x)[i];
+    Vec16<T> v = load_vector(reinterpret_cast<const Vec16<T>*>(x) + i);
 #pragma unroll
     for (int k = 0; k < V; ++k) v.e[k] = static_cast<T>(static_cast<float>(v.e[k]) * __ldg(g + k));
-    reinterpret_cast<Vec16<T>*>(y)[i] = v;
+    store_vector(reinterpret_cast<Vec16<T>*>(y) + i, v);
   } else {
     static_assert(V == 1, "scale_nhwc_kernel: V is a 16-byte vector or 1");
     y[i] = static_cast<T>(static_cast<float>(x[i]) * g[0]);
@@ -89,10 +89,10 @@ scale_planes_kernel(const T* __restrict__ x, const float* __restrict__ gates, T*
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= vectors) return;
   const float g = __ldg(gates + i / (HW / V));
-  Vec16<T> v = reinterpret_cast<const Vec16<T>*>(x)[i];
+  Vec16<T> v = load_vector(reinterpret_cast<const Vec16<T>*>(x) + i);
 #pragma unroll
   for (int k = 0; k < V; ++k) v.e[k] = static_cast<T>(static_cast<float>(v.e[k]) * g);
-  reinterpret_cast<Vec16<T>*>(y)[i] = v;
+  store_vector(reinterpret_cast<Vec16<T>*>(y) + i, v);
 }
 
 // Any strides: one element per thread; y contiguous NCHW.
@@ -120,10 +120,10 @@ bool is_nchw_contiguous(const Tensor& t) {
 
 Tensor se_excite_scale_cuda(const Tensor& x, const Tensor& pooled, const Tensor& w1, const Tensor& b1,
                             const Tensor& w2, const Tensor& b2, const std::string& gate) {
-  STD_TORCH_CHECK(x.is_cuda(), "mnv3::se_excite_scale (CUDA kernel): x must be a CUDA tensor");
+  check_kernel_device(x, "mnv3::se_excite_scale");
   const int64_t Cr = check_se_args(x, pooled, w1, b1, w2, b2);
   const Gate gate_kind = parse_gate(gate);
-  torch::stable::accelerator::DeviceGuard guard(x.get_device_index());
+  KernelDeviceGuard guard(x);
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
   const bool nhwc = is_nhwc_dense(x);
   Tensor y = empty_4d(N, C, H, W, nhwc, x.scalar_type(), x);
@@ -144,17 +144,17 @@ Tensor se_excite_scale_cuda(const Tensor& x, const Tensor& pooled, const Tensor&
     using T = decltype(tag);
     dispatch_gate(gate_kind, [&](auto gate_tag) {
       constexpr Gate G = decltype(gate_tag)::value;
-      const auto launch = [&](auto pooled_tag) {
+      const auto launch_gate = [&](auto pooled_tag) {
         using P = decltype(pooled_tag);
-        se_gate_kernel<T, P, G><<<static_cast<unsigned>(N), kThreads, smem, stream>>>(
+        launch(se_gate_kernel<T, P, G>, static_cast<unsigned>(N), kThreads, smem, stream,
             static_cast<const P*>(p.const_data_ptr()), static_cast<const T*>(w1c.const_data_ptr()),
             static_cast<const T*>(b1c.const_data_ptr()), static_cast<const T*>(w2c.const_data_ptr()),
             static_cast<const T*>(b2c.const_data_ptr()), gates_p, C, Cr);
       };
       if (p.scalar_type() == ScalarType::Float) {
-        launch(float{});
+        launch_gate(float{});
       } else {
-        launch(T{});
+        launch_gate(T{});
       }
       check_launch("se_gate_kernel");
     });
@@ -165,21 +165,21 @@ Tensor se_excite_scale_cuda(const Tensor& x, const Tensor& pooled, const Tensor&
     const int64_t HW = H * W;
     if (nhwc && C % V == 0 && aligned16(xp)) {
       const int64_t vectors = x.numel() / V;
-      scale_nhwc_kernel<T, V><<<blocks_for(vectors, kThreads), kThreads, 0, stream>>>(
-          xp, gates_p, yp, C, HW, vectors);
-      check_launch("scale_nhwc_kernel");
+      launch(scale_nhwc_kernel<T, V>, blocks_for(vectors, kThreads), kThreads, 0, stream, xp, gates_p, yp, C, HW,
+             vectors);
+      check_launch("scale_nhwc_kernel (16-byte vectors)");
     } else if (nhwc) {
-      scale_nhwc_kernel<T, 1><<<blocks_for(x.numel(), kThreads), kThreads, 0, stream>>>(
-          xp, gates_p, yp, C, HW, x.numel());
-      check_launch("scale_nhwc_kernel");
+      launch(scale_nhwc_kernel<T, 1>, blocks_for(x.numel(), kThreads), kThreads, 0, stream, xp, gates_p, yp, C,
+             HW, x.numel());
+      check_launch("scale_nhwc_kernel (scalar)");
     } else if (is_nchw_contiguous(x) && HW % V == 0 && aligned16(xp)) {
       const int64_t vectors = x.numel() / V;
-      scale_planes_kernel<T><<<blocks_for(vectors, kThreads), kThreads, 0, stream>>>(
-          xp, gates_p, yp, HW, vectors);
+      launch(scale_planes_kernel<T>, blocks_for(vectors, kThreads), kThreads, 0, stream, xp, gates_p, yp, HW,
+             vectors);
       check_launch("scale_planes_kernel");
     } else {
-      scale_strided_kernel<T><<<blocks_for(x.numel(), kThreads), kThreads, 0, stream>>>(
-          xp, gates_p, yp, C, H, W, x.stride(0), x.stride(1), x.stride(2), x.stride(3), x.numel());
+      launch(scale_strided_kernel<T>, blocks_for(x.numel(), kThreads), kThreads, 0, stream, xp, gates_p, yp, C, H,
+             W, x.stride(0), x.stride(1), x.stride(2), x.stride(3), x.numel());
       check_launch("scale_strided_kernel");
     }
   });
@@ -189,6 +189,6 @@ Tensor se_excite_scale_cuda(const Tensor& x, const Tensor& pooled, const Tensor&
 }  // namespace
 }  // namespace mnv3
 
-STABLE_TORCH_LIBRARY_IMPL(mnv3, CUDA, m) {
+MNV3_CUDA_LIBRARY_IMPL(m) {
   m.impl("se_excite_scale", TORCH_BOX(&mnv3::se_excite_scale_cuda));
 }
