@@ -32,6 +32,7 @@ import platform
 import shutil
 import subprocess
 import sys
+import sysconfig
 
 from setuptools import find_packages, setup
 
@@ -152,6 +153,18 @@ class BuildExtWithRecord(BuildExtension):
     built: into the wheel for `pip install .`, into the source tree for
     in-place / editable builds.  Never into a tree it did not build for, so a
     wheel built from a checkout leaves the checkout's record alone."""
+
+    def finalize_options(self):
+        super().finalize_options()
+        # pip's editable and wheel builds hand build_ext a new temporary folder each
+        # time, so nothing was reused between the README's two commands (a second
+        # full build).  Objects go to the checkout's build/ instead, where ninja
+        # rebuilds only what changed; a build_temp inside the checkout (an explicit
+        # --build-temp) is kept.
+        here = os.path.dirname(os.path.abspath(__file__))
+        if not os.path.abspath(self.build_temp).startswith(here + os.sep) and os.access(here, os.W_OK):
+            tag = f"{sysconfig.get_platform()}-{sys.implementation.cache_tag}"
+            self.build_temp = os.path.join(here, "build", f"temp.{tag}")
 
     def build_extension(self, ext):
         levels = getattr(ext, "mnv3_cpu_levels", None)
