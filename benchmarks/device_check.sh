@@ -149,7 +149,7 @@ bench_step() {
   local name=$1 kind=$2 budget=$3
   shift 3
   if [ $DRY = 1 ]; then  # a tiny CPU run of the real CLI
-    set -- --device cpu --models small --batch 1 --size 32 --variants eager --min-run-time 0.01 --rounds 1
+    set -- --device cpu --models small --batch 1 --size 32 --variants eager eager_cl --min-run-time 0.01 --rounds 1
     [ "$(planted "$name")" = fail ] && set -- --rounds 0
     [ "$kind" = required ] && budget=60
   fi

@@ -24,6 +24,7 @@ import argparse
 import copy
 import datetime
 import json
+import logging
 import os
 import platform
 import subprocess
@@ -66,18 +67,48 @@ class Result:
         self.status, self.notes = "error", [f"{type(e).__name__}: {e}".splitlines()[0]]
 
 
-def _variants(device: torch.device, dtype: torch.dtype) -> list[str]:
-    names = ["eager", "eager_cl", "compile"]
-    if device.type == "cpu" and dtype == torch.float32:
-        names.append("onnxruntime")
-    for b in (backends.Backend.NATIVE, backends.Backend.TRITON):
-        if backends.availability(b, device.type)[0]:
-            names.append(f"fused-{b.value}")
-            if device.type == "cuda":
-                names.append(f"fused-{b.value}-graph")
-            elif b is backends.Backend.NATIVE and dtype == torch.float32:
-                names.append("fused-native-frozen")  # mk.freeze: frozen weights, like compile's and ORT's
-    return names
+# Every variant the bench knows, in table order, with what it times.
+VARIANTS = {
+    "eager": "torchvision's model as it comes (NCHW): the baseline of every speedup",
+    "eager_cl": "torchvision's model in channels_last",
+    "compile": "torch.compile of torchvision's model (CPU: inductor with freezing; CUDA: mode='reduce-overhead')",
+    "onnxruntime": "ONNX Runtime's CPU session of the exported model (CPU, fp32; needs onnxruntime, onnx, onnxscript)",
+    "fused-native": "mk.fuse(model) on mnv3's C++/CUDA kernels",
+    "fused-native-frozen": "mk.freeze(model): fused, weights frozen once (CPU, fp32)",
+    "fused-native-graph": "mk.fuse(model) on the CUDA kernels, replayed as a CUDA graph (CUDA)",
+    "fused-triton": "mk.fuse(model) on the Triton kernels (CUDA)",
+    "fused-triton-graph": "mk.fuse(model) on the Triton kernels, replayed as a CUDA graph (CUDA)",
+}
+# What a run times without --variants, per device type.
+DEFAULT_VARIANTS = {
+    "cpu": ["eager", "eager_cl", "compile", "onnxruntime", "fused-native", "fused-native-frozen"],
+    "cuda": ["eager", "eager_cl", "compile", "fused-native", "fused-native-graph", "fused-triton",
+             "fused-triton-graph"],
+}
+
+
+def unavailable_reason(variant: str, device: torch.device, dtype: torch.dtype) -> str | None:
+    """Why `variant` cannot run on this device and dtype here, or None when it can.
+    The table lists such a variant with the reason instead of dropping it."""
+    if variant == "onnxruntime":
+        if device.type != "cpu":
+            return "ONNX Runtime is timed on CPU only"
+        if dtype != torch.float32:
+            return "ONNX Runtime is timed in fp32 only"
+        try:
+            import onnxruntime  # noqa: F401
+        except ImportError:
+            return "onnxruntime is not installed (pip install onnxruntime onnx onnxscript)"
+        return None
+    if variant.endswith("-graph") and device.type != "cuda":
+        return "CUDA graphs need a CUDA device"
+    if variant == "fused-native-frozen":
+        if device.type != "cpu" or dtype != torch.float32:
+            return "mk.freeze is the fp32 CPU fast path (on CUDA the graph variants are its counterpart)"
+    if variant.startswith("fused-"):
+        ok, why = backends.availability(backends.Backend(variant.split("-")[1]), device.type)
+        return None if ok else why
+    return None
 
 
 def _torchvision_model(arch: str, seed: int) -> torch.nn.Module:
@@ -218,7 +249,7 @@ def run(args, on_case=None) -> tuple[dict, list[Result]]:
     cases = [(a, b, d) for a in args.models for b in args.batch for d in args.dtype]
 
     def variants(dtype: torch.dtype) -> list[str]:
-        return [v for v in _variants(device, dtype) if not args.variants or v in args.variants]
+        return args.variants or DEFAULT_VARIANTS[device.type]
 
     results: list[Result] = []
     total = sum(len(variants(DTYPES[d])) for _, _, d in cases)
@@ -239,8 +270,12 @@ def run(args, on_case=None) -> tuple[dict, list[Result]]:
                 done += 1
                 res = Result(ARCHS[arch], batch, dname, variant)
                 case.append(res)
-                print(f"[{done}/{total}] {ARCHS[arch]} batch {batch} {dname} {variant}: check ...",
-                      file=sys.stderr, flush=True)
+                why = unavailable_reason(variant, device, dtype)
+                print(f"[{done}/{total}] {ARCHS[arch]} batch {batch} {dname} {variant}: "
+                      + (f"unavailable ({why})" if why else "check ..."), file=sys.stderr, flush=True)
+                if why is not None:
+                    res.status, res.notes = "unavailable", [why]
+                    continue
                 try:
                     fn = _runner(variant, tv, device, x)
                     out = fn(x).float().cpu()
@@ -327,6 +362,14 @@ def _isa_text(env: dict) -> str:
     return f"mnv3 CPU ISA {isa['level']} ({isa['lanes']} lanes, {how})"
 
 
+def _header(env: dict) -> str:
+    """The table's first line: when, on what (CPU model and ISA level, or GPU), torch, threads."""
+    load = " ".join(f"{v:.2f}" for v in env["loadavg"]) if env["loadavg"] else "-"
+    return (f"# {env['date']}  {env['device']} ({env['device_type']}), {_isa_text(env)}, torch {env['torch']}, "
+            f"{env['threads']} threads, ops backend {env['backend_auto']}, load average {load}, "
+            f"source {env['source_commit'] or 'not a git checkout'}")
+
+
 def format_table(results: list[Result]) -> str:
     head = f"{'model':20s} {'batch':>5s} {'dtype':5s} {'variant':20s} {'median ms':>10s} {'IQR ms':>8s} " \
            f"{'img/s':>9s} {'vs eager':>8s}  notes"
@@ -343,6 +386,9 @@ def format_table(results: list[Result]) -> str:
 
 
 def _plot(results: list[Result], path: str, env: dict) -> str | None:
+    """speedup.png: per case, a bar per timed variant (the table's order; eager is
+    the 1.0 line, its latency under the case's name), each labelled with its
+    speedup and its median latency."""
     try:
         import matplotlib
 
@@ -351,22 +397,37 @@ def _plot(results: list[Result], path: str, env: dict) -> str | None:
     except ImportError:
         return None
     timed = [r for r in results if r.speedup_vs_eager]
-    cases = sorted({(r.model, r.batch, r.dtype) for r in timed})
-    variants = sorted({r.variant for r in timed})
-    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(cases)), 4.5))
-    width = 0.8 / max(1, len(variants))
+    cases = list(dict.fromkeys((r.model, r.batch, r.dtype) for r in timed))
+    variants = list(dict.fromkeys(r.variant for r in timed if r.variant != "eager"))
+    if not cases or not variants:
+        return None
+    by_key = {(r.model, r.batch, r.dtype, r.variant): r for r in timed}
+    fig, ax = plt.subplots(figsize=(max(7, 1.9 * len(cases) * max(1, len(variants)) / 3), 5))
+    width = 0.8 / len(variants)
     for i, v in enumerate(variants):
-        ys = [next((r.speedup_vs_eager for r in timed if (r.model, r.batch, r.dtype) == c and r.variant == v), 0)
-              for c in cases]
-        ax.bar([j + i * width for j in range(len(cases))], ys, width, label=v)
+        xs, ys, labels = [], [], []
+        for j, c in enumerate(cases):
+            r = by_key.get((*c, v))
+            if r is not None:
+                xs.append(j + i * width)
+                ys.append(r.speedup_vs_eager)
+                labels.append(f"{r.speedup_vs_eager:.1f}x\n{r.median_ms:.3g} ms")
+        bars = ax.bar(xs, ys, width, label=v)
+        ax.bar_label(bars, labels=labels, fontsize=6, padding=1)
     ax.set_xticks([j + 0.4 - width / 2 for j in range(len(cases))])
-    ax.set_xticklabels([f"{m.replace('mobilenet_v3_', '')}\nb{b} {d}" for m, b, d in cases])
+    eager_ms = {c: by_key[(*c, "eager")].median_ms for c in cases if (*c, "eager") in by_key}
+    ax.set_xticklabels([f"{m.replace('mobilenet_v3_', '')} b{b} {d}\neager {eager_ms[(m, b, d)]:.3g} ms"
+                        if (m, b, d) in eager_ms else f"{m.replace('mobilenet_v3_', '')} b{b} {d}"
+                        for m, b, d in cases], fontsize=8)
     ax.axhline(1.0, color="gray", lw=0.8)
     ax.set_ylabel("speedup vs torchvision eager (higher is better)")
-    ax.set_title(f"{env['device']}, {_isa_text(env)}, {env['threads']} threads", fontsize=9)
+    ax.set_ylim(0, max(r.speedup_vs_eager for r in timed) * 1.25)
+    ax.set_title(f"mnv3_kernels bench, {env['date'][:16].replace('T', ' ')} UTC: {env['device']}\n{_isa_text(env)}, "
+                 f"torch {env['torch']}, {env['threads']} threads", fontsize=8)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+    plt.close(fig)
     return path
 
 
@@ -379,38 +440,91 @@ def _write_results(args, env: dict, results: list[Result]) -> None:
     os.replace(path + ".tmp", path)
 
 
-def main(argv: list[str] | None = None) -> None:
-    cuda = torch.cuda.is_available()
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--device", default="cuda" if cuda else "cpu")
-    p.add_argument("--models", nargs="+", choices=list(ARCHS), default=list(ARCHS))
-    p.add_argument("--batch", nargs="+", type=int, help="default: 1 8 on CPU; 1 8 64 256 on CUDA")
-    p.add_argument("--dtype", nargs="+", choices=list(DTYPES), help="default: fp32 on CPU; fp32 fp16 bf16 on CUDA")
-    p.add_argument("--variants", nargs="+", help="only these variants (e.g. eager fused-native onnxruntime)")
-    p.add_argument("--size", type=int, default=224)
+def _parser() -> argparse.ArgumentParser:
+    width = max(map(len, VARIANTS))
+    epilog = "variants (--variants; default: " + "; ".join(
+        f"{d}: {' '.join(v)}" for d, v in DEFAULT_VARIANTS.items()) + "):\n" + "\n".join(
+        f"  {name:{width}s}  {what}" for name, what in VARIANTS.items()) + (
+        "\n\nA variant that cannot run here (not installed, not built, not on this device or dtype) "
+        "is listed in the table with the reason.")
+    p = argparse.ArgumentParser(prog="python -m mnv3_kernels.bench", description=__doc__, epilog=epilog,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="cpu, cuda or cuda:N (default: cuda when a GPU is visible, else cpu; here %(default)s)")
+    p.add_argument("--models", nargs="+", choices=list(ARCHS), default=list(ARCHS), help="default: large small")
+    p.add_argument("--batch", nargs="+", type=int, help="batch sizes (default: 1 8 on CPU; 1 8 64 256 on CUDA)")
+    p.add_argument("--dtype", nargs="+", choices=list(DTYPES),
+                   help="default: fp32 on CPU; fp32 fp16 bf16 on CUDA")
+    p.add_argument("--variants", nargs="+", choices=list(VARIANTS), metavar="VARIANT",
+                   help="only these variants, in the table's order as given (listed below)")
+    p.add_argument("--size", type=int, default=224, help="input height and width (default: %(default)s)")
     p.add_argument("--min-run-time", type=float, default=2.0,
-                   help="seconds of timing per variant and case, split over the rounds")
+                   help="seconds of timing per variant and case, split over the rounds (default: %(default)s)")
     p.add_argument("--rounds", type=int, default=5,
-                   help="rounds of timing, each visiting every variant of a case in turn")
-    p.add_argument("--threads", type=int, default=0, help="CPU threads (default: torch's default)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="mnv3_bench_results", help="folder for results.json and speedup.png")
+                   help="rounds of timing, each visiting every variant of a case in turn (default: %(default)s)")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (default: 0, torch's default)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random weights and inputs (default: %(default)s)")
+    p.add_argument("--out", help="folder for results.json and speedup.png (default: a new folder per run under "
+                                 "mnv3_bench_results/, named by date, device and dtypes)")
+    p.add_argument("--force", action="store_true", help="overwrite the results an earlier run left in --out")
+    return p
+
+
+def _check_args(p: argparse.ArgumentParser, args) -> None:
+    """Refuses what cannot run, in one line each, before any work."""
+    try:
+        device = torch.device(args.device)
+    except (RuntimeError, ValueError):
+        p.error(f"--device {args.device!r}: expected cpu, cuda or cuda:N")
+    if device.type not in ("cpu", "cuda"):
+        p.error(f"--device {args.device}: the bench runs on cpu or cuda")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        p.error(f"--device {args.device}: no CUDA GPU is visible here (torch.cuda.is_available() is False; "
+                f"torch {torch.__version__}, CUDA {torch.version.cuda or 'none'})")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        p.error(f"--device {args.device}: this machine has {torch.cuda.device_count()} GPU(s)")
+    for name, value, least in (("--rounds", args.rounds, 1), ("--size", args.size, 32), ("--threads", args.threads, 0)):
+        if value < least:
+            p.error(f"{name} must be at least {least}, got {value}")
+    if args.batch and min(args.batch) < 1:
+        p.error(f"--batch sizes must be at least 1, got {min(args.batch)}")
+    if args.min_run_time <= 0:
+        p.error(f"--min-run-time must be positive, got {args.min_run_time}")
+    if args.out is not None and os.path.exists(os.path.join(args.out, "results.json")) and not args.force:
+        p.error(f"--out {args.out} holds the results of an earlier run: pass --force to overwrite them, or "
+                "name another folder (without --out each run gets its own)")
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = _parser()
     args = p.parse_args(argv)
-    if args.rounds < 1:
-        p.error("--rounds must be at least 1")
+    _check_args(p, args)
     on_cuda = torch.device(args.device).type == "cuda"
+    if not on_cuda:
+        # torch.utils.cpp_extension (imported by torch.utils.benchmark and torch.compile)
+        # warns "No CUDA runtime is found, using CUDA_HOME=..." on a machine with the CUDA
+        # toolkit but no GPU: expected on a CPU run, not a misconfiguration.
+        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     args.batch = args.batch or ([1, 8, 64, 256] if on_cuda else [1, 8])
     args.dtype = args.dtype or (["fp32", "fp16", "bf16"] if on_cuda else ["fp32"])
+    if args.out is None:
+        stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H%M%SZ")
+        args.out = os.path.join("mnv3_bench_results", f"{stamp}-{args.device.replace(':', '')}-{'-'.join(args.dtype)}")
     os.makedirs(args.out, exist_ok=True)
     env, results = run(args, on_case=lambda env, results: _write_results(args, env, results))
-    print(f"# {env['date']}  {env['device']} ({env['device_type']}), {_isa_text(env)}, torch {env['torch']}, "
-          f"{env['threads']} threads, ops backend {env['backend_auto']}, "
-          f"load average {' '.join(f'{v:.2f}' for v in env['loadavg']) if env['loadavg'] else '-'}, "
-          f"source {env['source_commit'] or 'not a git checkout'}")
+    print(_header(env))
     print(format_table(results))
     _write_results(args, env, results)
     plot = _plot(results, os.path.join(args.out, "speedup.png"), env)
-    print(f"# wrote {os.path.join(args.out, 'results.json')}" + (f" and {plot}" if plot else " (no matplotlib: no plot)"))
+    if plot is None:
+        import importlib.util
+
+        if os.path.exists(os.path.join(args.out, "speedup.png")):  # an earlier run's (--force): not this one's
+            os.remove(os.path.join(args.out, "speedup.png"))
+
+        why = ("matplotlib is not installed" if importlib.util.find_spec("matplotlib") is None
+               else "no variant beside eager was timed")
+    print(f"# wrote {os.path.join(args.out, 'results.json')}" + (f" and {plot}" if plot else f" (no plot: {why})"))
 
 
 if __name__ == "__main__":

@@ -5,9 +5,11 @@ variant's set-up changing the model the eager variant runs."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -105,3 +107,93 @@ def test_bench_records_the_cpu_and_its_isa_level(capsys, tmp_path):
                 "--min-run-time", "0.02", "--rounds", "1", "--out", str(tmp_path)])
     assert text in capsys.readouterr().out.splitlines()[0]
     assert json.loads((tmp_path / "results.json").read_text())["environment"]["cpu_isa"] == isa
+
+
+# ------------------------------------------------------------------ refusals and help
+def _main_exit(argv, capsys) -> tuple[int, str]:
+    with pytest.raises(SystemExit) as e:
+        bench.main(argv)
+    return e.value.code, capsys.readouterr().err
+
+
+def test_bench_refuses_an_unknown_variant_before_any_work(tmp_path, capsys):
+    code, err = _main_exit(["--variants", "eager", "nosuch", "--out", str(tmp_path)], capsys)
+    assert code == 2
+    assert "invalid choice: 'nosuch'" in err and all(v in err for v in bench.VARIANTS)
+    assert "round 1/" not in err and "check ..." not in err and not (tmp_path / "results.json").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is visible: --device cuda is valid here")
+def test_bench_refuses_cuda_without_a_gpu_in_one_line(capsys):
+    code, err = _main_exit(["--device", "cuda"], capsys)
+    assert code == 2
+    assert err.strip().splitlines()[-1].startswith("python -m mnv3_kernels.bench: error: --device cuda: no CUDA GPU")
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--device", "tpu"], "--device 'tpu': expected cpu, cuda or cuda:N"),
+    (["--batch", "0"], "--batch sizes must be at least 1"),
+    (["--size", "8"], "--size must be at least 32"),
+    (["--min-run-time", "0"], "--min-run-time must be positive"),
+])
+def test_bench_refuses_nonsense_arguments(argv, message, capsys):
+    code, err = _main_exit(argv, capsys)
+    assert code == 2 and message in err
+
+
+def test_bench_help_names_the_program_every_variant_and_the_defaults(capsys):
+    code, out = None, ""
+    with pytest.raises(SystemExit) as e:
+        bench.main(["--help"])
+    code, out = e.value.code, capsys.readouterr().out
+    assert code == 0 and out.startswith("usage: python -m mnv3_kernels.bench")
+    for name, what in bench.VARIANTS.items():
+        assert f"{name}  " in out and what.split("(")[0].strip() in " ".join(out.split())
+    for option in ("--device", "--size", "--seed", "--out", "--force"):
+        line = next(line for line in out.splitlines() if line.strip().startswith(option))
+        assert len(line.split()) > 2, f"{option} has no help"
+    assert "(default: 224)" in out and "(default: 5)" in out
+
+
+def test_bench_never_overwrites_an_earlier_run_without_force(tmp_path, capsys, monkeypatch):
+    args = ["--device", "cpu", "--models", "small", "--batch", "1", "--size", "32", "--variants", "eager",
+            "--min-run-time", "0.02", "--rounds", "1"]
+    bench.main(args + ["--out", str(tmp_path / "run")])
+    code, err = _main_exit(args + ["--out", str(tmp_path / "run")], capsys)
+    assert code == 2 and "holds the results of an earlier run: pass --force" in err
+    bench.main(args + ["--out", str(tmp_path / "run"), "--force"])
+    monkeypatch.chdir(tmp_path)  # without --out: a new folder per run
+    bench.main(args)
+    bench.main(args)
+    runs = sorted((tmp_path / "mnv3_bench_results").iterdir())
+    assert len(runs) >= 1 and all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d{6}Z-cpu-fp32", p.name) for p in runs)
+    assert all((p / "results.json").exists() for p in runs)
+
+
+def test_bench_reports_a_variant_it_cannot_run(tmp_path, capsys):
+    """fp16 on CPU: ONNX Runtime and the frozen model are fp32-only; they are listed
+    with the reason, not dropped."""
+    bench.main(["--device", "cpu", "--models", "small", "--batch", "1", "--size", "32", "--dtype", "fp16",
+                "--variants", "eager", "onnxruntime", "fused-native-frozen", "--min-run-time", "0.02",
+                "--rounds", "1", "--out", str(tmp_path)])
+    rows = {r["variant"]: r for r in json.loads((tmp_path / "results.json").read_text())["results"]}
+    assert rows["onnxruntime"]["status"] == "unavailable" and "fp32 only" in rows["onnxruntime"]["notes"][0]
+    assert rows["fused-native-frozen"]["status"] == "unavailable"
+    table = capsys.readouterr().out
+    assert re.search(r"onnxruntime .* unavailable: ONNX Runtime is timed in fp32 only", table)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the warning is about a machine without a GPU")
+def test_bench_on_cpu_prints_no_cuda_runtime_warning(tmp_path):
+    """torch.utils.cpp_extension warns "No CUDA runtime is found, using CUDA_HOME=..."
+    where the CUDA toolkit exists without a GPU; on a CPU run that is expected, not a
+    misconfiguration, and the bench keeps it out of its output."""
+    root = Path(mk.__file__).resolve().parent.parent
+    env = dict(os.environ, CUDA_HOME=os.environ.get("CUDA_HOME", "/usr/local/cuda"), PYTHONPATH=str(root))
+    proc = subprocess.run([sys.executable, "-m", "mnv3_kernels.bench", "--device", "cpu", "--models", "small",
+                           "--batch", "1", "--size", "32", "--variants", "eager", "--min-run-time", "0.02",
+                           "--rounds", "1", "--out", str(tmp_path / "run")],
+                          capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "No CUDA runtime" not in proc.stderr + proc.stdout
