@@ -144,3 +144,29 @@ def test_fuse_rejects_bad_arguments(args, kwargs, match):
 def test_unknown_backend_name():
     with pytest.raises(ValueError, match=r"backend must be one of auto, native, triton, reference; got 'cuda-fast'"):
         mk.set_backend("cuda-fast")
+
+
+# ------------------------------------------------------------------ the model's entry
+@pytest.mark.parametrize("x,exc,match", [
+    (torch.randn(3, 64, 64), ValueError, r"x must be a 4-d batch of images \[N, 3, H, W\], got shape \[3, 64, 64\]; "
+                                         r"one image \[C, H, W\] is x.unsqueeze\(0\)"),
+    (torch.randn(1, 1, 64, 64), ValueError, r"takes 3-channel images \[N, 3, H, W\], got 1 channels"),
+    (torch.randint(0, 255, (1, 3, 64, 64), dtype=torch.uint8), TypeError,
+     r"weights are torch.float32 and x is torch.uint8: convert with x.to\(torch.float32\) / 255"),
+    (torch.randn(1, 3, 64, 64, dtype=torch.float16), TypeError,
+     r"weights are torch.float32 and x is torch.float16: convert with x.to\(torch.float32\), or the model"),
+    ([[1.0]], TypeError, r"x must be a torch.Tensor"),
+])
+@pytest.mark.parametrize("mode", ["inference_mode", "no_grad", "train"])
+def test_model_names_the_callers_input(x, exc, match, mode):
+    """Errors about the input name the tensor the caller passed, not an inner
+    activation or a kernel argument; on every path (the fast plan cached by an earlier
+    valid call, the module path, training)."""
+    model = mk.mobilenet_v3_small()
+    model.train(mode == "train")
+    ctx = torch.inference_mode() if mode == "inference_mode" else torch.no_grad()
+    with ctx:
+        if mode != "train":
+            model(torch.randn(1, 3, 64, 64))  # a valid call first: the fast plan is cached
+        with pytest.raises(exc, match=match):
+            model(x)

@@ -254,8 +254,9 @@ class MobileNetV3(DropsCachesOnCopy, nn.Module):
         # The usual inference call first: a valid fast plan run as one op (the checks of
         # the path below in one function, see _FastPlan.ready; torch.compile traces the path below).
         plan = None if torch.compiler.is_compiling() else self.__dict__.get("_mnv3_fast_plan")
-        if plan is not None and plan.ready(self, x):
+        if plan is not None and isinstance(x, torch.Tensor) and plan.ready(self, x):
             return plan.run_plan(x, *plan.program)
+        check_input(self, x)
         fused = fused_active(self, x) and x.dim() == 4
         if fused:
             if packed_path_ok(x):
@@ -301,6 +302,41 @@ class MobileNetV3(DropsCachesOnCopy, nn.Module):
 _VERSION, _TRAINING = operator.attrgetter("_version"), operator.attrgetter("training")
 
 
+def input_spec(model: nn.Module) -> tuple[int, torch.dtype] | None:
+    """(channels, dtype) the model's input must have: its first convolution's input
+    channels and weight dtype; None when model.features has no convolution."""
+    for m in model.features.modules():
+        w = getattr(m, "weight", None)
+        if isinstance(w, torch.Tensor) and w.dim() == 4:
+            return w.shape[1] * getattr(m, "groups", 1), w.dtype
+    return None
+
+
+def check_input(model: nn.Module, x) -> None:
+    """Raises, naming the caller's tensor, when x is not a batch of images the model
+    takes: [N, C, H, W] with its input channels, in its weights' dtype.  (Left to
+    the layers, these errors name an inner activation or a kernel argument.)"""
+    name = type(model).__name__
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name}: x must be a torch.Tensor [N, C, H, W], got {type(x).__name__}")
+    spec = input_spec(model)
+    channels, dtype = spec if spec is not None else ("C", None)
+    if x.dim() != 4:
+        hint = "; one image [C, H, W] is x.unsqueeze(0)" if x.dim() == 3 else ""
+        raise ValueError(f"{name}: x must be a 4-d batch of images [N, {channels}, H, W], "
+                         f"got shape {list(x.shape)}{hint}")
+    if spec is None:
+        return
+    if x.size(1) != channels:
+        raise ValueError(f"{name}: the model takes {channels}-channel images [N, {channels}, H, W], got "
+                         f"{x.size(1)} channels (x of shape {list(x.shape)})"
+                         + ("; a grayscale batch is x.expand(-1, 3, -1, -1)" if x.size(1) == 1 and channels == 3 else ""))
+    if x.dtype != dtype and not torch.is_autocast_enabled(x.device.type):  # autocast casts for the layers
+        how = (f"x.to({dtype}) / 255 for uint8 images (then normalize)" if not x.is_floating_point()
+               else f"x.to({dtype}), or the model to {x.dtype} with model.to({x.dtype})")
+        raise TypeError(f"{name}: the model's weights are {dtype} and x is {x.dtype}: convert with {how}")
+
+
 class _FastPlan:
     """MobileNetV3's fused forward for fp32 channels-last CPU inputs on the native
     backend as a flat list of Steps (fused_layers.Step): the same ops on the same
@@ -333,6 +369,8 @@ class _FastPlan:
         # channels-last copy).
         first = blocks[0][0][0] if blocks else None
         self.any_input_layout = getattr(first, "spec", ())[:1] == ("conv",)
+        spec = input_spec(model)
+        self.in_channels = spec[0] if spec is not None else -1
         self.counter = _FastPlan.registrations[0]
         self.modes = [m for m in model.modules() if isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.Dropout))]
         self.training = [m.training for m in self.modes]
@@ -397,6 +435,7 @@ class _FastPlan:
         valid(), which touches every parameter and buffer)."""
         return (self.program is not None and torch.is_inference_mode_enabled() and not model.training
                 and self.any_input_layout and x.is_cpu and x.dtype is torch.float32 and x.dim() == 4 and x.numel() > 0
+                and x.size(1) == self.in_channels
                 and not torch.is_autocast_enabled("cpu") and backends.native_on_cpu() and self.valid())
 
     def run(self, x: torch.Tensor, avgpool: nn.Module, classifier: nn.Module) -> torch.Tensor:
