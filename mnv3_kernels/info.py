@@ -48,14 +48,20 @@ def report() -> str:
     lines.append(f"  requested backend: {backends.requested_backend().value} ({backends.ENV_VAR} / set_backend)")
     lines.append("")
     lines.append("backends:")
+    # Kernels registered for CUDA with no GPU to run them: "built", not "available".
+    no_gpu = not torch.cuda.is_available()
     for device_type in ("cpu", "cuda"):
         for backend in (backends.Backend.NATIVE, backends.Backend.TRITON, backends.Backend.REFERENCE):
             ok, why = backends.availability(backend, device_type)
             mark = "available" if ok else "unavailable"
+            if ok and device_type == "cuda" and no_gpu and backend is not backends.Backend.REFERENCE:
+                mark, why = "built", f"{why}; no GPU visible"
             lines.append(f"  {device_type:4s} {backend.value:9s} {mark:11s} {why}")
     for device_type in ("cpu", "cuda"):
         try:
             chosen = backends.resolve(device_type).value
+            if device_type == "cuda" and no_gpu and chosen != backends.Backend.REFERENCE.value:
+                chosen += " (built; no GPU visible to run it)"
         except RuntimeError as e:
             chosen = f"error: {e}"
         lines.append(f"  -> {device_type} ops run on: {chosen}")

@@ -97,8 +97,15 @@ def test_info_reports_build_and_backends(tmp_path):
 
     if "built with torch" in out:  # says whether the CUDA emulator's kernels were built, as they loaded here
         assert ("CUDA emulator: built" if emulated.available() else "CUDA emulator: not built") in out
+    no_gpu = not torch.cuda.is_available()
     for device_type in ("cpu", "cuda"):
         for name in ("native", "triton", "reference"):
             ok, why = backends.availability(Backend(name), device_type)
-            assert f"{device_type:4s} {name:9s} {'available' if ok else 'unavailable':11s} {why}" in out
+            if ok and device_type == "cuda" and no_gpu and name != "reference":
+                # kernels registered, nothing to run them on: never "available"
+                assert f"{device_type:4s} {name:9s} {'built':11s} {why}; no GPU visible" in out
+            else:
+                assert f"{device_type:4s} {name:9s} {'available' if ok else 'unavailable':11s} {why}" in out
     assert f"-> cpu ops run on: {backends.resolve('cpu').value}" in out
+    if no_gpu and backends.resolve("cuda") is not Backend.REFERENCE:
+        assert f"-> cuda ops run on: {backends.resolve('cuda').value} (built; no GPU visible to run it)" in out
