@@ -14,13 +14,18 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 PY=${PYTHON:-python3}
-LIBASAN=$(${CXX:-g++} -print-file-name=libasan.so)
+CXX=${CXX:-g++}
+if [ ! -e "$($CXX -print-file-name=libasan.so)" ]; then  # GCC's sanitizer runtimes: libgcc-N-dev
+  SUDO=$([ "$(id -u)" = 0 ] && echo "" || echo sudo)
+  $SUDO apt-get install -y -q "libgcc-$($CXX -dumpversion | cut -d. -f1)-dev" >/dev/null || true
+fi
+LIBASAN=$($CXX -print-file-name=libasan.so)
 # libstdc++ preloaded too: ASan intercepts __cxa_throw only if it is loaded when
 # ASan starts (else the first C++ exception, e.g. in triton's import, aborts).
-LIBSTDCXX=$(${CXX:-g++} -print-file-name=libstdc++.so)
+LIBSTDCXX=$($CXX -print-file-name=libstdc++.so)
 for lib in "$LIBASAN" "$LIBSTDCXX"; do
   if [ ! -e "$lib" ]; then
-    echo "$lib not found (g++ -print-file-name)" >&2
+    echo "$lib not found ($CXX -print-file-name)" >&2
     exit 1
   fi
 done
