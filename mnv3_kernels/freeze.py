@@ -91,7 +91,9 @@ def freeze(model: nn.Module) -> FrozenMobileNetV3:
     if not isinstance(model, MobileNetV3):
         tv = _torchvision_classes()
         if tv is None or not isinstance(model, tv["model"]):
-            raise TypeError(f"freeze(model): model must be a torchvision or mnv3_kernels MobileNetV3, got {source}; "
+            cls = type(model)  # by module path: timm's MobileNetV3 has torchvision's class name
+            raise TypeError("freeze(model): model must be torchvision.models.MobileNetV3 or "
+                            f"mnv3_kernels.MobileNetV3, got {cls.__module__}.{cls.__qualname__}; "
                             "other models: mnv3_kernels.fuse(model)")
         model = fuse(model)  # on a copy
     if any(m.training for m in model.modules()):

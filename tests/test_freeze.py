@@ -101,8 +101,12 @@ def test_later_changes_to_the_source_model_do_not_reach_it(small):
 
 
 def test_model_errors(small):
-    with pytest.raises(TypeError, match="torchvision or mnv3_kernels MobileNetV3"):
+    with pytest.raises(TypeError, match=r"torchvision.models.MobileNetV3 or mnv3_kernels.MobileNetV3, "
+                                        r"got torch.nn.modules.container.Sequential"):
         mk.freeze(nn.Sequential(nn.Conv2d(3, 8, 3)))
+    timm = pytest.importorskip("timm")
+    with pytest.raises(TypeError, match=r"got timm.models.mobilenetv3.MobileNetV3"):  # same class name as torchvision's
+        mk.freeze(timm.create_model("mobilenetv3_small_100").eval())
     with pytest.raises(TypeError, match="torch.nn.Module"):
         mk.freeze("mobilenet")
     with pytest.raises(ValueError, match="eval"):
