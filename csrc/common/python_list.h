@@ -1,4 +1,4 @@
-// A Python list of str from C++ strings, for the extension modules' few
+// Python lists from C++ containers, for the extension modules' few
 // CPython functions (csrc/cpu/module.cpp, csrc/cuda/emulation/module.cpp);
 // limited API only.
 #pragma once
@@ -10,11 +10,14 @@
 
 namespace mnv3 {
 
-// A new reference, or null with the Python error set.
-inline PyObject* string_list(const std::vector<std::string>& items) {
+// A Python list of make_item(x) for each x of items (make_item returns a new
+// reference, or null with the Python error set).  A new reference, or null
+// with the Python error set.
+template <typename Items, typename MakeItem>
+PyObject* list_of(const Items& items, MakeItem make_item) {
   PyObject* list = PyList_New(0);
-  for (const std::string& s : items) {
-    PyObject* item = list ? PyUnicode_FromString(s.c_str()) : nullptr;
+  for (const auto& x : items) {
+    PyObject* item = list ? make_item(x) : nullptr;
     if (item == nullptr || PyList_Append(list, item) != 0) {
       Py_XDECREF(item);
       Py_XDECREF(list);
@@ -23,6 +26,10 @@ inline PyObject* string_list(const std::vector<std::string>& items) {
     Py_DECREF(item);
   }
   return list;
+}
+
+inline PyObject* string_list(const std::vector<std::string>& items) {
+  return list_of(items, [](const std::string& s) { return PyUnicode_FromString(s.c_str()); });
 }
 
 }  // namespace mnv3

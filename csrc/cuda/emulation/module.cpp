@@ -15,30 +15,13 @@
 
 namespace {
 
-PyObject* dims(const unsigned (&d)[3]) { return Py_BuildValue("(III)", d[0], d[1], d[2]); }
-
 // launch_log() -> [(kernel, grid, block, dynamic_smem_bytes)], the launches
 // since the last call, oldest first.
 PyObject* launch_log(PyObject*, PyObject*) {
-  const std::vector<mnv3::emu::LaunchRecord> records = mnv3::emu::take_launch_records();
-  PyObject* list = PyList_New(0);
-  if (list == nullptr) return nullptr;
-  for (const auto& r : records) {
-    PyObject* grid = dims(r.grid);
-    PyObject* block = dims(r.block);
-    PyObject* item = grid && block ? Py_BuildValue("(sOOn)", r.kernel.c_str(), grid, block,
-                                                   static_cast<Py_ssize_t>(r.dynamic_smem))
-                                   : nullptr;
-    Py_XDECREF(grid);
-    Py_XDECREF(block);
-    if (item == nullptr || PyList_Append(list, item) != 0) {
-      Py_XDECREF(item);
-      Py_DECREF(list);
-      return nullptr;
-    }
-    Py_DECREF(item);
-  }
-  return list;
+  return mnv3::list_of(mnv3::emu::take_launch_records(), [](const mnv3::emu::LaunchRecord& r) {
+    return Py_BuildValue("(s(III)(III)n)", r.kernel.c_str(), r.grid[0], r.grid[1], r.grid[2], r.block[0],
+                         r.block[1], r.block[2], static_cast<Py_ssize_t>(r.dynamic_smem));
+  });
 }
 
 PyObject* checker_cases(PyObject*, PyObject*) { return mnv3::string_list(mnv3::checker_cases()); }
