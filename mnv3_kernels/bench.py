@@ -1,15 +1,16 @@
-"""`python -m mnv3_kernels.bench`: how much faster is the fused MobileNetV3 than
-what you use today, on this machine?
+"""`python -m mnv3_kernels.bench`: how much faster is the fused MobileNetV3 (or
+another MobileNet-family model, --models) than what you use today, on this machine?
 
 Side by side in one run, on the default device (CUDA if present, else CPU):
-torchvision eager (NCHW and channels_last), torch.compile of torchvision
+the model in eager mode (NCHW and channels_last), torch.compile of it
 (CPU: inductor with freezing; CUDA: mode="reduce-overhead"), ONNX Runtime (CPU,
-when installed), and the fused model on every available backend (plus its
-CUDA-graph replay on CUDA; on CPU in fp32 also mnv3_kernels.freeze's frozen
+when installed), and the fused model (mk.fuse) on every available backend (plus
+its CUDA-graph replay on CUDA; on CPU in fp32 also mnv3_kernels.freeze's frozen
 model, fused-native-frozen: weights folded once without the live model's
 per-forward check for changed weights, as compile's freezing and ONNX Runtime
-take them).  Random weights with randomized BatchNorm
-statistics; each fused result is checked against eager before it is timed
+take them).  The models (mnv3_kernels/zoo.py): random weights with randomized
+BatchNorm statistics, nothing downloaded; each variant's output (a segmentation
+model's "out" map) is checked against eager before it is timed
 (tolerances: mnv3_kernels/tolerances.py).  Timing: torch.utils.benchmark's
 blocked_autorange (warm-up first; CUDA synchronized), in --rounds rounds that
 visit every variant of a case in turn, merged per variant (Measurement.merge):
@@ -35,16 +36,11 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 import mnv3_kernels as mk
-from mnv3_kernels import backends, tolerances
+from mnv3_kernels import backends, tolerances, zoo
 from mnv3_kernels._extension import cpu_isa, cpu_model
-from mnv3_kernels.testing import randomize_batchnorm, randomize_classifier
+from mnv3_kernels.zoo import Unavailable, output_tensor
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-ARCHS = {"large": "mobilenet_v3_large", "small": "mobilenet_v3_small"}
-
-
-class Unavailable(Exception):
-    """A variant that cannot run here; the message says why."""
 
 
 @dataclass
@@ -69,12 +65,12 @@ class Result:
 
 # Every variant the bench knows, in table order, with what it times.
 VARIANTS = {
-    "eager": "torchvision's model as it comes (NCHW): the baseline of every speedup",
-    "eager_cl": "torchvision's model in channels_last",
-    "compile": "torch.compile of torchvision's model (CPU: inductor with freezing; CUDA: mode='reduce-overhead')",
+    "eager": "the model as it comes (NCHW): the baseline of every speedup",
+    "eager_cl": "the model in channels_last",
+    "compile": "torch.compile of the model (CPU: inductor with freezing; CUDA: mode='reduce-overhead')",
     "onnxruntime": "ONNX Runtime's CPU session of the exported model (CPU, fp32; needs onnxruntime, onnx, onnxscript)",
     "fused-native": "mk.fuse(model) on mnv3's C++/CUDA kernels",
-    "fused-native-frozen": "mk.freeze(model): fused, weights frozen once (CPU, fp32)",
+    "fused-native-frozen": "mk.freeze(mk.fuse(model)): fused, weights frozen once (CPU, fp32)",
     "fused-native-graph": "mk.fuse(model) on the CUDA kernels, replayed as a CUDA graph (CUDA)",
     "fused-triton": "mk.fuse(model) on the Triton kernels (CUDA)",
     "fused-triton-graph": "mk.fuse(model) on the Triton kernels, replayed as a CUDA graph (CUDA)",
@@ -111,16 +107,23 @@ def unavailable_reason(variant: str, device: torch.device, dtype: torch.dtype) -
     return None
 
 
-def _torchvision_model(arch: str, seed: int) -> torch.nn.Module:
-    try:
-        import torchvision.models as tvm
-    except ImportError:
-        raise SystemExit("the benchmark compares against torchvision: pip install torchvision") from None
-    gen = torch.Generator().manual_seed(seed)
-    model = getattr(tvm, ARCHS[arch])()
-    randomize_batchnorm(model, gen)
-    randomize_classifier(model, gen)
-    return model.eval()
+def _model(name: str, seed: int) -> torch.nn.Module:
+    """zoo.MODELS[name], built for one case (eval, fp32, CPU; the same weights every
+    run of a seed).  Raises zoo.Unavailable when it cannot be built here."""
+    return zoo.build(name, seed)
+
+
+class _TensorOutput(torch.nn.Module):
+    """model with output_tensor(model(x)) as its output: what ONNX export takes (a
+    segmentation model's dict becomes its "out" map; a tensor stays as it is)."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+        self.training = model.training  # the exporter warns about a wrapper left in train mode
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return output_tensor(self.model(x))
 
 
 def _onnxruntime_runner(model: torch.nn.Module, x: torch.Tensor):
@@ -130,7 +133,7 @@ def _onnxruntime_runner(model: torch.nn.Module, x: torch.Tensor):
         raise Unavailable("onnxruntime is not installed (pip install '.[bench]')") from None
     path = os.path.join(tempfile.mkdtemp(prefix="mnv3_bench_"), "model.onnx")
     try:
-        torch.onnx.export(model, (x,), path, dynamo=True, verbose=False)
+        torch.onnx.export(_TensorOutput(model), (x,), path, dynamo=True, verbose=False)
     except Exception as e:  # exporter missing (onnxscript) or failing: report, don't crash the run
         raise Unavailable(f"torch.onnx.export failed: {type(e).__name__}: {e}".splitlines()[0]) from None
     opts = ort.SessionOptions()
@@ -164,40 +167,54 @@ def _cuda_graph_runner(fn, x: torch.Tensor):
     return run
 
 
-def _runner(variant: str, tv: torch.nn.Module, device: torch.device, x: torch.Tensor):
-    """A callable x -> logits for one variant (models already on device/dtype).  Every
-    variant of a case exists at once (they are timed in rounds): none may change tv,
-    which the eager variant runs."""
+def _runner(variant: str, model: torch.nn.Module, device: torch.device, x: torch.Tensor,
+            notes: list[str] | None = None):
+    """A callable x -> the model's output for one variant (models already on
+    device/dtype; a dict for a segmentation model: compare through output_tensor).
+    Every variant of a case exists at once (they are timed in rounds): none may
+    change model, which the eager variant runs.  The fused variants append to notes
+    how many blocks fuse() fused (a model it fuses little of is not expected to get
+    faster, and the table should say so)."""
     if variant == "eager":
-        return tv
+        return model
     if variant == "eager_cl":
-        tv_cl = copy.deepcopy(tv).to(memory_format=torch.channels_last)  # Module.to converts in place
-        return lambda inp: tv_cl(inp.contiguous(memory_format=torch.channels_last))
+        model_cl = copy.deepcopy(model).to(memory_format=torch.channels_last)  # Module.to converts in place
+        return lambda inp: model_cl(inp.contiguous(memory_format=torch.channels_last))
     if variant == "compile":
         if device.type == "cuda":
-            return torch.compile(copy.deepcopy(tv), mode="reduce-overhead")
+            return torch.compile(copy.deepcopy(model), mode="reduce-overhead")
         import torch._inductor.config as inductor_config
 
         inductor_config.freezing = True  # weights as constants: conv weight prepacking, BN folding
-        return torch.compile(copy.deepcopy(tv))
+        return torch.compile(copy.deepcopy(model))
     if variant == "onnxruntime":
-        return _onnxruntime_runner(tv, x)
+        return _onnxruntime_runner(model, x)
+    if not variant.startswith("fused-"):
+        raise ValueError(variant)
+    fused = mk.fuse(model)  # on a copy
+    report = getattr(fused, "mnv3_fuse_report", None)
+    if notes is not None and report is not None:
+        notes.append(f"fused {report.count('dwconv')} dwconv + {report.count('se')} SE blocks")
     if variant == "fused-native-frozen":
-        return mk.freeze(tv)
-    if variant.startswith("fused-"):
-        backend = variant.split("-")[1]
-        fused = mk.fuse(tv)
+        try:
+            return mk.freeze(fused)
+        except Exception as e:  # a model freeze() does not take: a reason in the table, not a failed run
+            raise Unavailable(f"{type(e).__name__}: {e}".splitlines()[0]) from None
+    backend = variant.split("-")[1]
 
-        def run(inp: torch.Tensor) -> torch.Tensor:
-            with mk.use_backend(backend):
-                return fused(inp)
+    def run(inp: torch.Tensor):
+        with mk.use_backend(backend):
+            return fused(inp)
 
-        return _cuda_graph_runner(run, x) if variant.endswith("-graph") else run
-    raise ValueError(variant)
+    return _cuda_graph_runner(run, x) if variant.endswith("-graph") else run
 
 
 def _check(variant: str, out: torch.Tensor, eager: torch.Tensor, eager_fp32: torch.Tensor,
-           dtype: torch.dtype) -> tuple[bool, float, str]:
+           dtype: torch.dtype) -> tuple[bool, float | None, str]:
+    """(ok, max |diff| (None when the shapes differ), note) of one variant's output
+    tensor against eager's."""
+    if out.shape != eager_fp32.shape:
+        return False, None, f"output shape {list(out.shape)} vs eager's {list(eager_fp32.shape)}"
     if dtype == torch.float32:
         ok, diff, bound = tolerances.model_close(out, eager_fp32)
     else:
@@ -240,13 +257,30 @@ def _time_rounds(timed: list, x: torch.Tensor, min_run_time: float, rounds: int,
             res.median_ms, res.iqr_ms = merged.median * 1e3, merged.iqr * 1e3
 
 
+def _case_inputs(name: str, batch: int, dtype: torch.dtype, device: torch.device, args):
+    """(model on device in dtype, input x, eager's fp32 output, eager's output in dtype;
+    the outputs as output_tensor, float, on CPU) of one case.  Raises Unavailable
+    when the model cannot be built here; any other exception is eager's own failure
+    (e.g. the seed model at batch 1)."""
+    model = _model(name, args.seed)
+    gen = torch.Generator().manual_seed(args.seed + batch)
+    x32 = torch.randn(batch, zoo.MODELS[name].in_channels, args.size, args.size, generator=gen)
+    with torch.inference_mode():
+        eager_fp32 = output_tensor(model.to(device)(x32.to(device))).float().cpu()
+    model = model.to(device=device, dtype=dtype)
+    x = x32.to(device=device, dtype=dtype)
+    with torch.inference_mode():
+        eager_out = output_tensor(model(x)).float().cpu()
+    return model, x, eager_fp32, eager_out
+
+
 def run(args, on_case=None) -> tuple[dict, list[Result]]:
     """Times every case of args; on_case(env, results so far) after each case (main
     writes results.json then, so a run cut short keeps the cases it finished)."""
     device = torch.device(args.device)
     if device.type == "cpu" and args.threads:
         torch.set_num_threads(args.threads)
-    cases = [(a, b, d) for a in args.models for b in args.batch for d in args.dtype]
+    cases = [(m, b, d) for m in args.models for b in args.batch for d in args.dtype]
 
     def variants(dtype: torch.dtype) -> list[str]:
         return args.variants or DEFAULT_VARIANTS[device.type]
@@ -254,35 +288,45 @@ def run(args, on_case=None) -> tuple[dict, list[Result]]:
     results: list[Result] = []
     total = sum(len(variants(DTYPES[d])) for _, _, d in cases)
     done = 0
-    for arch, batch, dname in cases:
+    for name, batch, dname in cases:
         dtype = DTYPES[dname]
-        tv = _torchvision_model(arch, args.seed)
-        gen = torch.Generator().manual_seed(args.seed + batch)
-        x32 = torch.randn(batch, 3, args.size, args.size, generator=gen)
-        with torch.inference_mode():
-            eager_fp32 = tv.to(device)(x32.to(device)).float().cpu()
-        tv = tv.to(device=device, dtype=dtype)
-        x = x32.to(device=device, dtype=dtype)
-        with torch.inference_mode():
-            eager_out = tv(x).float().cpu()
-            timed, case = [], []
-            for variant in variants(dtype):
+        label = f"{name} batch {batch} {dname}"
+        case = [Result(name, batch, dname, variant) for variant in variants(dtype)]
+        why_not, eager_failed = None, False
+        try:
+            model, x, eager_fp32, eager_out = _case_inputs(name, batch, dtype, device, args)
+        except Unavailable as e:  # the model cannot be built here (e.g. timm is not installed)
+            why_not = str(e)
+        except Exception as e:  # eager itself fails (the seed model at batch 1): nothing to check against
+            why_not, eager_failed = "eager fails: " + f"{type(e).__name__}: {e}".splitlines()[0], True
+        if why_not is not None:  # every variant of the case says why, in one line; the run goes on
+            for res in case:
                 done += 1
-                res = Result(ARCHS[arch], batch, dname, variant)
-                case.append(res)
-                why = unavailable_reason(variant, device, dtype)
-                print(f"[{done}/{total}] {ARCHS[arch]} batch {batch} {dname} {variant}: "
+                res.status = "error" if eager_failed and res.variant == "eager" else "unavailable"
+                res.notes = [why_not]
+                print(f"[{done}/{total}] {label} {res.variant}: {res.status} ({why_not})", file=sys.stderr,
+                      flush=True)
+            results.extend(case)
+            if on_case is not None:
+                on_case(_environment(device), results)
+            continue
+        with torch.inference_mode():
+            timed = []
+            for res in case:
+                done += 1
+                why = unavailable_reason(res.variant, device, dtype)
+                print(f"[{done}/{total}] {label} {res.variant}: "
                       + (f"unavailable ({why})" if why else "check ..."), file=sys.stderr, flush=True)
                 if why is not None:
                     res.status, res.notes = "unavailable", [why]
                     continue
                 try:
-                    fn = _runner(variant, tv, device, x)
-                    out = fn(x).float().cpu()
-                    ok, diff, note = _check(variant, out, eager_out, eager_fp32, dtype)
+                    fn = _runner(res.variant, model, device, x, res.notes)
+                    out = output_tensor(fn(x)).float().cpu()
+                    ok, diff, note = _check(res.variant, out, eager_out, eager_fp32, dtype)
                     res.max_abs_diff = diff
-                    if not ok and variant.startswith("fused"):
-                        res.status, res.notes = "mismatch", [note + ": not timed"]
+                    if not ok and res.variant.startswith("fused"):
+                        res.status, res.notes = "mismatch", [note + ": not timed", *res.notes]
                         continue
                     if not ok:
                         res.notes.append(note)
@@ -293,7 +337,7 @@ def run(args, on_case=None) -> tuple[dict, list[Result]]:
                     res.status, res.notes = "unavailable", [str(e)]
                 except Exception as e:
                     res.failed(e)
-            _time_rounds(timed, x, args.min_run_time, args.rounds, f"{ARCHS[arch]} batch {batch} {dname}")
+            _time_rounds(timed, x, args.min_run_time, args.rounds, label)
             del timed
         eager_ms = next((r.median_ms for r in case if r.variant == "eager" and r.median_ms), None)
         for res in case:
@@ -302,7 +346,7 @@ def run(args, on_case=None) -> tuple[dict, list[Result]]:
                 if eager_ms:
                     res.speedup_vs_eager = eager_ms / res.median_ms
         results.extend(case)
-        del tv
+        del model
         if on_case is not None:
             on_case(_environment(device), results)
     return _environment(device), results
@@ -416,11 +460,10 @@ def _plot(results: list[Result], path: str, env: dict) -> str | None:
         ax.bar_label(bars, labels=labels, fontsize=6, padding=1)
     ax.set_xticks([j + 0.4 - width / 2 for j in range(len(cases))])
     eager_ms = {c: by_key[(*c, "eager")].median_ms for c in cases if (*c, "eager") in by_key}
-    ax.set_xticklabels([f"{m.replace('mobilenet_v3_', '')} b{b} {d}\neager {eager_ms[(m, b, d)]:.3g} ms"
-                        if (m, b, d) in eager_ms else f"{m.replace('mobilenet_v3_', '')} b{b} {d}"
-                        for m, b, d in cases], fontsize=8)
+    ax.set_xticklabels([f"{m} b{b} {d}\neager {eager_ms[(m, b, d)]:.3g} ms" if (m, b, d) in eager_ms
+                        else f"{m} b{b} {d}" for m, b, d in cases], fontsize=8)
     ax.axhline(1.0, color="gray", lw=0.8)
-    ax.set_ylabel("speedup vs torchvision eager (higher is better)")
+    ax.set_ylabel("speedup vs eager (higher is better)")
     ax.set_ylim(0, max(r.speedup_vs_eager for r in timed) * 1.25)
     ax.set_title(f"mnv3_kernels bench, {env['date'][:16].replace('T', ' ')} UTC: {env['device']}\n{_isa_text(env)}, "
                  f"torch {env['torch']}, {env['threads']} threads", fontsize=8)
@@ -441,17 +484,21 @@ def _write_results(args, env: dict, results: list[Result]) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    width = max(map(len, VARIANTS))
-    epilog = "variants (--variants; default: " + "; ".join(
-        f"{d}: {' '.join(v)}" for d, v in DEFAULT_VARIANTS.items()) + "):\n" + "\n".join(
-        f"  {name:{width}s}  {what}" for name, what in VARIANTS.items()) + (
-        "\n\nA variant that cannot run here (not installed, not built, not on this device or dtype) "
-        "is listed in the table with the reason.")
+    width = max(map(len, [*VARIANTS, *zoo.MODELS]))
+    models = "\n".join(f"  {name:{width}s}  {m.description}" for name, m in zoo.MODELS.items())
+    variants = "\n".join(f"  {name:{width}s}  {what}" for name, what in VARIANTS.items())
+    epilog = (f"models (--models; default: {' '.join(zoo.DEFAULT_MODELS)}; random weights, nothing downloaded):\n"
+              f"{models}\n\nvariants (--variants; default: "
+              + "; ".join(f"{d}: {' '.join(v)}" for d, v in DEFAULT_VARIANTS.items()) + f"):\n{variants}\n\n"
+              "A model or variant that cannot run here (not installed, not built, not on this device or dtype, "
+              "eager itself failing) is listed in the table with the reason.")
     p = argparse.ArgumentParser(prog="python -m mnv3_kernels.bench", description=__doc__, epilog=epilog,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                    help="cpu, cuda or cuda:N (default: cuda when a GPU is visible, else cpu; here %(default)s)")
-    p.add_argument("--models", nargs="+", choices=list(ARCHS), default=list(ARCHS), help="default: large small")
+    p.add_argument("--models", nargs="+", choices=list(zoo.MODELS), default=list(zoo.DEFAULT_MODELS),
+                   metavar="MODEL", help="models by name, in the table's order as given (default: "
+                   f"{' '.join(zoo.DEFAULT_MODELS)}; listed below)")
     p.add_argument("--batch", nargs="+", type=int, help="batch sizes (default: 1 8 on CPU; 1 8 64 256 on CUDA)")
     p.add_argument("--dtype", nargs="+", choices=list(DTYPES),
                    help="default: fp32 on CPU; fp32 fp16 bf16 on CUDA")

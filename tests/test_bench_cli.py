@@ -1,6 +1,7 @@
 """The benchmark CLI (`python -m mnv3_kernels.bench`) on a small CPU case: variants
-timed in rounds and merged, speedups against eager from the same run, and no
-variant's set-up changing the model the eager variant runs."""
+timed in rounds and merged, speedups against eager from the same run, no
+variant's set-up changing the model the eager variant runs, and the models of
+--models (mnv3_kernels/zoo.py) beyond MobileNetV3."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import pytest
 import torch
 
 import mnv3_kernels as mk
-from mnv3_kernels import bench, cpu_conv
+from mnv3_kernels import bench, cpu_conv, zoo
 
 
 def test_bench_cli_times_every_variant_in_rounds(tmp_path, capsys):
@@ -39,7 +40,7 @@ def test_bench_variants_leave_the_eager_model_alone():
     """All of a case's variants exist at once, so building one (eager_cl converts its
     model to channels_last, in place for nn.Module.to) must not change the model
     that the eager variant times."""
-    tv = bench._torchvision_model("small", 0)
+    tv = bench._model("small", 0)
     x = torch.randn(1, 3, 64, 64)
     before = {k: (v.clone(), v.stride()) for k, v in tv.state_dict().items()}
     run_cl = bench._runner("eager_cl", tv, torch.device("cpu"), x)
@@ -52,16 +53,16 @@ def test_bench_variants_leave_the_eager_model_alone():
 def test_bench_writes_results_after_every_case(tmp_path, monkeypatch):
     """A run cut short (the device check's bench step has a timeout) keeps the
     cases it finished: results.json is written after each case."""
-    real = bench._torchvision_model
+    real = bench._model
     calls = []
 
-    def model_then_die(arch, seed):
-        calls.append(arch)
+    def model_then_die(name, seed):
+        calls.append(name)
         if len(calls) == 2:
             raise KeyboardInterrupt  # the second case never finishes, like a killed run
-        return real(arch, seed)
+        return real(name, seed)
 
-    monkeypatch.setattr(bench, "_torchvision_model", model_then_die)
+    monkeypatch.setattr(bench, "_model", model_then_die)
     with pytest.raises(KeyboardInterrupt):
         bench.main(["--device", "cpu", "--models", "small", "--batch", "1", "2", "--size", "32", "--variants",
                     "eager", "--min-run-time", "0.02", "--rounds", "1", "--out", str(tmp_path)])
@@ -197,3 +198,106 @@ def test_bench_on_cpu_prints_no_cuda_runtime_warning(tmp_path):
                           capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "No CUDA runtime" not in proc.stderr + proc.stdout
+
+
+# ------------------------------------------------------------------ --models: the zoo
+def _rows(tmp_path) -> dict:
+    results = json.loads((tmp_path / "results.json").read_text())["results"]
+    return {(r["model"], r["batch"], r["variant"]): r for r in results}
+
+
+def test_bench_models_are_the_zoo_and_an_unknown_one_is_refused_before_any_work(tmp_path, capsys):
+    assert bench._parser().parse_args(["--models", *zoo.MODELS]).models == list(zoo.MODELS)
+    assert bench._parser().parse_args([]).models == ["large", "small"]
+    code, err = _main_exit(["--models", "mobilenet_v2", "nosuch", "--out", str(tmp_path)], capsys)
+    assert code == 2 and "argument --models: invalid choice: 'nosuch'" in err
+    assert "check ..." not in err and not (tmp_path / "results.json").exists()
+    with pytest.raises(SystemExit):
+        bench.main(["--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    for name, entry in zoo.MODELS.items():
+        assert f"{name} {' '.join(entry.description.split())}" in out
+
+
+def test_bench_runs_a_zoo_model_and_records_its_name(tmp_path, capsys):
+    variants = ["eager"] + (["fused-native"] if cpu_conv.native_available() else [])
+    bench.main(["--device", "cpu", "--models", "mobilenet_v2", "--batch", "1", "--size", "32", "--variants", *variants,
+                "--min-run-time", "0.02", "--rounds", "1", "--out", str(tmp_path)])
+    rows = _rows(tmp_path)
+    assert sorted(rows) == sorted(("mobilenet_v2", 1, v) for v in variants)
+    assert all(r["status"] == "ok" and r["median_ms"] > 0 for r in rows.values()), rows
+    if "fused-native" in variants:  # the table says what fuse() did: 17 inverted residuals, no SE
+        assert rows["mobilenet_v2", 1, "fused-native"]["notes"] == ["fused 17 dwconv + 0 SE blocks"]
+    assert re.search(r"^mobilenet_v2 +1 fp32 +eager ", capsys.readouterr().out, re.M)
+
+
+def test_output_tensor_is_the_segmentation_models_out_map(tmp_path):
+    model = zoo.build("lraspp", 0)
+    x = torch.randn(1, 3, 32, 48)
+    with torch.inference_mode():
+        out = model(x)
+        assert isinstance(out, dict) and zoo.output_tensor(out) is out["out"]
+        assert zoo.output_tensor(out).shape == (1, 21, 32, 48)
+        assert zoo.output_tensor(out["out"]) is out["out"]
+        # what ONNX Runtime exports: the "out" map, not the dict
+        assert torch.equal(bench._TensorOutput(model)(x), out["out"])
+    assert not bench._TensorOutput(model).training
+    with pytest.raises(TypeError, match=r"got dict with keys \['aux'\]"):
+        zoo.output_tensor({"aux": out["out"]})
+    # the bench compares and times lraspp on that map (a dict out of every variant)
+    variants = ["eager", "eager_cl"] + (["fused-native"] if cpu_conv.native_available() else [])
+    bench.main(["--device", "cpu", "--models", "lraspp", "--batch", "1", "--size", "32", "--variants", *variants,
+                "--min-run-time", "0.02", "--rounds", "1", "--out", str(tmp_path)])
+    rows = _rows(tmp_path)
+    assert all(r["status"] == "ok" and r["max_abs_diff"] is not None for r in rows.values()), rows
+
+
+def test_the_same_seed_builds_the_same_model():
+    a, b, c = zoo.build("small", 0), zoo.build("small", 0), zoo.build("small", 1)
+    assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
+    assert not torch.equal(a.features[0][0].weight, c.features[0][0].weight)
+    assert not a.training and all(p.dtype == torch.float32 for p in a.parameters())
+
+
+def test_bench_seed_model_at_batch_1_is_a_row_with_the_reason_not_a_crash(tmp_path, capsys):
+    """The seed's head squeezes the batch dimension away at batch 1, so eager itself
+    fails: every variant of that case says why in one line, and the run goes on."""
+    variants = ["eager", "eager_cl"] + (["fused-native", "fused-native-frozen"] if cpu_conv.native_available() else [])
+    bench.main(["--device", "cpu", "--models", "seed_large", "--batch", "1", "2", "--size", "32", "--variants",
+                *variants, "--min-run-time", "0.02", "--rounds", "1", "--out", str(tmp_path)])
+    rows = _rows(tmp_path)
+    for v in variants:
+        r = rows["seed_large", 1, v]
+        assert r["status"] == ("error" if v == "eager" else "unavailable") and r["median_ms"] is None, r
+        assert len(r["notes"]) == 1 and r["notes"][0].startswith("eager fails: IndexError: Dimension out of range")
+    assert rows["seed_large", 2, "eager"]["status"] == "ok" and rows["seed_large", 2, "eager_cl"]["status"] == "ok"
+    table = capsys.readouterr().out
+    assert re.search(r"^seed_large +1 fp32 +eager +- .* error: eager fails: IndexError", table, re.M)
+
+
+def test_bench_model_without_its_package_is_unavailable(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "timm", None)  # import timm raises ImportError
+    bench.main(["--device", "cpu", "--models", "timm_small", "small", "--batch", "1", "--size", "32", "--variants",
+                "eager", "--min-run-time", "0.02", "--rounds", "1", "--out", str(tmp_path)])
+    rows = _rows(tmp_path)
+    assert rows["timm_small", 1, "eager"]["status"] == "unavailable"
+    assert rows["timm_small", 1, "eager"]["notes"] == ["timm is not installed (pip install timm)"]
+    assert rows["small", 1, "eager"]["status"] == "ok"
+
+
+@pytest.mark.skipif(not cpu_conv.native_available(), reason="the CPU extension is not built")
+def test_bench_frozen_variant_freeze_refuses_is_unavailable_with_its_message(tmp_path, monkeypatch):
+    """fused-native-frozen is mk.freeze(mk.fuse(model)); a model freeze() does not
+    take is a row with freeze's message (its first line), not a failed run."""
+    seen = []
+
+    def refuse(model):
+        seen.append(model)
+        raise TypeError("freeze(model): not this one\nsecond line")
+
+    monkeypatch.setattr(bench.mk, "freeze", refuse)
+    bench.main(["--device", "cpu", "--models", "mobilenet_v2", "--batch", "1", "--size", "32", "--variants", "eager",
+                "fused-native-frozen", "--min-run-time", "0.02", "--rounds", "1", "--out", str(tmp_path)])
+    r = _rows(tmp_path)["mobilenet_v2", 1, "fused-native-frozen"]
+    assert r["status"] == "unavailable" and r["notes"] == ["TypeError: freeze(model): not this one"], r
+    assert len(seen) == 1 and hasattr(seen[0], "mnv3_fuse_report")  # freeze got the fused model
