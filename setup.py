@@ -26,6 +26,7 @@ one level's kernels at load time (csrc/cpu/cpu_isa.cpp, MNV3_CPU_ISA).
 """
 
 import glob
+import importlib.util
 import json
 import os
 import platform
@@ -55,8 +56,26 @@ X86_CPU_LEVELS = {
     "baseline": ["-march=x86-64"],
 }
 CPU_KERNEL_SOURCES = sorted(glob.glob(os.path.join("csrc", "cpu", "kernels", "*.cpp")))
+
+
+def _write_generated_header():
+    """Writes mnv3_generated.h (the enums and tables of mnv3_kernels/vocabulary.py and
+    mnv3_kernels/plan/steps.py, scripts/generate_headers.py) into build/generated/,
+    rewritten only when its text changes (no needless rebuild); returns (its folder,
+    on every extension's include path; its path, relative as the other depends)."""
+    spec = importlib.util.spec_from_file_location("_mnv3_generate_headers",
+                                                  os.path.join(ROOT, "scripts", "generate_headers.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # torch-free
+    out_dir = os.path.join(ROOT, "build", "generated")
+    return out_dir, os.path.relpath(module.write(out_dir), ROOT)
+
+
+GENERATED_DIR, GENERATED_HEADER = _write_generated_header()
+# The headers every source may include; a change to one (the generated header:
+# when vocabulary.py or steps.py changed) rebuilds the extensions.
 HEADERS = sorted(glob.glob(os.path.join("csrc", "**", "*.h"), recursive=True)
-                 + glob.glob(os.path.join("csrc", "**", "*.cuh"), recursive=True))
+                 + glob.glob(os.path.join("csrc", "**", "*.cuh"), recursive=True)) + [GENERATED_HEADER]
 
 
 def _cpu_levels():
@@ -175,6 +194,7 @@ class BuildExtWithRecord(BuildExtension):
                     CPU_KERNEL_SOURCES,
                     output_dir=os.path.join(self.build_temp, "cpu_levels", level),
                     macros=[(f"MNV3_CPU_LEVEL_{level.upper()}", None)],
+                    include_dirs=[GENERATED_DIR],
                     debug=self.debug,
                     extra_postargs=ext.mnv3_kernel_cflags + flags,
                     depends=HEADERS,
@@ -201,6 +221,7 @@ def _emulated_extension(debug, common, asan):
     return CppExtension(
         f"{PACKAGE}._C_emulated",
         sorted(glob.glob(os.path.join("csrc", "cuda", "emulation", "*.cpp"))),
+        include_dirs=[GENERATED_DIR],
         extra_compile_args={"cxx": opt + common + ["-fdiagnostics-color=always", "-Wno-psabi",
                                                    "-DMNV3_CUDA_EMULATION", "-Wno-unknown-pragmas", "-Wno-sign-compare"] + sanitize},
         extra_link_args=sanitize,
@@ -226,6 +247,7 @@ def get_extensions():
     cpu = CppExtension(
         f"{PACKAGE}._C",
         sorted(glob.glob(os.path.join("csrc", "cpu", "*.cpp"))),
+        include_dirs=[GENERATED_DIR],
         extra_compile_args={"cxx": cxx + (["-DMNV3_CPU_X86_LEVELS"] if "avx2" in levels else [])},
         depends=CPU_KERNEL_SOURCES + HEADERS,
         py_limited_api=True,
@@ -258,7 +280,9 @@ def get_extensions():
                 f"{PACKAGE}._C_cuda",
                 sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
                 + sorted(glob.glob(os.path.join("csrc", "cuda", "*.cpp"))),
+                include_dirs=[GENERATED_DIR],
                 extra_compile_args={"cxx": cxx + ["-DUSE_CUDA"], "nvcc": nvcc},
+                depends=HEADERS,
                 py_limited_api=True,
             )
         )

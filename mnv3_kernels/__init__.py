@@ -3,7 +3,7 @@ squeeze-excitation ops (CUDA, Triton, CPU) and a drop-in MobileNetV3 that uses t
 
 from . import ops  # noqa: F401  (defines the mnv3 ops first)
 from .backends import Backend, set_backend, use_backend
-from .freeze import FrozenMobileNetV3, freeze
+from .freeze import FrozenMobileNetV3, FrozenModel, freeze
 from .fuse import fuse
 from .fx_fuse import FuseReport
 from .models import MobileNetV3, mobilenet_v3_large, mobilenet_v3_small
@@ -18,6 +18,7 @@ __all__ = [
     "dwconv_bias_act",
     "fold_batchnorm",
     "FrozenMobileNetV3",
+    "FrozenModel",
     "FuseReport",
     "freeze",
     "fuse",

@@ -1,101 +1,117 @@
-"""freeze(): a MobileNetV3 -> its CPU inference as one op on weights folded once.
+"""freeze(): a model -> its fp32 CPU inference compiled once into plan segments.
 
-The live fused model (mnv3_kernels.MobileNetV3, or fuse() of torchvision's)
-follows every change to its parameters, buffers, submodules and train/eval
-modes: each forward first checks that its cached plan is still valid, touching
-all ~270 parameter and buffer tensors (on 2 cores ~0.2-0.3 ms of a ~3.5 ms
-MobileNetV3-Large forward at batch 1).  For deployment, freeze() takes that
-check out, like torch.jit.freeze, inductor's freezing or an ONNX Runtime
-session: it folds and packs the weights once, copies them, and returns a module
-whose forward is one mnv3::run_plan call.  Later changes to the source model do
-not reach it; freeze again after changing the weights.
+The plan compiler (plan/compiler.py) lowers what it can of the model's
+forward (convs with their BatchNorm and activation, squeeze-excitation,
+pooling, the classifier) into mnv3 op steps, each run of them one
+mnv3::run_plan call on weights folded and packed now; what it cannot lower
+runs as the model's own code between those calls.  Like torch.jit.freeze,
+inductor's freezing or an ONNX Runtime session, the result is fixed: it works
+on a copy of the model, so later changes to the model do not reach it (freeze
+again), and it skips the per-forward check for changed weights the live fused
+MobileNetV3 makes (it reads the version and data pointer of all ~270 parameters
+and buffers: ~0.2-0.3 ms of a ~3.5 ms Large forward on 2 cores).
 """
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
+from torch.utils._pytree import tree_map
 
 from . import backends
-from .fuse import _torchvision_classes, fuse
-from .models.mobilenetv3 import MobileNetV3, _FastPlan
+from .plan.compiler import Plan, compile_model
 
 
-class FrozenMobileNetV3(nn.Module):
-    """A frozen MobileNetV3 (made by mnv3_kernels.freeze): float32 CPU inference only.
+class FrozenModel(nn.Module):
+    """A frozen model (made by mnv3_kernels.freeze): float32 CPU inference only.
 
-    forward(x): x a float32 CPU tensor [N, 3, H, W] (any layout) -> logits [N, classes],
-    the same values as the fused model it was frozen from at that time, bit for bit.
-    It has no parameters (its weights are constants) and no backward; it cannot be
-    put in train mode, moved to another device or dtype, or run under autocast
-    (each raises); inputs outside inference_mode get an ordinary tensor back.
+    forward(x): x a float32 CPU tensor [N, C, H, W] (any layout) -> what the model
+    returns (logits, a dict of maps, ...).  The plan's segments hold the weights as
+    constants; parts the plan does not cover run as copies of the model's modules
+    (frozen too: no gradients).  It cannot be put in train mode, moved to another
+    device or dtype, or run under autocast (each raises); outside inference_mode
+    the outputs are ordinary tensors.
     """
 
-    def __init__(self, tensors: list[torch.Tensor], program: list[int], in_channels: int, source: str):
+    def __init__(self, plan: Plan, in_channels: int, source: str):
         super().__init__()
-        self._tensors, self._program = tensors, program
+        self.graph = plan.graph_module
+        self.graph.requires_grad_(False)
         self.in_channels, self.source = in_channels, source
+        self.left_alone = plan.left_alone
+        self._plan = plan
+        single = plan.single_call()
+        # The whole forward in one op call (the usual case for a classifier): no graph module call.
+        self._direct = None if single is None else (single.tensors, single.program)
         self._run_plan = torch.ops.mnv3.run_plan.default
         super().train(False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor):
+        name = type(self).__name__
         if not isinstance(x, torch.Tensor):
-            raise TypeError(f"FrozenMobileNetV3: x must be a torch.Tensor, got {type(x).__name__}")
+            raise TypeError(f"{name}: x must be a torch.Tensor, got {type(x).__name__}")
         if x.device.type != "cpu" or x.dtype != torch.float32 or x.dim() != 4 or x.size(1) != self.in_channels:
-            raise ValueError(f"FrozenMobileNetV3: x must be a float32 CPU tensor [N, {self.in_channels}, H, W]; "
+            raise ValueError(f"{name}: x must be a float32 CPU tensor [N, {self.in_channels}, H, W]; "
                              f"got {x.dtype} on {x.device} with shape {list(x.shape)}")
         if x.requires_grad:
-            raise RuntimeError("FrozenMobileNetV3: x requires grad, but a frozen model has no backward; "
+            raise RuntimeError(f"{name}: x requires grad, but a frozen model has no backward; "
                                "take gradients through the unfrozen model")
         if torch.is_autocast_enabled("cpu"):
-            raise RuntimeError("FrozenMobileNetV3 runs in float32; call it outside torch.autocast('cpu'), "
+            raise RuntimeError(f"{name} runs in float32; call it outside torch.autocast('cpu'), "
                                "or run the unfrozen model under autocast")
         if not backends.native_on_cpu():
-            raise RuntimeError("FrozenMobileNetV3 runs the native CPU kernels, but another backend is selected "
+            raise RuntimeError(f"{name} runs the native CPU kernels, but another backend is selected "
                                f"for CPU ({backends.ENV_VAR} or mnv3_kernels.use_backend); use the unfrozen model")
         if torch.is_inference_mode_enabled():
-            return self._run_plan(x, self._tensors, self._program)
-        with torch.inference_mode():  # no autograd dispatch for the op; an ordinary tensor out
-            y = self._run_plan(x, self._tensors, self._program)
-        return y.clone()
+            return self._run(x)
+        with torch.inference_mode():  # no autograd dispatch for the ops; ordinary tensors out
+            out = self._run(x)
+        return tree_map(lambda t: t.clone() if isinstance(t, torch.Tensor) else t, out)
 
-    def train(self, mode: bool = True) -> FrozenMobileNetV3:
+    def _run(self, x: torch.Tensor):
+        if self._direct is not None:
+            return self._run_plan([x], *self._direct)[0]
+        return self.graph(x)
+
+    def describe(self) -> str:
+        """The plan: its segments' steps and what runs as the model's own code, and why."""
+        return self._plan.describe()
+
+    def train(self, mode: bool = True) -> FrozenModel:
         if mode:
-            raise RuntimeError("FrozenMobileNetV3 is inference-only and cannot be put in train mode; "
+            raise RuntimeError(f"{type(self).__name__} is inference-only and cannot be put in train mode; "
                                "train the unfrozen model and freeze it again")
         return super().train(False)
 
     def _apply(self, fn, recurse=True):
         # .to() / .cuda() / .half() / .float() ...: the packed weights are float32 CPU constants.
-        raise RuntimeError("FrozenMobileNetV3 holds float32 CPU weights packed for its kernels and cannot be "
-                           "converted or moved; convert the unfrozen model and freeze it again")
+        raise RuntimeError(f"{type(self).__name__} holds float32 CPU weights packed for its kernels and cannot "
+                           "be converted or moved; convert the unfrozen model and freeze it again")
 
     def extra_repr(self) -> str:
-        mb = sum(t.numel() * t.element_size() for t in self._tensors) / 2**20
-        return f"source={self.source}, tensors={len(self._tensors)}, weights={mb:.1f} MB"
+        tensors = [t for seg in self._plan.segments for t in seg.tensors]
+        mb = sum(t.numel() * t.element_size() for t in tensors) / 2**20
+        return (f"source={self.source}, segments={len(self._plan.segments)}, "
+                f"left_alone={len(self.left_alone)}, plan weights={mb:.1f} MB")
 
 
-def freeze(model: nn.Module) -> FrozenMobileNetV3:
-    """Returns a FrozenMobileNetV3: `model`'s float32 CPU inference as one op call on
-    weights folded (BatchNorm into the convs) and packed now, and copied: later changes
-    to `model` do not reach it.
+FrozenMobileNetV3 = FrozenModel  # its name before freeze() took any model
 
-    model: a torchvision MobileNetV3 (fused first, on a copy) or an mnv3_kernels
-    MobileNetV3, in eval() mode, with float32 CPU parameters; its layers must all be
-    ones the fused CPU program covers (torchvision's and mnv3_kernels' Large and Small
-    are, at any width).  model itself is not changed.
+
+def freeze(model: nn.Module) -> FrozenModel:
+    """Returns a FrozenModel: `model`'s float32 CPU inference as plan segments (mnv3::run_plan
+    calls on weights folded and packed now) with the parts the plan does not cover as copies
+    of the model's code.  Later changes to `model` do not reach it.
+
+    model: what mnv3_kernels.fuse accepts, fused or not (torchvision's and timm's
+    MobileNet-family models, segmentation models on them, hand-written ones), in eval()
+    mode, with float32 CPU parameters.  model itself is not changed.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"freeze(model): model must be a torch.nn.Module, got {type(model).__name__}")
-    source = type(model).__name__
-    if not isinstance(model, MobileNetV3):
-        tv = _torchvision_classes()
-        if tv is None or not isinstance(model, tv["model"]):
-            cls = type(model)  # by module path: timm's MobileNetV3 has torchvision's class name
-            raise TypeError("freeze(model): model must be torchvision.models.MobileNetV3 or "
-                            f"mnv3_kernels.MobileNetV3, got {cls.__module__}.{cls.__qualname__}; "
-                            "other models: mnv3_kernels.fuse(model)")
-        model = fuse(model)  # on a copy
+    source = f"{type(model).__module__}.{type(model).__qualname__}"
     if any(m.training for m in model.modules()):
         raise ValueError("freeze(model): call model.eval() first (BatchNorm folds its running statistics only "
                          "in eval mode)")
@@ -106,13 +122,19 @@ def freeze(model: nn.Module) -> FrozenMobileNetV3:
     native, why_not = backends.native_availability("cpu")
     if not native:
         raise RuntimeError(f"freeze(model): {why_not}")
-    with torch.inference_mode():
-        plan = _FastPlan.build(model)
-        if plan.program is None:
-            raise ValueError("freeze(model): some of model's layers are not covered by the fused CPU program (a "
-                             "changed layer or head); run the fused model (mnv3_kernels.fuse) instead")
-        tensors, program = plan.program
-        # Copies: some plan tensors are model's own (biases used as they are).
-        tensors = [t.clone() for t in tensors]
-    in_channels = next(m for m in model.modules() if isinstance(m, nn.Conv2d)).in_channels
-    return FrozenMobileNetV3(tensors, list(program), in_channels, source)
+    conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    if conv is None:
+        raise ValueError("freeze(model): model has no Conv2d: freeze() compiles image models")
+    model = copy.deepcopy(model)  # the frozen model shares nothing with the caller's
+    with torch.no_grad():
+        try:
+            plan = compile_model(model)
+        except Exception as e:  # torch.fx cannot trace the forward at all
+            raise ValueError(f"freeze(model): cannot compile {source}: {type(e).__name__}: {e}") from e
+        if not plan.segments:
+            reasons = "; ".join(f"{p.where}: {p.why}" for p in plan.left_alone[:5])
+            raise ValueError(f"freeze(model): no part of {source} lowers to the plan's steps ({reasons}); "
+                             "run the model itself, or mnv3_kernels.fuse(model)")
+        for seg in plan.segments:  # copies: a folded tensor may still be one of the model's own
+            seg.tensors = [t.clone() for t in seg.tensors]
+    return FrozenModel(plan, conv.in_channels, source)

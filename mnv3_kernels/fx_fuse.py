@@ -192,6 +192,10 @@ class FusedDWConvBNAct(_RoleModule):
             f = self.folded()
             return ops.dwconv_bias_act(x, f.weight, f.bias, f.stride, f.padding, f.dilation, f.activation,
                                        with_mean=self.with_mean)
+        return self.forward_native(x)
+
+    def forward_native(self, x: torch.Tensor):
+        """The original modules' math (what the plan compiler traces)."""
         y = self.part("act")(self.part("bn")(self.part("conv")(x)))
         return (y, y.mean(dim=(2, 3), dtype=torch.float32)) if self.with_mean else y
 
@@ -234,6 +238,10 @@ class FusedSqueezeExcite(_RoleModule):
             if pooled is None:
                 pooled = x.mean(dim=(2, 3), dtype=torch.float32)
             return ops.se_excite_scale(x, pooled, f.w1, f.b1, f.w2, f.b2, f.gate)
+        return self._unfused(x)
+
+    def forward_native(self, x: torch.Tensor, pooled: torch.Tensor | None = None) -> torch.Tensor:
+        """The original modules' math (what the plan compiler traces; pooled is x's squeeze)."""
         return self._unfused(x)
 
 
@@ -308,10 +316,10 @@ class _Context:
         self.report = report
         self.norm_act = _timm_norm_act()
         self.elementwise: dict[int, str] = {}  # id(module) -> op name, for non-torch.nn activations
-        self.own: set[int] = set()  # mnv3_kernels' modules: they run the ops already
+        self.own: set[int] = set()  # mnv3_kernels' fused modules: they run the ops already
         for m in model.modules():
             cls = type(m)
-            if cls.__module__.startswith("mnv3_kernels."):
+            if hasattr(m, "forward_native"):
                 self.own.add(id(m))
             elif (not cls.__module__.startswith("torch.") and not m._modules
                   and next(m.parameters(recurse=False), None) is None and next(m.buffers(recurse=False), None) is None):
@@ -374,7 +382,65 @@ class _Skip(Exception):
     pass
 
 
-class _Rewriter:
+class GraphQueries:
+    """Questions about the nodes of a traced GraphModule (self.gm) shared by the fuse()
+    rewriter here and the plan compiler (plan/compiler.py)."""
+
+    def module(self, node: Any) -> nn.Module | None:
+        return self.gm.get_submodule(node.target) if isinstance(node, fx.Node) and node.op == "call_module" else None
+
+    def single_user(self, node: fx.Node) -> fx.Node | None:
+        return next(iter(node.users)) if len(node.users) == 1 else None
+
+    def global_pool(self, node: fx.Node) -> tuple[fx.Node, bool] | None:
+        """(input, keepdim) if node is a global average pool of a 4-d input."""
+        if not node.args or not isinstance(node.args[0], fx.Node):
+            return None
+        m = self.module(node)
+        if m is not None:
+            ok = type(m) is nn.AdaptiveAvgPool2d and m.output_size in (1, (1, 1)) and len(node.args) == 1
+            return (node.args[0], True) if ok and not node.kwargs else None
+        if node.op == "call_function" and node.target is F.adaptive_avg_pool2d:
+            size = node.args[1] if len(node.args) > 1 else node.kwargs.get("output_size")
+            return (node.args[0], True) if size in (1, (1, 1), [1, 1]) else None
+        if (node.op == "call_method" and node.target == "mean") or (node.op == "call_function"
+                                                                     and node.target is torch.mean):
+            dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+            keepdim = node.args[2] if len(node.args) > 2 else node.kwargs.get("keepdim", False)
+            if (isinstance(dims, (tuple, list)) and all(isinstance(d, int) for d in dims)
+                    and sorted(d % 4 for d in dims) == [2, 3] and "dtype" not in node.kwargs):
+                return node.args[0], bool(keepdim)
+        return None
+
+    def is_shape(self, node: fx.Node, prev: fx.Node) -> bool:
+        if not node.args or node.args[0] is not prev:
+            return False
+        if node.op == "call_method":
+            return node.target in _SHAPE_METHODS
+        if node.op == "call_function" and node.target is operator.getitem:  # s[:, :, None, None]
+            index = node.args[1]
+            return isinstance(index, tuple) and all(i is None or i == slice(None) for i in index)
+        if node.op == "call_function":
+            return node.target in _SHAPE_FUNCTIONS
+        return type(self.module(node)) is nn.Flatten
+
+    def se_chain(self, pool: fx.Node, x: fx.Node) -> tuple[list[fx.Node], fx.Node] | None:
+        """The single-user chain from the pool to a multiply with the pool's input, if any."""
+        chain, cur = [], pool
+        for _ in range(16):
+            nxt = self.single_user(cur)
+            if nxt is None:
+                return None
+            is_mul = (nxt.op == "call_function" and nxt.target in _MULS) or (nxt.op == "call_method"
+                                                                                 and nxt.target == "mul")
+            if is_mul and len(nxt.args) == 2 and not nxt.kwargs and set(nxt.args) == {x, cur}:
+                return chain, nxt
+            chain.append(nxt)
+            cur = nxt
+        return None
+
+
+class _Rewriter(GraphQueries):
     """Finds and replaces the patterns in one traced GraphModule."""
 
     def __init__(self, gm: fx.GraphModule, prefix: str, ctx: _Context) -> None:
@@ -385,9 +451,6 @@ class _Rewriter:
         self.moved: set[str] = set()  # old paths of modules now held by fused modules
 
     # -- helpers
-    def module(self, node: Any) -> nn.Module | None:
-        return self.gm.get_submodule(node.target) if isinstance(node, fx.Node) and node.op == "call_module" else None
-
     def describe(self, node: fx.Node) -> str:
         m = self.module(node)
         if m is not None:
@@ -431,9 +494,6 @@ class _Rewriter:
         if self.calls[node.target] > 1:
             return f"BatchNorm '{_join(self.prefix, node.target)}' is called {self.calls[node.target]} times"
         return None
-
-    def single_user(self, node: fx.Node) -> fx.Node | None:
-        return next(iter(node.users)) if len(node.users) == 1 else None
 
     def where(self, nodes: list[fx.Node]) -> str:
         """The innermost module whose forward holds all of nodes."""
@@ -494,53 +554,6 @@ class _Rewriter:
         return _Match(DWCONV, nodes, parts, made, dw_detail(conv, act), {"activation": act, "padding": padding})
 
     # -- squeeze-excitation
-    def global_pool(self, node: fx.Node) -> tuple[fx.Node, bool] | None:
-        """(input, keepdim) if node is a global average pool of a 4-d input."""
-        if not node.args or not isinstance(node.args[0], fx.Node):
-            return None
-        m = self.module(node)
-        if m is not None:
-            ok = type(m) is nn.AdaptiveAvgPool2d and m.output_size in (1, (1, 1)) and len(node.args) == 1
-            return (node.args[0], True) if ok and not node.kwargs else None
-        if node.op == "call_function" and node.target is F.adaptive_avg_pool2d:
-            size = node.args[1] if len(node.args) > 1 else node.kwargs.get("output_size")
-            return (node.args[0], True) if size in (1, (1, 1), [1, 1]) else None
-        if (node.op == "call_method" and node.target == "mean") or (node.op == "call_function"
-                                                                     and node.target is torch.mean):
-            dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
-            keepdim = node.args[2] if len(node.args) > 2 else node.kwargs.get("keepdim", False)
-            if (isinstance(dims, (tuple, list)) and all(isinstance(d, int) for d in dims)
-                    and sorted(d % 4 for d in dims) == [2, 3] and "dtype" not in node.kwargs):
-                return node.args[0], bool(keepdim)
-        return None
-
-    def is_shape(self, node: fx.Node, prev: fx.Node) -> bool:
-        if not node.args or node.args[0] is not prev:
-            return False
-        if node.op == "call_method":
-            return node.target in _SHAPE_METHODS
-        if node.op == "call_function" and node.target is operator.getitem:  # s[:, :, None, None]
-            index = node.args[1]
-            return isinstance(index, tuple) and all(i is None or i == slice(None) for i in index)
-        if node.op == "call_function":
-            return node.target in _SHAPE_FUNCTIONS
-        return type(self.module(node)) is nn.Flatten
-
-    def se_chain(self, pool: fx.Node, x: fx.Node) -> tuple[list[fx.Node], fx.Node] | None:
-        """The single-user chain from the pool to a multiply with the pool's input, if any."""
-        chain, cur = [], pool
-        for _ in range(16):
-            nxt = self.single_user(cur)
-            if nxt is None:
-                return None
-            is_mul = (nxt.op == "call_function" and nxt.target in _MULS) or (nxt.op == "call_method"
-                                                                                 and nxt.target == "mul")
-            if is_mul and len(nxt.args) == 2 and not nxt.kwargs and set(nxt.args) == {x, cur}:
-                return chain, nxt
-            chain.append(nxt)
-            cur = nxt
-        return None
-
     def match_se(self, pool: fx.Node, x: fx.Node, keepdim: bool, chain: list[fx.Node], mul: fx.Node) -> _Match:
         nodes, i, prev = list(chain), 0, pool
         parts: dict[str, tuple[str, nn.Module]] = {}

@@ -42,10 +42,10 @@ built; the C++ extensions only register implementations for them.
       (pointwise_bias_act's `scale`).  w1 [Cr, C] and w2 [C, Cr], each also
       accepted as panels like pointwise_bias_act's weight.  fp32, CPU only,
       outside backends.OPS (se_excite_scale is the dispatched SE op).
-    mnv3::run_plan(x, tensors, program) -> y
-      A whole CPU fast-plan forward (the ops above, step by step, as `program`
-      lists them: reference.PLAN_*) in one op call, without a Python step or a
-      dispatch per layer.  fp32, CPU only, outside backends.OPS.
+    mnv3::run_plan(inputs, tensors, program) -> outputs
+      A compiled plan (mnv3_kernels/plan: the ops above, step by step, as
+      `program` lists them, plan/steps.py) in one op call, without a Python step
+      or a dispatch per layer.  fp32, CPU only, outside backends.OPS.
 
 All are inference ops: their backward raises.
 """
@@ -56,10 +56,9 @@ from collections.abc import Sequence
 
 import torch
 
-from . import layout, reference
-
-ACTIVATIONS = reference.ACTIVATIONS  # ("identity", "relu", "relu6", "hardswish"): codes 0..3 in activation.h
-GATES = reference.GATES  # ("hardsigmoid", "sigmoid")
+from . import layout
+from .plan import interpreter
+from .vocabulary import ACTIVATIONS, GATES  # noqa: F401  (the one vocabulary; re-exported)
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 DWCONV_SCHEMA = (
@@ -83,7 +82,7 @@ CONV_SCHEMA = ("(Tensor x, Tensor weight, Tensor bias, int[2] stride, int[2] pad
 _lib.define("conv_bias_act" + CONV_SCHEMA)
 SE_GATE_SCHEMA = "(Tensor pooled, Tensor w1, Tensor b1, Tensor w2, Tensor b2, str gate) -> Tensor"
 _lib.define("se_gate" + SE_GATE_SCHEMA)
-RUN_PLAN_SCHEMA = "(Tensor x, Tensor[] tensors, int[] program) -> Tensor"
+RUN_PLAN_SCHEMA = "(Tensor[] inputs, Tensor[] tensors, int[] program) -> Tensor[]"
 _lib.define("run_plan" + RUN_PLAN_SCHEMA)
 
 
@@ -317,17 +316,10 @@ def _check_fc(wname: str, bname: str, x, weight, bias) -> tuple:
     return (x.shape[0], cout)
 
 
-class _MnvOps:
-    """The mnv3 ops by name, for reference.interpret_plan: under fake tensors each
-    dispatches to its fake kernel, so run_plan's fake checks every step."""
-
-    def __getattr__(self, name):
-        return getattr(torch.ops.mnv3, name).default
-
-
 @torch.library.register_fake("mnv3::run_plan")
-def _run_plan_fake(x, tensors, program):
-    return reference.interpret_plan(x, tensors, program, _MnvOps())
+def _run_plan_fake(inputs, tensors, program):
+    # The plan's interpreter on the ops' fakes: every step checks its arguments.
+    return interpreter.interpret(inputs, tensors, program, interpreter.MnvOps())
 
 
 @torch.library.register_fake("mnv3::se_gate")

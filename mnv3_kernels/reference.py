@@ -8,12 +8,11 @@ promises (see ops.py).
 
 from __future__ import annotations
 
-import sys
-
 import torch
 import torch.nn.functional as F
 
 from .layout import empty_4d, unpack_pointwise_weight
+from .vocabulary import ACTIVATIONS, GATES
 
 ACTIVATION_FNS = {
     "identity": lambda t: t,
@@ -22,6 +21,7 @@ ACTIVATION_FNS = {
     "hardswish": F.hardswish,
 }
 GATE_FNS = {"hardsigmoid": F.hardsigmoid, "sigmoid": torch.sigmoid}
+assert tuple(ACTIVATION_FNS) == ACTIVATIONS and tuple(GATE_FNS) == GATES  # vocabulary.py owns the names
 
 
 def _as_layout_of(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -125,93 +125,8 @@ def fold_batchnorm(
     return w.to(weight.dtype), shift.to(weight.dtype)
 
 
-# mnv3::run_plan's program: a flat int list of steps, each a PLAN_* code and
-# then its arguments (tensor arguments as indices into the op's tensor list;
-# activations and gates as indices into ops.ACTIVATIONS / ops.GATES):
-#   PLAN_BLOCK                                           the current y is the block input
-#   PLAN_CONV  w b sh sw ph pw dh dw act                 y = conv_bias_act(y, ...)
-#   PLAN_DW    w b sh sw ph pw dh dw act want_mean       y, mean = dwconv_bias_act(y, ...)
-#   PLAN_PWDW  w b act dw_w dw_b sh sw ph pw dh dw dw_act want_mean
-#                                                        y, mean = pointwise_dwconv(y, ...)
-#   PLAN_GATE  w1 b1 w2 b2 gate                          g = se_gate(mean, ...)
-#   PLAN_PW    w b act scaled residual                   y = pointwise_bias_act(y, w, b, act,
-#                                                            g if scaled, block input if residual)
-#   PLAN_POOL                                            y = y's spatial mean, [N, C]
-# The C++ executor (csrc/cpu/pointwise_bias_act_cpu.cpp, PlanCode) uses the same codes.
-PLAN_BLOCK, PLAN_CONV, PLAN_DW, PLAN_PWDW, PLAN_GATE, PLAN_PW, PLAN_POOL = range(7)
-ACTIVATIONS = tuple(ACTIVATION_FNS)  # ops.ACTIVATIONS: codes 0..3 in csrc/common/activation.h
-GATES = tuple(GATE_FNS)  # ops.GATES: codes 0..1
+def run_plan(inputs, tensors, program):
+    """mnv3::run_plan: the plan's interpreter (plan/interpreter.py) on this module's ops."""
+    from .plan.interpreter import run_reference
 
-
-def interpret_plan(x, tensors, program, ops) -> torch.Tensor:
-    """Runs a run_plan program step by step with `ops` (an object with conv_bias_act,
-    dwconv_bias_act, pointwise_dwconv, se_gate and pointwise_bias_act): the reference
-    below, and run_plan's fake kernel (the mnv3 ops under fake tensors)."""
-    program = list(program)
-    pc = 0
-
-    def take(n=1):
-        nonlocal pc
-        if pc + n > len(program):
-            raise ValueError("program ends inside a step")
-        vals = program[pc:pc + n]
-        pc += n
-        return vals
-
-    def tensor():
-        (k,) = take()
-        if not 0 <= k < len(tensors):
-            raise ValueError(f"program's tensor index {k} is out of range (tensors has {len(tensors)})")
-        return tensors[k]
-
-    def act():
-        (k,) = take()
-        if not 0 <= k < len(ACTIVATIONS):
-            raise ValueError(f"program's activation code {k} is out of range")
-        return ACTIVATIONS[k]
-
-    y = block_input = x
-    mean = gate = None
-    while pc < len(program):
-        (code,) = take()
-        if code == PLAN_BLOCK:
-            block_input = y
-        elif code == PLAN_CONV:
-            w, b = tensor(), tensor()
-            s, p, d = take(2), take(2), take(2)
-            y, mean = ops.conv_bias_act(y, w, b, s, p, d, act()), None
-        elif code == PLAN_DW:
-            w, b = tensor(), tensor()
-            s, p, d = take(2), take(2), take(2)
-            a, (want_mean,) = act(), take()
-            y, mean = ops.dwconv_bias_act(y, w, b, s, p, d, a, bool(want_mean))
-            mean = mean if want_mean else None
-        elif code == PLAN_PWDW:
-            w, b, a = tensor(), tensor(), act()
-            dw_w, dw_b = tensor(), tensor()
-            s, p, d = take(2), take(2), take(2)
-            dw_a, (want_mean,) = act(), take()
-            y, mean = ops.pointwise_dwconv(y, w, b, a, dw_w, dw_b, s, p, d, dw_a, bool(want_mean))
-            mean = mean if want_mean else None
-        elif code == PLAN_GATE:
-            w1, b1, w2, b2 = tensor(), tensor(), tensor(), tensor()
-            (g,) = take()
-            if mean is None or g not in (0, 1):
-                raise ValueError("a gate step needs the squeeze of the step before it and a gate code 0 or 1")
-            gate, mean = ops.se_gate(mean, w1, b1, w2, b2, GATES[g]), None
-        elif code == PLAN_PW:
-            w, b, a = tensor(), tensor(), act()
-            scaled, residual = take(2)
-            if scaled and gate is None:
-                raise ValueError("a scaled step needs a gate step before it")
-            y = ops.pointwise_bias_act(y, w, b, a, gate if scaled else None, block_input if residual else None)
-            mean = gate = None
-        elif code == PLAN_POOL:
-            y, mean, gate = y.mean(dim=(2, 3), dtype=torch.float32), None, None
-        else:
-            raise ValueError(f"unknown run_plan step code {code}")
-    return y
-
-
-def run_plan(x, tensors, program):
-    return interpret_plan(x, tensors, program, sys.modules[__name__])  # this module's functions
+    return run_reference(inputs, tensors, program)

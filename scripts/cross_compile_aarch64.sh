@@ -3,7 +3,9 @@
 # Python headers installed here, and every kernel source (csrc/cpu/kernels/*.cpp)
 # at the one level aarch64 builds (baseline: NEON, 4 fp32 lanes; level.h refuses
 # anything else), with Debian's cross compiler (-c only: nothing is linked or run).
-# Then checks that the kernels' multiply-adds are 4-lane NEON (fmla vN.4s).
+# Then checks that the kernels' multiply-adds are 4-lane NEON (fmla vN.4s).  Both
+# see mnv3_generated.h, generated into the work folder as setup.py does
+# (scripts/generate_headers.py).
 #
 #   bash scripts/cross_compile_aarch64.sh      (from anywhere; installs g++-aarch64-linux-gnu if missing)
 set -euo pipefail
@@ -17,7 +19,8 @@ fi
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 INCLUDES=$(python3 -c "import sysconfig, torch.utils.cpp_extension as c; print(' '.join(['-I' + p for p in c.include_paths()] + ['-I' + sysconfig.get_paths()['include']]))" 2>/dev/null)
-FLAGS=(-std=c++17 -O2 -fPIC -Wall -Werror -Wno-psabi -DTORCH_TARGET_VERSION=0x020a000000000000)
+python3 "$ROOT/scripts/generate_headers.py" "$WORK/generated" >/dev/null  # mnv3_generated.h
+FLAGS=(-std=c++17 -O2 -fPIC -Wall -Werror -Wno-psabi -DTORCH_TARGET_VERSION=0x020a000000000000 -I"$WORK/generated")
 cd "$ROOT"
 for src in csrc/cpu/*.cpp; do
   echo "== $CXX -c $src"

@@ -56,20 +56,11 @@ def disable_fast_plan(patch) -> None:
     patch.setattr(_FastPlan, "ready", lambda self, model, x: False)
 
 
-# Arguments after each mnv3::run_plan step code (mnv3_kernels.reference.PLAN_*), and the op each step runs.
-_PLAN_STEPS = {0: (0, None), 1: (9, "conv_bias_act"), 2: (10, "dwconv_bias_act"), 3: (13, "pointwise_dwconv"),
-               4: (5, "se_gate"), 5: (5, "pointwise_bias_act"), 6: (0, None)}
-
-
 def plan_program_ops(model) -> Counter:
     """Counter of the mnv3 ops that model's CPU fast plan program (mnv3::run_plan) runs:
-    read from the program the C++ executor walks, as mnv3_op_calls counts dispatches."""
-    tensors, program = model._fast_plan().program
-    ops, pc = Counter(), 0
-    while pc < len(program):
-        arity, op = _PLAN_STEPS[program[pc]]
-        if op is not None:
-            ops[op] += 1
-        pc += 1 + arity
-    assert pc == len(program)
-    return ops
+    read from the program the C++ executor walks (decoded with the plan's step table),
+    as mnv3_op_calls counts dispatches."""
+    from mnv3_kernels.plan.interpreter import decode
+
+    _, program = model._fast_plan().program
+    return Counter(step.op for step, _ in decode(program)[3] if step.op is not None)

@@ -22,7 +22,8 @@ LANES = {"avx512": 16, "avx2": 8, "baseline": 4}  # fp32 lanes of each level's v
 TESTS = Path(__file__).resolve().parent
 # The CPU op sweeps, the fast plan and freeze, and the models against torchvision / eager.
 LEVEL_FILES = ("test_ops_cpu.py", "test_pointwise_cpu.py", "test_dwconv_tiles_cpu.py", "test_cpu_conv.py",
-               "test_fast_plan.py", "test_freeze.py", "test_model.py", "test_fuse_generic.py", "test_bad_input.py")
+               "test_fast_plan.py", "test_freeze.py", "test_model.py", "test_fuse_generic.py", "test_bad_input.py",
+               "test_run_plan_executor.py", "test_plan.py")
 
 
 def _python(code: str, **env: str) -> subprocess.CompletedProcess:

@@ -13,7 +13,6 @@ from tolerances import assert_model_close
 from torch import nn
 
 import mnv3_kernels as mk
-from mnv3_kernels import backends
 from mnv3_kernels.testing import calibrate_batchnorm
 
 tvm = pytest.importorskip("torchvision.models", reason="torchvision is needed to compare against it")
@@ -44,41 +43,32 @@ def module_path(model, monkeypatch):
         return run(model)
 
 
-def test_plan_runs_the_module_paths_ops_exactly(pair, monkeypatch):
-    """Up to the pool, mnv3::run_plan runs the module path's ops on the same weights:
-    the same features bit for bit.  Its pool sums in another order than
-    nn.AdaptiveAvgPool2d, so the logits agree within the model tolerance."""
+def test_plan_matches_the_module_path_and_torchvision(pair, monkeypatch):
+    """The plan compiler's program of the drop-in model (one run_plan call) against the
+    module path (the layers' fused ops one by one) and torchvision."""
     tv, ours = pair
     fast = run(ours)
     plan = ours._fast_plan()
     assert plan is not None and plan.program is not None
-    tensors, program = plan.program
     with torch.inference_mode():
-        features = torch.ops.mnv3.run_plan.default(X, tensors, program[:plan.pool_at])
-        with monkeypatch.context() as m:
-            disable_fast_plan(m)
-            assert torch.equal(features, ours.features(X.contiguous(memory_format=torch.channels_last)))
+        assert mnv3_op_calls(ours, X) == Counter(run_plan=1)
     assert_model_close(fast, module_path(ours, monkeypatch))
     assert_model_close(fast, run(tv))
 
 
 def test_plan_program_matches_its_reference_interpreter(pair):
-    """The C++ executor against reference.interpret_plan running the same program on
-    the mnv3 ops one by one (bit for bit up to the pool, whose sum order differs) and
-    on the pure-PyTorch reference ops."""
-    from mnv3_kernels import ops, reference
+    """The C++ executor against the plan's Python interpreter on the mnv3 ops one by one
+    (what run_plan's fake kernel runs: the same kernels; the pool step sums in another
+    order) and on the pure-PyTorch reference ops."""
+    from mnv3_kernels.plan import interpreter
 
     _, ours = pair
     run(ours)
     tensors, program = ours._fast_plan().program
-    Ops = ops._MnvOps  # the mnv3 ops by name (what run_plan's fake kernel interprets with)
     with torch.inference_mode():
-        features = program[:ours._fast_plan().pool_at]
-        assert torch.equal(torch.ops.mnv3.run_plan.default(X, tensors, features),
-                           reference.interpret_plan(X, tensors, features, Ops()))
-        fast = torch.ops.mnv3.run_plan.default(X, tensors, program)
-        assert_model_close(fast, reference.interpret_plan(X, tensors, program, Ops()))
-        assert_model_close(fast, reference.run_plan(X, tensors, program))
+        fast = torch.ops.mnv3.run_plan.default([X], tensors, program)[0]
+        assert_model_close(fast, interpreter.interpret([X], tensors, program, interpreter.MnvOps())[0])
+        assert_model_close(fast, interpreter.run_reference([X], tensors, program)[0])
 
 
 def test_plan_is_reused_while_nothing_changes(pair):

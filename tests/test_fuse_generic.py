@@ -23,7 +23,6 @@ from torch import fx, nn
 
 import mnv3_kernels as mk
 from mnv3_kernels import cpu_conv
-from mnv3_kernels import ops
 from mnv3_kernels.fx_fuse import FusedDWConvBNAct, FusedSqueezeExcite
 
 tvm = pytest.importorskip("torchvision.models", reason="torchvision is needed for its models")

@@ -4,17 +4,16 @@
 #pragma once
 
 #include "macros.h"
+// enum class Activation / Gate and their names (kActivationNames, kGateNames):
+// generated from mnv3_kernels/vocabulary.py by scripts/generate_headers.py
+// (setup.py writes it into build/generated/, on every extension's include path).
+#include "mnv3_generated.h"
 
 #include <math.h>
 
 #include <type_traits>
 
 namespace mnv3 {
-
-// The integer codes are part of the contract with mnv3_kernels/ops.py
-// (ACTIVATIONS / GATES); change both together.
-enum class Activation : int { Identity = 0, ReLU = 1, ReLU6 = 2, HardSwish = 3 };
-enum class Gate : int { HardSigmoid = 0, Sigmoid = 1 };
 
 // Templates over the value type F: float everywhere, and on the CPU also a
 // GCC vector of floats (csrc/cpu/kernels/vec.h), lane by lane the same formula.
@@ -53,6 +52,11 @@ MNV3_HD float apply_gate(float v) {
     return hardsigmoid(v);
   }
 }
+
+// activate<>, apply_gate<> and the dispatchers below name every member: a name
+// added to mnv3_kernels/vocabulary.py stops the build here until they handle it.
+static_assert(kActivationCount == 4, "activation.h handles identity, relu, relu6, hardswish only");
+static_assert(kGateCount == 2, "activation.h handles hardsigmoid and sigmoid only");
 
 // Calls fn(std::integral_constant<Activation, A>{}) for the runtime value.
 template <typename Fn>

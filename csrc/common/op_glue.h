@@ -29,21 +29,23 @@ namespace mnv3 {
 using torch::stable::Tensor;
 using torch::headeronly::ScalarType;
 
+// The index of `name` in names[0 .. count-1] (the generated vocabulary tables);
+// raises, listing the valid names, when it is none of them.
+inline int vocabulary_index(const char* what, const char* const* names, int count, const std::string& name) {
+  for (int i = 0; i < count; ++i)
+    if (name == names[i]) return i;
+  std::string valid;
+  for (int i = 0; i < count; ++i) valid += (i == 0 ? "" : ", ") + std::string(names[i]);
+  STD_TORCH_CHECK(false, what, " must be one of ", valid, "; got '", name, "'");
+  return 0;
+}
+
 inline Activation parse_activation(const std::string& name) {
-  if (name == "identity") return Activation::Identity;
-  if (name == "relu") return Activation::ReLU;
-  if (name == "relu6") return Activation::ReLU6;
-  if (name == "hardswish") return Activation::HardSwish;
-  STD_TORCH_CHECK(false, "activation must be one of identity, relu, relu6, hardswish; got '", name,
-                  "'");
-  return Activation::Identity;
+  return static_cast<Activation>(vocabulary_index("activation", kActivationNames, kActivationCount, name));
 }
 
 inline Gate parse_gate(const std::string& name) {
-  if (name == "hardsigmoid") return Gate::HardSigmoid;
-  if (name == "sigmoid") return Gate::Sigmoid;
-  STD_TORCH_CHECK(false, "gate must be one of hardsigmoid, sigmoid; got '", name, "'");
-  return Gate::HardSigmoid;
+  return static_cast<Gate>(vocabulary_index("gate", kGateNames, kGateCount, name));
 }
 
 // True when a 4-d tensor is densely packed in channels-last order with

@@ -18,14 +18,6 @@
 
 namespace mnv3 {
 
-// The CPU kernel of mnv3::dwconv_bias_act (dwconv_bias_act_cpu.cpp), for the
-// plan executor (mnv3::run_plan) to call without a dispatch.
-std::tuple<Tensor, Tensor> dwconv_bias_act_cpu_kernel(const Tensor& x, const Tensor& weight, const Tensor& bias,
-                                                      const std::vector<int64_t>& stride,
-                                                      const std::vector<int64_t>& padding,
-                                                      const std::vector<int64_t>& dilation,
-                                                      const std::string& activation, bool with_mean);
-
 // The kernels' name for a tensor dtype (fp32, fp16 or bf16: check_* validated it).
 inline Storage storage_of(ScalarType t) {
   return t == ScalarType::Half ? Storage::Float16 : t == ScalarType::BFloat16 ? Storage::BFloat16 : Storage::Float32;

@@ -18,6 +18,7 @@
 // level's kernels (cpu_isa.h).  The squeeze is deterministic: per-row fp32
 // partial sums, reduced in row order.
 #include "cpu_isa.h"
+#include "cpu_ops.h"
 #include "cpu_utils.h"
 
 #include <torch/csrc/stable/ops.h>
@@ -255,6 +256,8 @@ const float* filter_as_float(const Tensor& weight, const DwGeometry& g, bool tap
   return storage.data();
 }
 
+}  // namespace
+
 std::tuple<Tensor, Tensor> dwconv_bias_act_cpu(const Tensor& x, const Tensor& weight,
                                                const Tensor& bias,
                                                const std::vector<int64_t>& stride,
@@ -308,16 +311,6 @@ std::tuple<Tensor, Tensor> dwconv_bias_act_cpu(const Tensor& x, const Tensor& we
     }
   });
   return {y, mean};
-}
-
-}  // namespace
-
-std::tuple<Tensor, Tensor> dwconv_bias_act_cpu_kernel(const Tensor& x, const Tensor& weight, const Tensor& bias,
-                                                      const std::vector<int64_t>& stride,
-                                                      const std::vector<int64_t>& padding,
-                                                      const std::vector<int64_t>& dilation,
-                                                      const std::string& activation, bool with_mean) {
-  return dwconv_bias_act_cpu(x, weight, bias, stride, padding, dilation, activation, with_mean);
 }
 
 }  // namespace mnv3

@@ -5,6 +5,7 @@
 // kernels (kernels/se.cpp), as does the channels-last scale in every dtype;
 // other layouts scale here.
 #include "cpu_isa.h"
+#include "cpu_ops.h"
 #include "cpu_utils.h"
 
 #include <torch/csrc/stable/ops.h>
@@ -60,6 +61,8 @@ void scale_channels(const Tensor& x, const float* gates, Tensor& y, bool nhwc) {
   }
 }
 
+}  // namespace
+
 Tensor se_excite_scale_cpu(const Tensor& x, const Tensor& pooled, const Tensor& w1, const Tensor& b1,
                            const Tensor& w2, const Tensor& b2, const std::string& gate) {
   STD_TORCH_CHECK(x.is_cpu(), "mnv3::se_excite_scale (CPU kernel): x must be a CPU tensor");
@@ -85,7 +88,6 @@ Tensor se_excite_scale_cpu(const Tensor& x, const Tensor& pooled, const Tensor& 
   return y;
 }
 
-}  // namespace
 }  // namespace mnv3
 
 STABLE_TORCH_LIBRARY_IMPL(mnv3, CPU, m) {

@@ -19,7 +19,6 @@ seen (call clear_fold_cache() on the model's layers after such an edit).
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -105,19 +104,6 @@ def packed_path_ok(x: torch.Tensor) -> bool:
     return (x.dtype == torch.float32 and x.device.type == "cpu" and x.numel() > 0
             and not torch.compiler.is_compiling() and not torch.is_autocast_enabled("cpu")
             and backends.resolve(x.device) is backends.Backend.NATIVE)
-
-
-# A step of the CPU fast plan (MobileNetV3's fp32 channels-last forward without
-# the module calls): step(y, mean, block_input) -> (y, mean), mean the fp32 SE
-# squeeze of y or None.  A step that is one mnv3 op call also carries
-# `step.spec` = (kind, *arguments) (with_spec), from which the plan writes its
-# mnv3::run_plan program (mobilenetv3._plan_program).
-Step = Callable[[torch.Tensor, "torch.Tensor | None", torch.Tensor], tuple]
-
-
-def with_spec(step: Step, *spec) -> Step:
-    step.spec = spec
-    return step
 
 
 def cached_fold(owner: nn.Module, fold, of: nn.Module | None = None, slot: str = "_mnv3_fold_cache"):
@@ -313,49 +299,6 @@ class Conv2dNormActivation(FoldCacheMixin, nn.Sequential):
         f = self.folded()
         return f is not None and f.packed is not None and f.packed.native
 
-    def fast_step(self, want_mean: bool, residual: bool, scaled: bool = False) -> Step | None:
-        """fused() as a Step with everything but the input bound, for fp32 channels-last
-        CPU inputs on the native backend (the caller checks packed_path_ok); None where
-        this layer has no such path (then the caller runs the modules).  scaled: the
-        step's second argument is an fp32 [N, Cin] gate that scales the input (see
-        takes_scale and SqueezeExcitation.gate_step)."""
-        f = self.folded()
-        if f is None or f.weight.dtype != torch.float32 or f.weight.device.type != "cpu":
-            return None
-        if scaled:
-            if not self.takes_scale() or want_mean or (residual and f.activation != "identity"):
-                return None
-            p, run = f.packed, cpu_conv.run
-            spec = ("pw", p.weight, p.bias, p.activation, True, residual)
-            if residual:
-                return with_spec(lambda y, gate, x0: (run(p, y, x0, gate), None), *spec)
-            return with_spec(lambda y, gate, x0: (run(p, y, None, gate), None), *spec)
-        if f.depthwise:
-            if residual:
-                return None
-            op = torch.ops.mnv3.dwconv_bias_act.default
-            args = (f.weight, f.bias, list(f.stride), list(f.padding), list(f.dilation), f.activation, want_mean)
-            if want_mean:
-                return with_spec(lambda y, mean, x0: op(y, *args), "dw", *args)
-            return with_spec(lambda y, mean, x0: (op(y, *args)[0], None), "dw", *args)
-        p, run = f.packed, cpu_conv.run
-        if p is None or (residual and f.activation != "identity"):
-            return None
-        if want_mean:
-            def step(y, mean, x0):
-                y = run(p, y)
-                return y, y.mean(dim=(2, 3), dtype=torch.float32)
-            return step
-        if not p.native:
-            spec = ()
-        elif p.linear:
-            spec = ("pw", p.weight, p.bias, p.activation, False, residual)
-        else:
-            spec = () if residual else ("conv", p.weight, p.bias, p.stride, p.padding, p.dilation, p.activation)
-        if residual:
-            return with_spec(lambda y, mean, x0: (run(p, y, x0), None), *spec)
-        return with_spec(lambda y, mean, x0: (run(p, y), None), *spec)
-
     @staticmethod
     def _packed_path(f: FoldedConv, x: torch.Tensor, residual: torch.Tensor | None) -> bool:
         return (f.packed is not None and is_nhwc_dense(x) and packed_path_ok(x)
@@ -365,6 +308,10 @@ class Conv2dNormActivation(FoldCacheMixin, nn.Sequential):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if fused_active(self, x):
             return self.fused(x)[0]
+        return nn.Sequential.forward(self, x)
+
+    def forward_native(self, x: torch.Tensor) -> torch.Tensor:
+        """torchvision's math (the unfused modules): what the plan compiler traces."""
         return nn.Sequential.forward(self, x)
 
 
@@ -446,32 +393,6 @@ class SqueezeExcitation(FoldCacheMixin, nn.Module):
             pooled = x.mean(dim=(2, 3), dtype=torch.float32)
         return ops.se_excite_scale(x, pooled, f.w1, f.b1, f.w2, f.b2, f.gate)
 
-    def fast_step(self) -> Step | None:
-        """fused() as a Step (see Conv2dNormActivation.fast_step)."""
-        f = self.folded()
-        if f is None or f.w1.dtype != torch.float32 or f.w1.device.type != "cpu":
-            return None
-        op = torch.ops.mnv3.se_excite_scale.default
-
-        def step(y, mean, x0):
-            if mean is None:
-                mean = y.mean(dim=(2, 3), dtype=torch.float32)
-            return op(y, mean, f.w1, f.b1, f.w2, f.b2, f.gate), None
-        return step
-
-    def gate_step(self) -> Step | None:
-        """A Step that returns (y, gate): y unchanged and the fp32 [N, C] SE gate, for a
-        next step that applies it where it reads y (Conv2dNormActivation.fast_step with
-        scaled=True), so the scaled activation is never written.  The gate's two fc
-        layers and the gate run as one mnv3::se_gate call (the CPU GEMM on weights
-        packed once; aten's addmm on the transposed weights measured 7% slower on Large)."""
-        f = self.folded()
-        if f is None or f.w1.dtype != torch.float32 or f.w1.device.type != "cpu":
-            return None
-        k1, k2 = f.panels()
-        spec = () if k1 is None else ("gate", k1, f.b1, k2, f.b2, f.gate)
-        return with_spec(lambda y, mean, x0: (y, _gate(f, y, mean)), *spec)
-
     def gate(self, y: torch.Tensor, mean: torch.Tensor | None) -> torch.Tensor | None:
         """The fp32 [N, C] gate for y (mean: y's squeeze, if computed), as gate_step
         computes it, or None where the SE layer cannot be folded or y is not fp32 CPU."""
@@ -483,4 +404,8 @@ class SqueezeExcitation(FoldCacheMixin, nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if fused_active(self, x):
             return self.fused(x)
+        return self.forward_native(x)
+
+    def forward_native(self, x: torch.Tensor) -> torch.Tensor:
+        """torchvision's math (the unfused modules): what the plan compiler traces."""
         return self._scale(x) * x

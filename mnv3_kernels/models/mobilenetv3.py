@@ -22,10 +22,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from .. import backends, cpu_conv, ops, reference
+from .. import backends, cpu_conv
 from ..layout import is_nhwc_dense
-from .fused_layers import (Conv2dNormActivation, DropsCachesOnCopy, SqueezeExcitation, Step, activation_name,
-                           cached_fold, fused_active, packed_path_ok, with_spec)
+from .fused_layers import (Conv2dNormActivation, DropsCachesOnCopy, SqueezeExcitation, activation_name,
+                           cached_fold, fused_active, packed_path_ok)
 
 
 def _make_divisible(v: float, divisor: int, min_value: int | None = None) -> int:
@@ -142,32 +142,13 @@ class InvertedResidual(nn.Module):
                 y, mean = layer(y), None
         return y + x if self.use_res_connect and not residual_added else y
 
-    def fast_steps(self) -> tuple[list[Step], bool] | None:
-        """_fused_forward as Steps (fused_layers.Step) and whether the block input is
-        added after them; None if a layer has no fast step."""
-        steps, residual_added, gated = [], False, False
-        for layer, want_mean, residual, gates in self._schedule():
-            if isinstance(layer, _Merged):
-                op, args = torch.ops.mnv3.pointwise_dwconv.default, layer.args
-                step = with_spec((lambda y, mean, x0: op(y, *args)) if want_mean
-                                 else (lambda y, mean, x0: (op(y, *args)[0], None)), "pwdw", *args)
-            elif isinstance(layer, SqueezeExcitation):
-                # The gate goes to the projection, which scales its input as it reads it.
-                step = layer.gate_step() if gates else layer.fast_step()
-                gated = gates and step is not None
-            elif isinstance(layer, Conv2dNormActivation):
-                step = layer.fast_step(want_mean, residual, scaled=gated)
-                residual_added, gated = residual, False
-            else:
-                step = None
-            if step is None:
-                return None
-            steps.append(step)
-        return steps, self.use_res_connect and not residual_added
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if fused_active(self, x):
             return self._fused_forward(x)
+        return self.forward_native(x)
+
+    def forward_native(self, x: torch.Tensor) -> torch.Tensor:
+        """torchvision's math (the unfused modules): what the plan compiler traces."""
         result = self.block(x)
         if self.use_res_connect:
             result = result + x
@@ -255,22 +236,20 @@ class MobileNetV3(DropsCachesOnCopy, nn.Module):
         # the path below in one function, see _FastPlan.ready; torch.compile traces the path below).
         plan = None if torch.compiler.is_compiling() else self.__dict__.get("_mnv3_fast_plan")
         if plan is not None and isinstance(x, torch.Tensor) and plan.ready(self, x):
-            return plan.run_plan(x, *plan.program)
+            return plan.run_plan([x], *plan.program)[0]
         check_input(self, x)
         fused = fused_active(self, x) and x.dim() == 4
         if fused:
             if packed_path_ok(x):
                 plan = self._fast_plan()
                 if plan is not None:
-                    if not plan.any_input_layout:
-                        x = x.contiguous(memory_format=torch.channels_last)
                     if torch.is_inference_mode_enabled():
-                        return plan.run(x, self.avgpool, self.classifier)
+                        return plan.run(x)
                     # Under no_grad the same calls in inference mode skip every op's
                     # autograd dispatch (the mnv3 ops' is Python: ~8 us each; ~10% of
                     # Small at batch 1); the logits come out as an ordinary tensor.
                     with torch.inference_mode():
-                        out = plan.run(x, self.avgpool, self.classifier)
+                        out = plan.run(x)
                     return out.clone()
             # The fused kernels' fast layout; every op preserves it.
             x = x.contiguous(memory_format=torch.channels_last)
@@ -279,6 +258,13 @@ class MobileNetV3(DropsCachesOnCopy, nn.Module):
         x = torch.flatten(x, 1)
         if fused and packed_path_ok(x):
             return _run_head(self._packed_head(), x, self.classifier)
+        return self.classifier(x)
+
+    def forward_native(self, x: torch.Tensor) -> torch.Tensor:
+        """torchvision's math (the unfused modules): what the plan compiler traces."""
+        x = self.features(x)
+        x = self.avgpool(x)
+        x = torch.flatten(x, 1)
         return self.classifier(x)
 
     def _packed_head(self):
@@ -292,7 +278,7 @@ class MobileNetV3(DropsCachesOnCopy, nn.Module):
         if plan is None or not plan.valid():
             plan = _FastPlan.build(self)
             self.__dict__["_mnv3_fast_plan"] = plan
-        return plan if plan.blocks is not None else None
+        return plan if plan.program is not None else None
 
     def _apply(self, *args, **kwargs):  # .to() / .half() / ...: rebuild the plan
         self.__dict__["_mnv3_fast_plan"] = None
@@ -338,11 +324,11 @@ def check_input(model: nn.Module, x) -> None:
 
 
 class _FastPlan:
-    """MobileNetV3's fused forward for fp32 channels-last CPU inputs on the native
-    backend as a flat list of Steps (fused_layers.Step): the same ops on the same
-    folded weights as the module path, without its ~70 module calls, fold-cache
-    checks and argument checks per forward (measured: ~20% of the forward's time on
-    2 cores at batch 1; the C++ ops check their arguments themselves).
+    """MobileNetV3's fused forward for fp32 CPU inputs on the native backend as one
+    mnv3::run_plan call: the plan compiler's program of the model (plan/compiler.py;
+    the whole forward must be one segment), without the module path's ~70 module
+    calls, fold-cache checks and argument checks per forward (measured: ~20% of the
+    forward's time on 2 cores at batch 1; the C++ ops check their arguments themselves).
 
     Valid while no parameter, buffer or submodule of the model was assigned
     (torch's global registration hooks bump a counter), no tensor changed in place
@@ -352,23 +338,16 @@ class _FastPlan:
     counter) are not seen.  The check runs on every forward and touches every
     tensor (on 2 cores ~0.2 ms for Large, its objects cold in cache after the
     forward), so it walks only what can change the result: not BatchNorm's
-    num_batches_tracked, not the parameter-free activations' modes.
+    num_batches_tracked, not the parameter-free activations' modes.  (freeze()
+    takes this check out: a copy, compiled once.)
     """
 
     registrations = [0]
     _hooks_installed = False
 
-    def __init__(self, model: MobileNetV3, blocks, head):
-        self.blocks, self.head = blocks, head
-        # The whole plan as one mnv3::run_plan call (tensors, program) where every step is one
-        # op (the usual case); pool_at: the program's index of its pool step.
-        compiled = None if blocks is None else _plan_program(model, blocks, head)
-        self.program, self.pool_at = (None, None) if compiled is None else (compiled[:2], compiled[2])
+    def __init__(self, model: MobileNetV3, program: tuple | None):
+        self.program = program  # (tensors, program) of mnv3::run_plan, or None: the module path
         self.run_plan = torch.ops.mnv3.run_plan.default
-        # A first step on mnv3::conv_bias_act (the stem) reads the input in any layout (no
-        # channels-last copy).
-        first = blocks[0][0][0] if blocks else None
-        self.any_input_layout = getattr(first, "spec", ())[:1] == ("conv",)
         spec = input_spec(model)
         self.in_channels = spec[0] if spec is not None else -1
         self.counter = _FastPlan.registrations[0]
@@ -384,22 +363,14 @@ class _FastPlan:
 
     @classmethod
     def build(cls, model: MobileNetV3) -> _FastPlan:
+        from ..plan.compiler import compile_model
+
         cls._install_hooks()
         if any(m.training for m in model.modules()):  # a layer in train mode runs its modules
-            return cls(model, None, None)
-        blocks = []
-        for layer in model.features:
-            if isinstance(layer, InvertedResidual):
-                block = layer.fast_steps()
-            elif isinstance(layer, Conv2dNormActivation):
-                step = layer.fast_step(False, False)
-                block = None if step is None else ([step], False)
-            else:
-                block = None
-            if block is None:
-                return cls(model, None, None)
-            blocks.append(block)
-        return cls(model, blocks, model._packed_head())
+            return cls(model, None)
+        with torch.no_grad():
+            single = compile_model(model).single_call()
+        return cls(model, None if single is None else (single.tensors, single.program))
 
     @classmethod
     def _install_hooks(cls) -> None:
@@ -425,76 +396,21 @@ class _FastPlan:
 
     def ready(self, model: MobileNetV3, x: torch.Tensor) -> bool:
         """Whether model.forward(x) may call the run_plan program at once: an fp32 CPU
-        4-d x (in any layout: the program starts with the stem's mnv3::conv_bias_act)
-        under inference_mode, outside autocast (and torch.compile: see forward), the
-        native backend, the model in eval mode and the plan valid.  The general path's
-        checks (fused_active, packed_path_ok, _fast_plan) for that case, in one call:
-        the forward's Python runs with cold caches, after the program has streamed the
+        4-d x (in any layout: the executor converts what a step needs) under
+        inference_mode, outside autocast (and torch.compile: see forward), the native
+        backend, the model in eval mode and the plan valid.  The general path's checks
+        (fused_active, packed_path_ok, _fast_plan) for that case, in one call: the
+        forward's Python runs with cold caches, after the program has streamed the
         weights through them, so every call and lookup costs (measured on 2 cores with
         the caches thrashed between calls: 403 -> 365 us for Large; most of the rest is
         valid(), which touches every parameter and buffer)."""
         return (self.program is not None and torch.is_inference_mode_enabled() and not model.training
-                and self.any_input_layout and x.is_cpu and x.dtype is torch.float32 and x.dim() == 4 and x.numel() > 0
+                and x.is_cpu and x.dtype is torch.float32 and x.dim() == 4 and x.numel() > 0
                 and x.size(1) == self.in_channels
                 and not torch.is_autocast_enabled("cpu") and backends.native_on_cpu() and self.valid())
 
-    def run(self, x: torch.Tensor, avgpool: nn.Module, classifier: nn.Module) -> torch.Tensor:
-        if self.program is not None:
-            return self.run_plan(x, *self.program)
-        for steps, add_input in self.blocks:
-            x0, mean = x, None
-            for step in steps:
-                x, mean = step(x, mean, x0)
-            if add_input:
-                x = x + x0
-        return _run_head(self.head, torch.flatten(avgpool(x), 1), classifier)
-
-
-def _plan_program(model: MobileNetV3, blocks, head) -> tuple[list, list, int] | None:
-    """(tensors, program, index of the pool step) of mnv3::run_plan running the
-    plan's steps (each Step's spec, see fused_layers.with_spec), the average pool
-    and the packed head; None where a step is not one op, a block adds its input
-    after its steps, or the pool or the head is not torchvision's."""
-    pool = model.avgpool
-    if (head is None or not all(h.native and h.linear for h in head) or type(pool) is not nn.AdaptiveAvgPool2d
-            or pool.output_size not in (1, (1, 1))):
-        return None
-    tensors, program = [], []
-    act, gates = {a: i for i, a in enumerate(ops.ACTIVATIONS)}, {g: i for i, g in enumerate(ops.GATES)}
-
-    def t(tensor: torch.Tensor) -> int:
-        tensors.append(tensor)
-        return len(tensors) - 1
-
-    for steps, add_input in blocks:
-        if add_input:
-            return None
-        program.append(reference.PLAN_BLOCK)
-        for step in steps:
-            kind, *args = getattr(step, "spec", None) or (None,)
-            if kind == "conv":
-                w, b, s, p, d, a = args
-                program += [reference.PLAN_CONV, t(w), t(b), *s, *p, *d, act[a]]
-            elif kind == "dw":
-                w, b, s, p, d, a, want_mean = args
-                program += [reference.PLAN_DW, t(w), t(b), *s, *p, *d, act[a], int(want_mean)]
-            elif kind == "pwdw":
-                w, b, a, dw_w, dw_b, s, p, d, dw_a, want_mean = args
-                program += [reference.PLAN_PWDW, t(w), t(b), act[a], t(dw_w), t(dw_b), *s, *p, *d, act[dw_a],
-                            int(want_mean)]
-            elif kind == "gate":
-                w1, b1, w2, b2, g = args
-                program += [reference.PLAN_GATE, t(w1), t(b1), t(w2), t(b2), gates[g]]
-            elif kind == "pw":
-                w, b, a, scaled, residual = args
-                program += [reference.PLAN_PW, t(w), t(b), act[a], int(scaled), int(residual)]
-            else:
-                return None
-    pool_at = len(program)
-    program.append(reference.PLAN_POOL)
-    for h in head:
-        program += [reference.PLAN_PW, t(h.weight), t(h.bias), act[h.activation], 0, 0]
-    return tensors, program, pool_at
+    def run(self, x: torch.Tensor) -> torch.Tensor:
+        return self.run_plan([x], *self.program)[0]
 
 
 def _run_head(head, x: torch.Tensor, classifier: nn.Module) -> torch.Tensor:

@@ -1,0 +1,162 @@
+// CPU kernel of mnv3::pointwise_dwconv.  fp32 only (see pointwise_bias_act_cpu.cpp).
+#include "cpu_isa.h"
+#include "cpu_ops.h"
+#include "pointwise_common.h"
+
+#include <torch/csrc/stable/ops.h>
+
+#include <algorithm>
+#include <vector>
+
+namespace mnv3 {
+
+// mnv3::pointwise_dwconv: the expand 1x1 conv and the depthwise conv of an
+// inverted residual block in one pass, so the expanded activation (the
+// block's widest tensor: 3.2 MB at 112x112x64 in MobileNetV3-Large) never
+// goes to memory.  The expanded rows are zero-padded left and right and laid
+// out in 16-channel blocks, so the depthwise tiles (kernels/dw_rows.cpp) have no borders
+// and read their pixels at fixed offsets.  Images of width >= kRingMinWidth:
+// a thread walks a band of output rows and keeps the expanded input rows it
+// needs in a ring of (K-1)*dilation+1 rows; a row is computed (pw_rows) once
+// per band, the first rows of a band again by the neighbouring band (the
+// halo).  Smaller images: see pointwise_dwconv_cpu.
+
+// From this input width on, pointwise_dwconv walks rows with a ring of
+// expanded rows; below it, it expands the whole image first (measured on 2
+// cores: a row of 7 or 14 pixels fills few GEMM register rows, and two threads
+// would recompute a large share of halo rows).
+constexpr int64_t kRingMinWidth = 56;
+
+std::tuple<Tensor, Tensor> pointwise_dwconv_cpu(const Tensor& x, const Tensor& weight, const Tensor& bias,
+                                                const std::string& activation, const Tensor& dw_weight,
+                                                const Tensor& dw_bias, const std::vector<int64_t>& stride,
+                                                const std::vector<int64_t>& padding,
+                                                const std::vector<int64_t>& dilation,
+                                                const std::string& dw_activation, bool with_mean) {
+  STD_TORCH_CHECK(x.is_cpu(), "mnv3::pointwise_dwconv: x must be a CPU tensor");
+  STD_TORCH_CHECK(x.scalar_type() == ScalarType::Float && x.dim() == 4 && is_nhwc_dense(x),
+                  "mnv3::pointwise_dwconv: x must be a float32 channels-last dense 4-d tensor");
+  const int64_t Cin = x.size(1);
+  const int64_t C = check_pointwise_weights(x, weight, bias);
+  STD_TORCH_CHECK(dw_weight.scalar_type() == ScalarType::Float && dw_bias.scalar_type() == ScalarType::Float,
+                  "dw_weight and dw_bias must be float32");
+  check_same_device(x, "x", dw_weight, "dw_weight");
+  check_same_device(x, "x", dw_bias, "dw_bias");
+  const DwGeometry g = dw_geometry(x.size(0), C, x.size(2), x.size(3), dw_weight, dw_bias, stride, padding,
+                                   dilation, "dw_weight", "dw_bias");
+  STD_TORCH_CHECK(g.kh == g.kw && (g.kh - 1) * g.dh + 1 <= kMaxDwSpan,
+                  "dw_weight must be a square kernel whose dilated span is at most ", kMaxDwSpan, " rows");
+  DwProblem d{};
+  static_cast<DwGeometry&>(d) = g;
+  d.K = g.kh;
+  const Activation act1 = parse_activation(activation);
+  d.act = parse_activation(dw_activation);
+  d.Cp = (C + kDwBlock - 1) / kDwBlock * kDwBlock;
+  d.Wp = std::max(d.W + 2 * d.pw, dw_row_width(d));
+  d.zero = zero_floats(d.Wp * kDwBlock);
+  Tensor y = empty_4d(d.N, C, d.OH, d.OW, true, ScalarType::Float, x);
+  Tensor mean = with_mean ? empty_2d(d.N, C, ScalarType::Float, x)
+                          : empty_none(ScalarType::Float, x);
+  if (d.N == 0 || C == 0) return {y, mean};
+
+  // Depthwise taps [K*K][Cp] and bias [Cp], channel-padded with zeros: the
+  // tensors' memory where they are laid out so already (a tap-major weight,
+  // fused_layers.tap_major, with C a multiple of 16), else packed here.
+  // (Strides read once: each Tensor accessor is a call through the stable ABI.)
+  AlignedFloats wd, bd;
+  const float* wsrc = static_cast<const float*>(dw_weight.const_data_ptr());
+  const float* bsrc = static_cast<const float*>(dw_bias.const_data_ptr());
+  const int64_t ws0 = dw_weight.stride(0), ws2 = dw_weight.stride(2), ws3 = dw_weight.stride(3);
+  const int64_t bs0 = dw_bias.stride(0);
+  if (C == d.Cp && ws0 == 1 && ws3 == C && ws2 == d.K * C && bs0 == 1) {
+    d.w = wsrc;
+    d.bias = bsrc;
+  } else {
+    wd.reset(d.K * d.K * d.Cp, true);
+    bd.reset(d.Cp, true);
+    float* wp = wd.data();
+    for (int64_t kh = 0; kh < d.K; ++kh)
+      for (int64_t kw = 0; kw < d.K; ++kw)
+        for (int64_t c = 0; c < C; ++c) wp[(kh * d.K + kw) * d.Cp + c] = wsrc[c * ws0 + kh * ws2 + kw * ws3];
+    for (int64_t c = 0; c < C; ++c) bd.data()[c] = bsrc[c * bs0];
+    d.w = wd.data();
+    d.bias = bd.data();
+  }
+  d.y = static_cast<float*>(y.mutable_data_ptr());
+  const AlignedFloats row_sums(with_mean ? d.N * d.OH * d.Cp : 0);  // every (row, block) written
+  d.row_sums = with_mean ? row_sums.data() : nullptr;
+
+  std::vector<float> w_storage, b_storage;
+  PwProblem pw{};
+  pw.x = static_cast<const float*>(x.const_data_ptr());
+  pw.w = weight_panels(weight, Cin, C, w_storage);
+  pw.bias = vector_as_float<float>(bias, b_storage);
+  pw.ldy = kDwBlock;  // the expanded rows in 16-channel blocks (a panel's outputs fill one block)
+  pw.M = d.W;
+  pw.K = Cin;
+  pw.Nc = C;
+  pw.rows_per_sample = 1;
+
+  const int64_t R = (d.K - 1) * d.dh + 1;
+  const int64_t row_work = d.OW * d.Cp * d.K * d.K + d.W * C * Cin;
+  const CpuKernels& k = cpu_kernels();
+  if (d.W >= kRingMinWidth) {
+    PwProblem ring_pw = pw;
+    ring_pw.panel_stride = d.block_stride = R * d.Wp * kDwBlock;
+    torch::stable::parallel_for(0, d.N * d.OH, grain_for(row_work), [&](int64_t begin, int64_t end) {
+      const AlignedFloats ring(R * d.Wp * d.Cp, true);
+      std::vector<float*> out(static_cast<size_t>(d.W));
+      int64_t tags[kMaxDwSpan];
+      k.pointwise_dw_rows(ring_pw, d, act1, ring.data(), tags, out.data(), begin, end);
+    });
+  } else {
+    // Small images: the expand GEMM over every pixel at once (full register
+    // tiles), written into a row-padded copy of the expanded images in
+    // 16-channel blocks ([Cp/16][count][H][Wp][16]; each row's left and right
+    // padding zeroed by the GEMM, see PwProblem), then the depthwise rows from
+    // it, block by block: a thread takes a range of channel blocks and runs
+    // both halves on one block before the next (one parallel region; the
+    // block it expanded is in its own cache, in L1 for a 7x7 or 14x14 image;
+    // measured on 2 threads, 28x28 to 7x7: splitting rows in each half
+    // separately cost up to 40 us a layer in the hand-over between them; all
+    // of a thread's blocks expanded first outgrew L2 at batch 8: 28x28 40 ->
+    // 240, 5x5, 1.64-1.87 -> 1.39-1.60 ms), a
+    // zero row standing in above and below the image; samples in groups whose
+    // copies fit the kept scratch.  Channels C..Cp of a pixel stay unset: the
+    // depthwise loop computes those lanes but never stores them.  (A separate pass zeroing a padded border cost
+    // up to 166 KB of single-threaded stores per call, 11x11 around 7x7 x 576.)
+    const int64_t plane = d.H * d.Wp;
+    const int64_t group = std::max<int64_t>(1, std::min<int64_t>(d.N, kKeptScratchFloats / (plane * d.Cp)));
+    const Scratch buffer(group * plane * d.Cp);
+    float* padded = buffer.data();
+    for (int64_t n0 = 0; n0 < d.N; n0 += group) {
+      const int64_t count = std::min(group, d.N - n0);
+      PwProblem all = pw;
+      all.x = pw.x + n0 * d.H * d.W * Cin;
+      all.y = padded;
+      all.M = count * d.H * d.W;
+      all.out_w = d.W;
+      all.Wp = d.Wp;
+      all.pw = d.pw;
+      all.panel_stride = d.block_stride = count * plane * kDwBlock;
+      const int64_t panels = (C + kPanel - 1) / kPanel, rows = count * d.OH;
+      torch::stable::parallel_for(0, panels, grain_for(all.M * kPanel * Cin + rows * d.OW * kDwBlock * d.K * d.K),
+                                  [&](int64_t begin, int64_t end) {
+                                    const int64_t blocks = RowBlocks(all.M).count;
+                                    for (int64_t b = begin; b < end; ++b) {
+                                      k.pointwise_tiles(all, act1, nullptr, b * blocks, (b + 1) * blocks, true);
+                                      k.dw_image_rows(d, padded, n0, rows, b * rows, (b + 1) * rows);
+                                    }
+                                  });
+    }
+  }
+  if (with_mean)
+    mean_from_row_sums(d.row_sums, d.N, d.OH, d.OW, C, d.Cp, static_cast<float*>(mean.mutable_data_ptr()));
+  return {y, mean};
+}
+
+}  // namespace mnv3
+
+STABLE_TORCH_LIBRARY_IMPL(mnv3, CPU, m) {
+  m.impl("pointwise_dwconv", TORCH_BOX(&mnv3::pointwise_dwconv_cpu));
+}

@@ -1,0 +1,172 @@
+"""The plan compiler (mnv3_kernels/plan) and freeze() on the MobileNet family.
+
+Each model of the bench's zoo is frozen (compiled into plan segments, run by
+mnv3::run_plan) and compared with its eager self at an odd input size, batch 1
+and 3, within the model tolerance (the seed's ill-conditioned model against a
+float64 run, tolerances.py).  The same plan also runs on the reference ops
+through the Python interpreter.  Models with something the compiler does not
+lower in the middle (EfficientNet-B0's SiLU, a custom module) run as several
+segments and say why.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from conftest import calibrate_batchnorm, cpu_plan_marks
+from tolerances import assert_model_close
+from torch import nn
+
+import mnv3_kernels as mk
+from mnv3_kernels import zoo
+from mnv3_kernels.plan.compiler import compile_model
+
+pytestmark = cpu_plan_marks()
+
+SIZE = (97, 131)  # odd, not square: every stride-2 layer rounds
+# model -> (plan segments, what must be left to the original code)
+EXPECTED = {
+    "large": (1, set()),
+    "small": (1, set()),
+    "timm_large": (1, set()),
+    "timm_small": (1, set()),
+    "lcnet": (1, set()),
+    "mobilenet_v2": (1, set()),
+    "mnasnet": (1, set()),
+    # its head: sigmoid(conv(pool(high))) * cbr(high), two bilinear interpolations
+    "lraspp": (2, {"sigmoid outside a squeeze-excitation block", "mul has no plan step",
+                   "interpolate has no plan step"}),
+    "seed_large": (1, {"squeeze has no plan step"}),  # then Softmax, replaced by Identity below
+}
+
+
+def _prepared(name: str) -> nn.Module:
+    try:
+        model = zoo.build(name, seed=0)
+    except zoo.Unavailable as e:
+        pytest.skip(str(e))
+    if name == "seed_large":  # Softmax over 1000 classes hides logit errors: compare the logits
+        model.soft = nn.Identity()
+    calibrate_batchnorm(model, torch.randn(4, 3, *SIZE))  # logits that depend on every layer
+    return model.eval()
+
+
+def _out(y):
+    return zoo.output_tensor(y)
+
+
+@pytest.fixture(scope="module", params=list(EXPECTED))
+def frozen_pair(request):
+    torch.manual_seed(0)
+    model = _prepared(request.param)
+    return request.param, model, mk.freeze(model)
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_frozen_plan_matches_eager(frozen_pair, batch):
+    name, model, frozen = frozen_pair
+    if name == "seed_large" and batch == 1:
+        pytest.skip("the seed's head squeezes the batch dimension away at batch 1 (eager fails too)")
+    x = torch.randn(batch, 3, *SIZE)
+    with torch.inference_mode():
+        out, expected = _out(frozen(x)), _out(model(x))
+    reference64 = _out(copy.deepcopy(model).double()(x.double())) if name == "seed_large" else None
+    assert_model_close(out, expected, reference64)
+
+
+def test_segments_and_left_alone(frozen_pair):
+    """The compiler lowers the whole classifier into one segment (one run_plan call),
+    and says why for each part it leaves to the original code."""
+    name, _, frozen = frozen_pair
+    segments, left = EXPECTED[name]
+    assert len(frozen._plan.segments) == segments, frozen.describe()
+    assert {part.why for part in frozen.left_alone} == left, frozen.describe()
+    if segments == 1 and not left:
+        assert frozen._direct is not None  # the forward is one op call
+
+
+def test_the_plan_on_the_reference_ops_matches(frozen_pair):
+    """The same segments run by the Python interpreter on mnv3_kernels.reference (the
+    executor a non-CPU device or dtype gets)."""
+    name, model, frozen = frozen_pair
+    x = torch.randn(2, 3, *SIZE)
+    with torch.inference_mode():
+        native = _out(frozen(x))
+        with mk.use_backend("reference"):
+            interpreted = _out(frozen.graph(x))
+    reference64 = _out(copy.deepcopy(model).double()(x.double())) if name == "seed_large" else None
+    assert_model_close(interpreted, native, reference64)
+
+
+def test_efficientnet_runs_as_segments_around_silu():
+    tvm = pytest.importorskip("torchvision.models")
+    model = tvm.efficientnet_b0()
+    calibrate_batchnorm(model, torch.randn(4, 3, 64, 64))
+    model.eval()
+    frozen = mk.freeze(model)
+    assert len(frozen._plan.segments) > 10
+    assert any("SiLU not supported" in part.why for part in frozen.left_alone), frozen.describe()
+    x = torch.randn(2, 3, 65, 71)
+    with torch.inference_mode():
+        assert_model_close(frozen(x), model(x))
+
+
+class Tanhish(nn.Module):
+    """A custom module the compiler knows nothing about."""
+
+    def forward(self, x):
+        return x * 0.5 + torch.tanh(x)
+
+
+def _custom_middle() -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(3, 16, 3, 2, 1, bias=False), nn.BatchNorm2d(16), nn.Hardswish(),
+        nn.Conv2d(16, 16, 3, 1, 1, groups=16, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
+        Tanhish(),
+        nn.Conv2d(16, 32, 1, bias=False), nn.BatchNorm2d(32), nn.ReLU6(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10),
+    )
+
+
+def test_a_custom_module_in_the_middle_splits_the_plan():
+    model = _custom_middle()
+    calibrate_batchnorm(model, torch.randn(4, 3, 40, 40))
+    model.eval()
+    plan = compile_model(model)
+    assert len(plan.segments) == 2, plan.describe()
+    assert [s.steps for s in plan.segments] == [["conv", "dw"], ["pw", "pool", "pw"]]
+    assert [(p.where, p.why) for p in plan.left_alone] == [("6", "mul has no plan step"),
+                                                           ("6", "tanh has no plan step"),
+                                                           ("6", "an add of two tensors the plan does not compute")]
+    frozen = mk.freeze(model)
+    x = torch.randn(3, 3, 41, 39)
+    with torch.inference_mode():
+        assert_model_close(frozen(x), model(x))
+
+
+def test_frozen_model_does_not_see_later_changes_and_a_new_freeze_does():
+    model = _custom_middle()
+    calibrate_batchnorm(model, torch.randn(4, 3, 40, 40))
+    model.eval()
+    frozen = mk.freeze(model)
+    x = torch.randn(2, 3, 40, 40)
+    with torch.inference_mode():
+        before = frozen(x)
+    with torch.no_grad():
+        model[7].weight.mul_(2.0)  # a lowered conv
+        model[12].bias.add_(1.0)  # the head
+    with torch.inference_mode():
+        assert torch.equal(frozen(x), before)
+        assert_model_close(mk.freeze(model)(x), model(x))
+        assert not torch.allclose(mk.freeze(model)(x), before)
+
+
+def test_freeze_refuses_what_it_cannot_compile():
+    with pytest.raises(ValueError, match="no Conv2d"):
+        mk.freeze(nn.Sequential(nn.Linear(3, 4)).eval())
+    with pytest.raises(ValueError, match="no part of .* lowers"):
+        mk.freeze(nn.Sequential(nn.Conv2d(3, 4, 7, padding=3), nn.Tanh()).eval())  # 147 taps: no conv step
+    with pytest.raises(ValueError, match="eval"):
+        mk.freeze(_custom_middle().train())

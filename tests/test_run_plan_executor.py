@@ -1,0 +1,291 @@
+"""The C++ plan executor (mnv3::run_plan, csrc/cpu/run_plan_cpu.cpp) on hand-made
+programs: every step kind and branch against the plan's Python interpreter
+(mnv3_kernels.plan.interpreter.run_reference), and every malformed program
+refused, with the interpreter's message (its fake kernel raises the same).
+
+Programs are built from the step table (mnv3_kernels.plan.steps.BY_NAME): no
+step code or operand count is written here."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from tolerances import assert_op_close
+
+from mnv3_kernels import cpu_conv
+from mnv3_kernels.layout import pack_pointwise_weight
+from mnv3_kernels.plan.interpreter import run_reference
+from mnv3_kernels.plan.steps import BY_NAME, HEADER_FIXED, INT_COUNT
+from mnv3_kernels.vocabulary import ACTIVATIONS, GATES
+
+pytestmark = pytest.mark.skipif(not cpu_conv.native_available(), reason="the CPU extension is not built")
+
+run_plan = torch.ops.mnv3.run_plan.default
+
+
+class Plan:
+    """A program and its tensors, step by step: plan.step("pw", y=3, x=0, weight=w, ...)
+    with slots as ints, tensor operands as tensors (appended to plan.tensors), pairs
+    as [h, w], activations and gates by name; omitted opt_in / opt_out operands are -1."""
+
+    def __init__(self, n_slots: int, n_inputs: int, outputs: list[int]):
+        self.header = [n_slots, n_inputs, len(outputs), *outputs]
+        self.steps: list[list[int]] = []
+        self.names: list[str] = []
+        self.tensors: list[torch.Tensor] = []
+
+    def step(self, name: str, **operands) -> Plan:
+        ints = [BY_NAME[name].code]
+        for operand, kind in BY_NAME[name].operands:
+            value = operands.pop(operand, -1 if kind in ("opt_in", "opt_out") else None)
+            assert value is not None, f"{name}: operand {operand} missing"
+            if kind == "tensor":
+                self.tensors.append(value)
+                ints.append(len(self.tensors) - 1)
+            elif kind == "pair":
+                assert len(value) == 2
+                ints += list(value)
+            elif kind == "act":
+                ints.append(ACTIVATIONS.index(value))
+            elif kind == "gate":
+                ints.append(GATES.index(value))
+            else:
+                ints.append(int(value))
+        assert not operands, f"{name} has no operands {sorted(operands)}"
+        assert len(ints) == 1 + BY_NAME[name].ints
+        self.steps.append(ints)
+        self.names.append(name)
+        return self
+
+    @property
+    def program(self) -> list[int]:
+        return self.header + [v for s in self.steps for v in s]
+
+    def step_at(self, i: int) -> int:
+        """The program index of step i's code."""
+        return len(self.header) + sum(len(s) for s in self.steps[:i])
+
+    def operand_at(self, i: int, name: str) -> int:
+        """The program index of step i's operand `name`."""
+        at = self.step_at(i) + 1
+        for operand, kind in BY_NAME[self.names[i]].operands:
+            if operand == name:
+                return at
+            at += INT_COUNT[kind]
+        raise KeyError(name)
+
+
+def w(*shape) -> torch.Tensor:
+    return torch.randn(*shape) / (shape[1] if len(shape) > 1 else 1) ** 0.5
+
+
+def nhwc(*shape) -> torch.Tensor:
+    return torch.randn(*shape).contiguous(memory_format=torch.channels_last)
+
+
+def se_weights(c: int, cr: int) -> dict:
+    return dict(w1=w(cr, c), b1=w(cr), w2=w(c, cr), b2=w(c))
+
+
+def assert_runs_as_reference(inputs: list[torch.Tensor], plan: Plan) -> list[torch.Tensor]:
+    """run_plan's outputs match the interpreter's, values within the op tolerance
+    and strides exactly (the executor's output layouts)."""
+    out = run_plan(inputs, plan.tensors, plan.program)
+    expected = run_reference(inputs, plan.tensors, plan.program)
+    assert len(out) == len(expected)
+    for i, (a, e) in enumerate(zip(out, expected)):
+        assert a.stride() == e.stride(), (i, a.stride(), e.stride())
+        assert_op_close(a, e)
+    return out
+
+
+def block_plan() -> Plan:
+    """conv (NCHW input), dw with its mean, gate, pw with scale and residual, pwdw with
+    its mean, a second gate, pw with scale, pool (NHWC), a 2-d pw: two outputs, slots
+    1-4 rewritten by later steps."""
+    return (Plan(n_slots=8, n_inputs=1, outputs=[7, 1])
+            .step("conv", y=1, x=0, weight=w(8, 3, 3, 3), bias=w(8), stride=[2, 2], padding=[1, 1],
+                  dilation=[1, 1], activation="hardswish")
+            .step("dw", y=2, mean=3, x=1, weight=w(8, 1, 3, 3), bias=w(8), stride=[1, 1], padding=[1, 1],
+                  dilation=[1, 1], activation="relu")
+            .step("gate", g=4, mean=3, **se_weights(8, 4), gate="sigmoid")
+            .step("pw", y=5, x=2, scale=4, residual=1, weight=pack_pointwise_weight(w(8, 8)), bias=w(8),
+                  activation="identity")
+            .step("pwdw", y=2, mean=3, x=5, weight=pack_pointwise_weight(w(24, 8)), bias=w(24),
+                  activation="relu6", dw_weight=w(24, 1, 5, 5), dw_bias=w(24), stride=[2, 2], padding=[2, 2],
+                  dilation=[1, 1], dw_activation="hardswish")
+            .step("gate", g=4, mean=3, **se_weights(24, 8), gate="hardsigmoid")
+            .step("pw", y=1, x=2, scale=4, weight=w(16, 24), bias=w(16), activation="identity")
+            .step("pool", y=6, x=1)
+            .step("pw", y=7, x=6, weight=pack_pointwise_weight(w(10, 16)), bias=w(10), activation="hardswish"))
+
+
+def test_block_steps_match_the_interpreter():
+    x = torch.randn(2, 3, 19, 17)
+    logits, features = assert_runs_as_reference([x], block_plan())
+    assert logits.shape == (2, 10) and features.shape == (2, 16, 5, 5)
+
+
+def test_run_plan_passes_opcheck():
+    torch.library.opcheck(run_plan, ([torch.randn(2, 3, 19, 17)], block_plan().tensors, block_plan().program))
+
+
+def test_se_and_layout_conversions_match_the_interpreter():
+    """dw without its mean (on NHWC and on NCHW), se with the squeeze computed (-1) and
+    given, pw with an NCHW x, an NCHW residual and a scale, pool of an NCHW tensor."""
+    x = nhwc(2, 8, 9, 9)
+    residual = torch.randn(2, 8, 9, 9)  # NCHW: the executor copies it channels-last
+    wide = torch.randn(2, 16, 9, 9)  # NCHW
+    plan = (Plan(n_slots=11, n_inputs=3, outputs=[10, 6, 7, 9, 3])
+            .step("dw", y=3, x=0, weight=w(8, 1, 3, 3), bias=w(8), stride=[1, 1], padding=[1, 1], dilation=[1, 1],
+                  activation="relu6")
+            .step("se", y=4, x=3, **se_weights(8, 4), gate="hardsigmoid")
+            .step("pw", y=5, x=4, residual=1, weight=w(8, 8), bias=w(8), activation="relu")
+            .step("pool", y=7, x=2)
+            .step("pw", y=6, x=2, scale=7, residual=5, weight=pack_pointwise_weight(w(8, 16)), bias=w(8),
+                  activation="hardswish")
+            .step("dw", y=8, mean=9, x=6, weight=w(8, 1, 5, 5), bias=w(8), stride=[2, 2], padding=[2, 2],
+                  dilation=[1, 1], activation="identity")
+            .step("se", y=10, x=8, mean=9, **se_weights(8, 2), gate="sigmoid")
+            .step("dw", y=3, x=1, weight=w(8, 1, 3, 3), bias=w(8), stride=[1, 1], padding=[2, 2],
+                  dilation=[2, 2], activation="relu"))  # NCHW in, NCHW out
+    out = assert_runs_as_reference([x, residual, wide], plan)
+    assert not out[4].is_contiguous(memory_format=torch.channels_last)
+
+
+def test_se_without_its_squeeze_on_an_nchw_input():
+    x = torch.randn(2, 8, 6, 5)  # NCHW: the squeeze is computed over a channels-last copy, y stays NCHW
+    plan = Plan(n_slots=2, n_inputs=1, outputs=[1]).step("se", y=1, x=0, **se_weights(8, 4), gate="sigmoid")
+    (y,) = assert_runs_as_reference([x], plan)
+    assert y.is_contiguous()
+
+
+def test_pw_on_rows_with_scale_and_residual():
+    """The 2-d pw (a Linear) with its scale and residual; the 4-d one with neither, x NCHW."""
+    x2, scale, res2 = torch.randn(5, 12), torch.rand(5, 12), torch.randn(5, 20)
+    x4 = torch.randn(2, 12, 3, 4)
+    plan = (Plan(n_slots=6, n_inputs=4, outputs=[4, 5])
+            .step("pw", y=4, x=0, scale=1, residual=2, weight=w(20, 12), bias=w(20), activation="relu")
+            .step("pw", y=5, x=3, weight=pack_pointwise_weight(w(7, 12)), bias=w(7), activation="relu6"))
+    assert_runs_as_reference([x2, scale, res2, x4], plan)
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_add_and_act_match_the_interpreter(activation):
+    """add of 4-d tensors (one NCHW) and of 2-d ones (one transposed), act on each
+    layout; the input slot 2 is rewritten."""
+    a, b = nhwc(2, 6, 5, 3), torch.randn(2, 6, 5, 3)
+    c, d = torch.randn(4, 7), torch.randn(7, 4).t()
+    c_before = c.clone()
+    plan = (Plan(n_slots=8, n_inputs=4, outputs=[5, 6, 2, 4])
+            .step("add", y=4, a=0, b=1)
+            .step("act", y=5, x=4, activation=activation)
+            .step("act", y=6, x=1, activation=activation)
+            .step("add", y=7, a=2, b=3)
+            .step("act", y=2, x=7, activation=activation))
+    out = assert_runs_as_reference([a, b, c, d], plan)
+    assert out[0].is_contiguous(memory_format=torch.channels_last) and out[2].is_contiguous()
+    assert torch.equal(c, c_before)  # rewriting slot 2 leaves the input tensor alone
+
+
+# ---- malformed programs ----
+
+def small_plan() -> tuple[list[torch.Tensor], Plan]:
+    """x -> act -> pw -> add: slots 0 (input), 1, 2, 3."""
+    plan = (Plan(n_slots=4, n_inputs=1, outputs=[3])
+            .step("act", y=1, x=0, activation="relu")
+            .step("pw", y=2, x=1, weight=w(6, 6), bias=w(6), activation="identity")
+            .step("add", y=3, a=1, b=2))
+    return [nhwc(1, 6, 3, 3)], plan
+
+
+def _edit(fn):
+    def edited():
+        inputs, plan = small_plan()
+        return inputs, plan.tensors, fn(plan)
+    return edited
+
+
+def _set(plan: Plan, index: int, value: int) -> list[int]:
+    p = plan.program
+    p[index] = value
+    return p
+
+
+BAD_PROGRAMS = {
+    "no header": (_edit(lambda p: p.program[:HEADER_FIXED - 1]), "the program is shorter than its header"),
+    "outputs cut": (_edit(lambda p: p.program[:HEADER_FIXED]), "the program is shorter than its header"),
+    "too many inputs": (_edit(lambda p: _set(p, 1, 2)), "the program takes 2 inputs, got 1"),
+    "output slot": (_edit(lambda p: _set(p, HEADER_FIXED, 9)), r"output slot 9 is out of range \(n_slots 4\)"),
+    "slot range": (_edit(lambda p: _set(p, p.operand_at(1, "x"), 4)),
+                   r"step 1 \(pw\): slot 4 is out of range \(n_slots 4\)"),
+    "negative slot": (_edit(lambda p: _set(p, p.operand_at(0, "y"), -1)),
+                      r"step 0 \(act\): slot -1 is out of range"),
+    "read before written": (_edit(lambda p: _set(p, p.operand_at(1, "x"), 3)),
+                            r"step 1 \(pw\) reads slot 3 before any step wrote it"),
+    "reads its own output": (_edit(lambda p: _set(p, p.operand_at(2, "b"), 3)),
+                             r"step 2 \(add\) reads slot 3 before any step wrote it"),
+    "unknown code": (_edit(lambda p: p.program + [99]), "unknown step code 99"),
+    "ends inside a step": (_edit(lambda p: p.program[:-1]), r"the program ends inside step 2 \(add\)"),
+    "tensor index": (_edit(lambda p: _set(p, p.operand_at(1, "weight"), 50)),
+                     r"step 1 \(pw\): tensor index 50 is out of range \(tensors has 2\)"),
+    "output never written": (_edit(lambda p: p.program[:p.step_at(2)]), "output slot 3 is never written"),
+    "bad act": (_edit(lambda p: _set(p, p.operand_at(0, "activation"), len(ACTIVATIONS))),
+                rf"step 0 \(act\): bad act code {len(ACTIVATIONS)}"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_PROGRAMS))
+def test_run_plan_refuses_a_bad_program(case):
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    make, match = BAD_PROGRAMS[case]
+    inputs, tensors, program = make()
+    with pytest.raises(RuntimeError, match="mnv3::run_plan: " + match):
+        run_plan(inputs, tensors, program)
+    # The fake kernel (the interpreter on the ops' fakes) refuses it with the same message.
+    with FakeTensorMode() as mode, pytest.raises(ValueError, match="mnv3::run_plan: " + match):
+        run_plan([mode.from_tensor(t) for t in inputs], [mode.from_tensor(t) for t in tensors], program)
+
+
+def test_a_bad_gate_code_is_refused():
+    x = torch.randn(2, 8)
+    plan = Plan(n_slots=2, n_inputs=1, outputs=[1]).step("gate", g=1, mean=0, **se_weights(8, 4), gate="sigmoid")
+    program = plan.program
+    program[-1] = len(GATES)
+    with pytest.raises(RuntimeError, match=rf"mnv3::run_plan: step 0 \(gate\): bad gate code {len(GATES)}"):
+        run_plan([x], plan.tensors, program)
+
+
+def test_a_bad_program_runs_no_step():
+    """The whole program is checked before its first step runs: the first step's copy
+    of its NCHW input (aten::copy_, the executor's one dispatcher call) never happens
+    when a later step is malformed."""
+    plan = (Plan(n_slots=3, n_inputs=1, outputs=[2])
+            .step("act", y=1, x=0, activation="relu")
+            .step("add", y=2, a=1, b=1))
+    x = torch.randn(1, 8, 4, 4)
+
+    def copies(program) -> int:
+        with torch.profiler.profile() as prof:
+            try:
+                run_plan([x], plan.tensors, program)
+            except RuntimeError as e:
+                assert "unknown step code 99" in str(e)
+        return sum(e.name == "aten::copy_" for e in prof.events())
+
+    bad = plan.program
+    bad[plan.step_at(1)] = 99
+    assert copies(plan.program) >= 1 and copies(bad) == 0
+
+
+def test_elementwise_steps_refuse_mismatched_operands():
+    plan = Plan(n_slots=3, n_inputs=2, outputs=[2]).step("add", y=2, a=0, b=1)
+    with pytest.raises(RuntimeError, match="add step needs two float32 tensors of one shape"):
+        run_plan([torch.randn(2, 3), torch.randn(3, 2)], [], plan.program)
+    plan = Plan(n_slots=2, n_inputs=1, outputs=[1]).step("act", y=1, x=0, activation="relu")
+    with pytest.raises(RuntimeError, match="act step needs a float32 tensor, 2-d or 4-d"):
+        run_plan([torch.randn(2, 3, 4)], [], plan.program)
+    plan = Plan(n_slots=2, n_inputs=1, outputs=[1]).step("pool", y=1, x=0)
+    with pytest.raises(RuntimeError, match="needs a float32 4-d input"):
+        run_plan([torch.randn(2, 3)], [], plan.program)
