@@ -7,7 +7,7 @@ from .freeze import FrozenMobileNetV3, FrozenModel, freeze
 from .fuse import fuse
 from .fx_fuse import FuseReport
 from .models import MobileNetV3, mobilenet_v3_large, mobilenet_v3_small
-from .ops import dwconv_bias_act, se_excite_scale
+from .functional import dwconv_bias_act, se_excite_scale
 from .reference import fold_batchnorm
 
 __version__ = "0.1.0"

@@ -77,8 +77,8 @@ def fuse(model: nn.Module, inplace: bool = False, *, verbose: bool = False) -> n
     train/eval mode kept, trainable).  Any other model goes through torch.fx
     (see mnv3_kernels/fx_fuse.py for what is matched); if anything was fused,
     the result is a torch.fx.GraphModule (the model's forward only; its other
-    methods are not carried over), eval-only: its fused modules raise in
-    train() mode.  Put the model in eval() before fusing (BatchNorm in training
+    methods are not carried over); in train() mode its fused modules run the
+    original modules (trainable, as the drop-in model's layers).  Put the model in eval() before fusing (BatchNorm in training
     mode is not folded) and load its weights first (fused blocks keep the
     original modules as children, so a block's state_dict keys stay unchanged
     when it is all of one module, e.g. an nn.Sequential(conv, bn, act), and

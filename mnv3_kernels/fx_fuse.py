@@ -36,10 +36,9 @@ the conv (or first FC) and holds the parts as conv / bn / act (fc1 / bn1 / act
 'blocks.1.0.conv_dw.bn.weight'.
 
 The fused modules hold the original conv / BatchNorm / FC modules as
-submodules (parameters shared), fold BatchNorm once and cache it (see
-models/fused_layers.py: FoldCacheMixin), run in eval() mode only (train() mode
-raises) and, in eval() with autograd on and parameters requiring grad, run
-the original modules (fused_layers.fused_active).
+submodules (parameters shared), fold BatchNorm once and cache it, and in
+train() mode or in eval() with autograd on run the original modules
+(fused_layers.FusedModule, the family the drop-in model's layers belong to).
 """
 
 from __future__ import annotations
@@ -54,8 +53,8 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from . import ops
-from .models.fused_layers import (FoldCacheMixin, FoldedConv, FoldedSE, activation_name, fused_active, gate_name,
+from . import functional, ops
+from .models.fused_layers import (FusedModule, FoldedConv, FoldedSE, activation_name, fused_active, gate_name,
                                   tap_major)
 from .reference import ACTIVATION_FNS, GATE_FNS, fold_batchnorm
 from .tolerances import OP_FP32
@@ -120,15 +119,6 @@ def dw_detail(conv: nn.Conv2d, activation: str) -> str:
 
 
 # --------------------------------------------------------------------------- fused modules
-def _refuse_training(module: nn.Module) -> None:
-    if module.training:
-        raise RuntimeError(
-            f"{type(module).__name__} '{module.where}' was fused for inference by mnv3_kernels.fuse() "
-            "(BatchNorm folded into the weights) and cannot run in train() mode: call .eval() on the fused "
-            "model, or train the original model (fuse() works on a copy unless inplace=True) and fuse it again."
-        )
-
-
 def _fold_into(layer: nn.Module, bn: nn.Module | None) -> tuple[torch.Tensor, torch.Tensor]:
     """(weight, bias) of a conv or Linear with the eval BatchNorm after it folded in."""
     w = layer.weight.detach()
@@ -142,7 +132,7 @@ def _fold_into(layer: nn.Module, bn: nn.Module | None) -> tuple[torch.Tensor, to
 _ATTRIBUTES = {"where", "with_mean", "act_op", "padding_pair", "gate_op", "linear_fcs", "part"}  # of the fused modules
 
 
-class _RoleModule(FoldCacheMixin, nn.Module):
+class _RoleModule(FusedModule, nn.Module):
     """Holds the original modules under their original child names (so state_dict keys stay)
     and looks them up by role."""
 
@@ -187,10 +177,9 @@ class FusedDWConvBNAct(_RoleModule):
                           self.act_op, True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        _refuse_training(self)
         if x.dtype in ops.SUPPORTED_DTYPES and fused_active(self, x):
             f = self.folded()
-            return ops.dwconv_bias_act(x, f.weight, f.bias, f.stride, f.padding, f.dilation, f.activation,
+            return functional.dwconv_bias_act(x, f.weight, f.bias, f.stride, f.padding, f.dilation, f.activation,
                                        with_mean=self.with_mean)
         return self.forward_native(x)
 
@@ -232,12 +221,11 @@ class FusedSqueezeExcite(_RoleModule):
         return x * (s[:, :, None, None] if self.linear_fcs else s)
 
     def forward(self, x: torch.Tensor, pooled: torch.Tensor | None = None) -> torch.Tensor:
-        _refuse_training(self)
         if x.dtype in ops.SUPPORTED_DTYPES and fused_active(self, x):
             f = self.folded()
             if pooled is None:
                 pooled = x.mean(dim=(2, 3), dtype=torch.float32)
-            return ops.se_excite_scale(x, pooled, f.w1, f.b1, f.w2, f.b2, f.gate)
+            return functional.se_excite_scale(x, pooled, f.w1, f.b1, f.w2, f.b2, f.gate)
         return self._unfused(x)
 
     def forward_native(self, x: torch.Tensor, pooled: torch.Tensor | None = None) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""The fused oneDNN conv / linear path of the CPU model (mnv3_kernels/cpu_conv.py)."""
+"""The packed conv / linear layers of the CPU model's module path (mnv3_kernels/cpu_conv.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from tolerances import assert_model_close, assert_op_close
 
 from mnv3_kernels import cpu_conv, reference
 
-pytestmark = pytest.mark.skipif(not cpu_conv.available(), reason="this torch has no oneDNN fused convolution")
+pytestmark = pytest.mark.skipif(not cpu_conv.native_available(), reason="the CPU extension is not built")
 
 
 @pytest.mark.parametrize("activation", ("identity", "relu", "relu6", "hardswish"))
@@ -69,15 +69,13 @@ def test_fused_model_uses_the_packed_convs_and_matches_without_them(monkeypatch)
     with torch.inference_mode():
         packed_out = fused(x)
         expected = tv(x)
-    # the 3x3 stem as a convolution; head + 14 expand + 15 project 1x1 convs as
-    # linears on the channels-last rows, 10 projections with the residual; the
-    # classifier's two Linear layers.  With the CPU extension the 14 expand convs
-    # run inside pointwise_dwconv instead (with their depthwise convs).
-    expand = 0 if cpu_conv.native_available() else 14
+    # the 3x3 stem as a convolution; the head and 15 project 1x1 convs as
+    # matrix products on the channels-last rows, 10 projections with the residual
+    # (the 14 expand convs run inside pointwise_dwconv, with their depthwise convs);
+    # the classifier's two Linear layers.
     assert calls.count((4, False, False)) == 1
-    assert calls.count((4, True, False)) == 6 + expand and calls.count((4, True, True)) == 10
-    assert calls.count((2, True, False)) == 2 and len(calls) == 19 + expand
-    monkeypatch.setattr(cpu_conv, "available", lambda: False)
+    assert calls.count((4, True, False)) == 6 and calls.count((4, True, True)) == 10
+    assert calls.count((2, True, False)) == 2 and len(calls) == 19
     monkeypatch.setattr(cpu_conv, "native_available", lambda: False)
     plain = mk.fuse(tv)
     with torch.inference_mode():

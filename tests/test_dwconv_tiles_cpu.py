@@ -17,7 +17,7 @@ and for any strides."""
 import pytest
 import torch
 
-from mnv3_kernels import ops
+from mnv3_kernels import functional, ops
 from op_cases import check_dwconv, check_se, dwconv_params, make_x, se_params
 
 pytestmark = pytest.mark.skipif(
@@ -85,6 +85,6 @@ def test_dwconv_tap_major_weights_are_read_in_place(shape, k, stride):
     assert torch.equal(wt, w) and wt.stride() != w.stride() and wt.stride(0) == 1
     check_dwconv(x, wt, b, stride, k // 2, 1, "relu6")
     args = ([stride] * 2, [k // 2] * 2, [1, 1], "relu6", True)
-    for out_t, out_c in zip(ops.dwconv_bias_act(x, wt, b, *args[:-1], with_mean=True),
-                            ops.dwconv_bias_act(x, w, b, *args[:-1], with_mean=True)):
+    for out_t, out_c in zip(functional.dwconv_bias_act(x, wt, b, *args[:-1], with_mean=True),
+                            functional.dwconv_bias_act(x, w, b, *args[:-1], with_mean=True)):
         assert torch.equal(out_t, out_c)

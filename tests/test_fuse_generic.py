@@ -376,15 +376,24 @@ def test_nothing_fusable_returns_the_model_unchanged():
     assert "nothing was fused" in str(fused.mnv3_fuse_report)
 
 
-# --------------------------------------------------------------------------- eval only
-def test_train_mode_raises_and_eval_runs_again():
+# --------------------------------------------------------------------------- train and eval
+def test_train_mode_runs_the_original_modules_and_eval_fuses_again():
+    """One family of fused modules (fused_layers.FusedModule): in train() mode fuse()'s
+    modules run the original modules, as the drop-in model's layers do (BatchNorm on
+    batch statistics, gradients flowing), and fuse again in eval()."""
     model = prepared(seed_large())
     fused = mk.fuse(model)
+    x = torch.randn(2, 3, 64, 64)
+    model.train()
     fused.train()
-    with pytest.raises(RuntimeError, match=r"FusedDWConvBNAct 'bneck1.DWConv' was fused for inference by "
-                                           r"mnv3_kernels.fuse\(\) .* cannot run in train\(\) mode"):
-        fused(torch.randn(2, 3, 64, 64))
+    out = fused(x)
+    assert_model_close(out, model(x))
+    out.sum().backward()
+    assert all(p.grad is not None for p in fused.parameters() if p.requires_grad)
     fused.eval()
+    model.eval()
+    fused.zero_grad(set_to_none=True)
+    fused.requires_grad_(False)
     check_matches(model, fused, (2, 3, 64, 64))
 
 

@@ -199,7 +199,7 @@ def test_torch_export_runs_and_matches_eager(arch):
 
 @pytest.mark.parametrize("build", ["ours", "generic"])
 def test_copy_and_save_after_a_fused_forward(build, tmp_path):
-    """The caches (folded and oneDNN-packed weights, the CPU plan) are left out of
+    """The caches (folded and packed weights, the CPU plan) are left out of
     deepcopy and torch.save; the copies rebuild them and give the same logits."""
     import copy
 

@@ -9,7 +9,7 @@ import torch
 from conftest import LAYOUTS, to_layout
 from tolerances import assert_lowp_close, assert_op_close
 
-from mnv3_kernels import ops, reference
+from mnv3_kernels import functional, ops, reference
 from mnv3_kernels.layout import is_nhwc_dense
 
 pytestmark = pytest.mark.skipif(
@@ -143,10 +143,10 @@ def test_se_excite_scale_low_precision(dtype, pooled_in_x_dtype, gate):
 
 def test_batch_zero_gives_empty_outputs_of_the_right_shape():
     x, w, b = dw_inputs((0, 13, 15, 15), 3)
-    y, mean = ops.dwconv_bias_act(x, w, b, stride=2, padding=1, activation="hardswish", with_mean=True)
+    y, mean = functional.dwconv_bias_act(x, w, b, stride=2, padding=1, activation="hardswish", with_mean=True)
     assert y.shape == (0, 13, 8, 8) and mean.shape == (0, 13)
     se_args = se_inputs(0, 13, 8, 8, 8)
-    assert ops.se_excite_scale(*se_args).shape == (0, 13, 8, 8)
+    assert functional.se_excite_scale(*se_args).shape == (0, 13, 8, 8)
 
 
 @pytest.mark.parametrize(

@@ -287,7 +287,7 @@ def test_use_backend_triton_routes_the_functional_api(monkeypatch):
     x, weight, bias, stride, padding, dilation = dw_args(DW_GEOMETRIES[0], "channels_last")
     with mnv3_kernels.use_backend("triton"):
         assert backends.resolve(x.device) is backends.Backend.TRITON
-        y, mean = mnv3_kernels.ops.dwconv_bias_act(x, weight, bias, stride, padding, dilation, "relu", True)
+        y, mean = mnv3_kernels.functional.dwconv_bias_act(x, weight, bias, stride, padding, dilation, "relu", True)
     assert len(calls) == 1
     y_ref, mean_ref = reference.dwconv_bias_act(x, weight, bias, stride, padding, dilation, "relu", True)
     assert_op_close(y, y_ref)

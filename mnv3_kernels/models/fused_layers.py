@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import backends, cpu_conv, ops
+from .. import backends, cpu_conv, functional, ops
 from ..layout import is_nhwc_dense, pack_pointwise_weight
 from ..reference import ACTIVATION_FNS, fold_batchnorm
 
@@ -99,7 +99,7 @@ def _state_key(module: nn.Module) -> tuple:
 
 
 def packed_path_ok(x: torch.Tensor) -> bool:
-    """Whether x may take a prepacked oneDNN layer (cpu_conv.py): fp32 CPU, eager,
+    """Whether x may take a packed layer (cpu_conv.py): fp32 CPU, eager,
     no autocast, the native backend, and not empty."""
     return (x.dtype == torch.float32 and x.device.type == "cpu" and x.numel() > 0
             and not torch.compiler.is_compiling() and not torch.is_autocast_enabled("cpu")
@@ -121,9 +121,9 @@ def cached_fold(owner: nn.Module, fold, of: nn.Module | None = None, slot: str =
 
 
 class DropsCachesOnCopy:
-    """Leaves the derived caches (folded and oneDNN-packed weights, the CPU plan) out of
-    copy.deepcopy and pickling (torch.save(model)): packed oneDNN tensors have no storage
-    to copy, and a copy rebuilds its caches from its own parameters on first use."""
+    """Leaves the derived caches (folded and packed weights, the CPU plan) out of
+    copy.deepcopy and pickling (torch.save(model)): they are derived data, and a copy
+    rebuilds its caches from its own parameters on first use."""
 
     CACHE_SLOTS = ("_mnv3_fold_cache", "_mnv3_head_cache", "_mnv3_fast_plan")
 
@@ -152,6 +152,18 @@ class FoldCacheMixin(DropsCachesOnCopy):
         return super()._load_from_state_dict(*args, **kwargs)
 
 
+class FusedModule(FoldCacheMixin):
+    """The one family of fused modules: the drop-in model's layers here and fuse()'s
+    modules for other models (fx_fuse.py).  Each keeps the original modules as its
+    children and has forward_native, their ordinary math: forward runs the fused ops in
+    eval() without autograd (fused_active), else forward_native, so train() mode trains
+    the original modules exactly (BatchNorm statistics included) and gradients flow.
+    The plan compiler traces forward_native."""
+
+    def forward_native(self, *args):
+        raise NotImplementedError
+
+
 @dataclass(frozen=True)
 class FoldedConv:
     weight: torch.Tensor
@@ -162,7 +174,7 @@ class FoldedConv:
     groups: int
     activation: str
     depthwise: bool  # runs as mnv3::dwconv_bias_act
-    packed: cpu_conv.PackedConv | None = None  # CPU fp32: the fused oneDNN conv (cpu_conv.py)
+    packed: cpu_conv.PackedConv | None = None  # CPU fp32: the conv on an mnv3 op (cpu_conv.py)
 
 
 def tap_major(w: torch.Tensor) -> torch.Tensor:
@@ -178,7 +190,7 @@ def _foldable_bn(bn: nn.Module | None) -> bool:
     )
 
 
-class Conv2dNormActivation(FoldCacheMixin, nn.Sequential):
+class Conv2dNormActivation(FusedModule, nn.Sequential):
     """Conv2d -> [BatchNorm2d] -> [activation], as torchvision.ops.Conv2dNormActivation."""
 
     def __init__(
@@ -272,14 +284,14 @@ class Conv2dNormActivation(FoldCacheMixin, nn.Sequential):
         else to x first."""
         f = self.folded()
         if scale is not None:
-            if f is not None and f.packed is not None and f.packed.native and self._packed_path(f, x, residual):
+            if f is not None and f.packed is not None and self._packed_path(f, x, residual):
                 y = cpu_conv.run(f.packed, x, residual, scale)
                 return y, (y.mean(dim=(2, 3), dtype=torch.float32) if want_mean else None)
             x = x * scale.to(x.dtype)[:, :, None, None]
         if f is None:  # e.g. a norm layer we cannot fold: the ordinary modules
             y = nn.Sequential.forward(self, x)
         elif f.depthwise and x.dtype in ops.SUPPORTED_DTYPES:
-            out = ops.dwconv_bias_act(x, f.weight, f.bias, f.stride, f.padding, f.dilation, f.activation,
+            out = functional.dwconv_bias_act(x, f.weight, f.bias, f.stride, f.padding, f.dilation, f.activation,
                                       with_mean=want_mean)
             y, mean = out if want_mean else (out, None)
             return (y if residual is None else y + residual), mean
@@ -297,7 +309,7 @@ class Conv2dNormActivation(FoldCacheMixin, nn.Sequential):
         """Whether fast_step(..., scaled=True) exists: a 1x1 conv on mnv3::pointwise_bias_act,
         which applies a per-channel input scale (the SE gate) as it reads its input."""
         f = self.folded()
-        return f is not None and f.packed is not None and f.packed.native
+        return f is not None and f.packed is not None
 
     @staticmethod
     def _packed_path(f: FoldedConv, x: torch.Tensor, residual: torch.Tensor | None) -> bool:
@@ -345,7 +357,7 @@ def _gate(f: FoldedSE, y: torch.Tensor, mean: torch.Tensor | None) -> torch.Tens
     return logits.sigmoid_() if f.gate == "sigmoid" else torch.ops.aten.hardsigmoid_.default(logits)
 
 
-class SqueezeExcitation(FoldCacheMixin, nn.Module):
+class SqueezeExcitation(FusedModule, nn.Module):
     """avgpool -> fc1 -> activation -> fc2 -> scale_activation -> x * scale,
     as torchvision.ops.SqueezeExcitation (same attribute names)."""
 
@@ -391,7 +403,7 @@ class SqueezeExcitation(FoldCacheMixin, nn.Module):
             return self._scale(x) * x
         if pooled is None:
             pooled = x.mean(dim=(2, 3), dtype=torch.float32)
-        return ops.se_excite_scale(x, pooled, f.w1, f.b1, f.w2, f.b2, f.gate)
+        return functional.se_excite_scale(x, pooled, f.w1, f.b1, f.w2, f.b2, f.gate)
 
     def gate(self, y: torch.Tensor, mean: torch.Tensor | None) -> torch.Tensor | None:
         """The fp32 [N, C] gate for y (mean: y's squeeze, if computed), as gate_step

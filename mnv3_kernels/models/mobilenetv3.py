@@ -169,7 +169,7 @@ def _merged_args(layers, want_mean: bool):
     if len(layers) < 2 or not all(isinstance(m, Conv2dNormActivation) for m in layers[:2]):
         return None
     expand, dw = layers[0].folded(), layers[1].folded()
-    if (expand is None or dw is None or expand.packed is None or not expand.packed.native
+    if (expand is None or dw is None or expand.packed is None
             or not expand.packed.linear or not dw.depthwise or dw.weight.dtype != torch.float32
             or dw.weight.shape[2] != dw.weight.shape[3] or (dw.weight.shape[2] - 1) * dw.dilation[0] + 1 > 16):
         return None
