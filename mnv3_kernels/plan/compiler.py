@@ -644,9 +644,6 @@ class Plan:
     segments: list
     left_alone: list
 
-    def count(self, step: str) -> int:
-        return sum(s == step for seg in self.segments for s in seg.steps)
-
     def single_call(self) -> SegmentModule | None:
         """The one segment when the whole forward is that segment on the model's one input,
         its first output returned as it is (then a caller may call run_plan directly)."""
