@@ -155,6 +155,15 @@ def native_on_cpu() -> bool:
     return wanted in (Backend.AUTO, Backend.NATIVE) and native_availability("cpu")[0]
 
 
+def cpu_fast_path(x: torch.Tensor) -> bool:
+    """The one answer to "does x take the fp32 CPU fast path" (mnv3::run_plan and the
+    CPU-only ops: pointwise_bias_act, pointwise_dwconv, conv_bias_act, se_gate): a
+    non-empty float32 CPU tensor, in eager mode (torch.compile traces the ops one by
+    one), outside CPU autocast, with the native backend selected for CPU."""
+    return (x.dtype is torch.float32 and x.device.type == "cpu" and x.numel() > 0
+            and not torch.compiler.is_compiling() and not torch.is_autocast_enabled("cpu") and native_on_cpu())
+
+
 def _warn_once(device_type: str, message: str) -> None:
     if (device_type, message) not in _warned:
         _warned.add((device_type, message))

@@ -53,7 +53,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from . import functional, ops
+from . import activations, functional, ops
 from .models.fused_layers import (FusedModule, FoldedConv, FoldedSE, activation_name, fused_active, gate_name,
                                   tap_major)
 from .reference import ACTIVATION_FNS, GATE_FNS, fold_batchnorm
@@ -61,8 +61,8 @@ from .tolerances import OP_FP32
 
 DWCONV, SE, TRACE = "dwconv", "se", "trace"
 _KIND_NAMES = {DWCONV: "depthwise conv + BatchNorm + activation", SE: "squeeze-excitation"}
-_DW_ACTIVATIONS = "(ReLU, ReLU6, Hardswish, identity)"
-_SE_GATES = "(Hardsigmoid, Sigmoid)"
+_DW_ACTIVATIONS = activations.listed(ops.ACTIVATIONS)  # "(ReLU, ReLU6, Hardswish, identity)"
+_SE_GATES = activations.listed(ops.GATES)
 
 
 # --------------------------------------------------------------------------- report
@@ -234,16 +234,6 @@ class FusedSqueezeExcite(_RoleModule):
 
 
 # --------------------------------------------------------------------------- graph patterns
-_FUNCTION_ACTS: dict[Callable, str] = {
-    F.relu: "relu", torch.relu: "relu", F.relu_: "relu", torch.relu_: "relu", F.relu6: "relu6",
-    F.hardswish: "hardswish", F.hardsigmoid: "hardsigmoid", torch.sigmoid: "sigmoid", F.sigmoid: "sigmoid",
-}
-_METHOD_ACTS = {"relu": "relu", "relu_": "relu", "sigmoid": "sigmoid", "sigmoid_": "sigmoid"}
-_OTHER_ACTS = {"silu", "gelu", "mish", "elu", "selu", "celu", "leaky_relu", "hardtanh", "tanh", "softplus",
-               "prelu", "rrelu", "softsign", "logsigmoid", "swish", "hard_swish", "hard_sigmoid", "hard_mish",
-               "tanhshrink", "hardshrink", "softshrink", "glu"}
-_ACT_MODULES = {"relu": nn.ReLU, "relu6": nn.ReLU6, "hardswish": nn.Hardswish, "identity": nn.Identity,
-                "hardsigmoid": nn.Hardsigmoid, "sigmoid": nn.Sigmoid}
 _SHAPE_METHODS = {"view", "reshape", "flatten", "squeeze", "unsqueeze", "expand", "expand_as"}
 _SHAPE_FUNCTIONS = {torch.flatten, torch.reshape, torch.squeeze, torch.unsqueeze}
 _MULS = {operator.mul, torch.mul}
@@ -457,13 +447,13 @@ class _Rewriter(GraphQueries):
             return (name, type(m).__name__) if name is not None or _is_activation_class(type(m)) else None
         if node.op == "call_function":
             fname = getattr(node.target, "__name__", "")
-            if node.target in _FUNCTION_ACTS:
-                return _FUNCTION_ACTS[node.target], fname
-            return (None, fname) if fname.rstrip("_") in _OTHER_ACTS else None
+            if node.target in activations.FUNCTIONS:
+                return activations.FUNCTIONS[node.target], fname
+            return (None, fname) if fname.rstrip("_") in activations.OTHER else None
         if node.op == "call_method":
-            if node.target in _METHOD_ACTS:
-                return _METHOD_ACTS[node.target], f".{node.target}()"
-            return (None, f".{node.target}()") if node.target.rstrip("_") in _OTHER_ACTS else None
+            if node.target in activations.METHODS:
+                return activations.METHODS[node.target], f".{node.target}()"
+            return (None, f".{node.target}()") if node.target.rstrip("_") in activations.OTHER else None
         return None
 
     def bn_problem(self, bn: nn.Module, node: fx.Node, prev: fx.Node, linear: bool = False) -> str | None:
@@ -538,7 +528,7 @@ class _Rewriter(GraphQueries):
                 if act_module is not None:
                     parts["act"] = (act_node.target, act_module)
                 else:
-                    made["act"] = _ACT_MODULES[act]()
+                    made["act"] = activations.MODULES[act]()
         return _Match(DWCONV, nodes, parts, made, dw_detail(conv, act), {"activation": act, "padding": padding})
 
     # -- squeeze-excitation
@@ -599,7 +589,7 @@ class _Rewriter(GraphQueries):
                     if m is not None:
                         parts[role] = (node.target, m)
                     else:
-                        made[role] = _ACT_MODULES[name]()
+                        made[role] = activations.MODULES[name]()
                 prev, i = node, i + 1
             if name not in allowed:
                 raise _Skip(f"SE {'activation' if role == 'act' else role} {desc} not supported {names}")

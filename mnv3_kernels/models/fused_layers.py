@@ -26,34 +26,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import backends, cpu_conv, functional, ops
+from ..activations import activation_name, gate_name  # noqa: F401  (re-exported: the layers' names)
 from ..layout import is_nhwc_dense, pack_pointwise_weight
 from ..reference import ACTIVATION_FNS, fold_batchnorm
 
-_ACTIVATIONS = (  # (module type, op activation name), matched by exact type
-    (nn.ReLU, "relu"),
-    (nn.ReLU6, "relu6"),
-    (nn.Hardswish, "hardswish"),
-    (nn.Identity, "identity"),
-)
-_GATES = ((nn.Hardsigmoid, "hardsigmoid"), (nn.Sigmoid, "sigmoid"))
 _grad_warning_shown = False
-
-
-def activation_name(module: nn.Module | None) -> str | None:
-    """The op name of an activation module, 'identity' for None, None if unsupported."""
-    if module is None:
-        return "identity"
-    for cls, name in _ACTIVATIONS:
-        if type(module) is cls:
-            return name
-    return None
-
-
-def gate_name(module: nn.Module) -> str | None:
-    for cls, name in _GATES:
-        if type(module) is cls:
-            return name
-    return None
 
 
 def fused_active(module: nn.Module, x: torch.Tensor) -> bool:
@@ -99,11 +76,8 @@ def _state_key(module: nn.Module) -> tuple:
 
 
 def packed_path_ok(x: torch.Tensor) -> bool:
-    """Whether x may take a packed layer (cpu_conv.py): fp32 CPU, eager,
-    no autocast, the native backend, and not empty."""
-    return (x.dtype == torch.float32 and x.device.type == "cpu" and x.numel() > 0
-            and not torch.compiler.is_compiling() and not torch.is_autocast_enabled("cpu")
-            and backends.resolve(x.device) is backends.Backend.NATIVE)
+    """Whether x may take a packed layer (cpu_conv.py): backends.cpu_fast_path."""
+    return backends.cpu_fast_path(x)
 
 
 def cached_fold(owner: nn.Module, fold, of: nn.Module | None = None, slot: str = "_mnv3_fold_cache"):

@@ -405,9 +405,7 @@ class _FastPlan:
         the caches thrashed between calls: 403 -> 365 us for Large; most of the rest is
         valid(), which touches every parameter and buffer)."""
         return (self.program is not None and torch.is_inference_mode_enabled() and not model.training
-                and x.is_cpu and x.dtype is torch.float32 and x.dim() == 4 and x.numel() > 0
-                and x.size(1) == self.in_channels
-                and not torch.is_autocast_enabled("cpu") and backends.native_on_cpu() and self.valid())
+                and x.dim() == 4 and x.size(1) == self.in_channels and backends.cpu_fast_path(x) and self.valid())
 
     def run(self, x: torch.Tensor) -> torch.Tensor:
         return self.run_plan([x], *self.program)[0]

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from .. import fx_fuse
+from .. import activations, backends, fx_fuse
 from ..layout import pack_pointwise_weight
 from ..reference import fold_batchnorm
 from ..vocabulary import ACTIVATIONS, activation_code, gate_code
@@ -164,7 +164,7 @@ class _Lowering(fx_fuse._Rewriter):
         m = self.module(node)
         if m is not None:
             return self.ctx.op_name(m) if len(node.args) == 1 and not node.kwargs else None
-        table = fx_fuse._FUNCTION_ACTS if node.op == "call_function" else fx_fuse._METHOD_ACTS
+        table = activations.FUNCTIONS if node.op == "call_function" else activations.METHODS
         return table.get(node.target)
 
     def eval_bn(self, node: fx.Node, prev: fx.Node, dims: int):
@@ -616,7 +616,7 @@ class SegmentModule(nn.Module):
         self.where = [ins.where for ins in instrs]
 
     def forward(self, *inputs):
-        if all(t.device.type == "cpu" and t.dtype == torch.float32 for t in inputs) and _native_cpu():
+        if all(backends.cpu_fast_path(t) for t in inputs):
             return torch.ops.mnv3.run_plan.default(list(inputs), self.tensors, self.program)
         from .interpreter import run_reference
 
@@ -627,12 +627,6 @@ class SegmentModule(nn.Module):
         for s in self.steps:
             counts[s] = counts.get(s, 0) + 1
         return ", ".join(f"{n} {s}" for s, n in counts.items())
-
-
-def _native_cpu() -> bool:
-    from .. import backends
-
-    return backends.native_on_cpu()
 
 
 @dataclass
