@@ -280,8 +280,8 @@ class Conv2dNormActivation(FusedModule, nn.Sequential):
         return y, (y.mean(dim=(2, 3), dtype=torch.float32) if want_mean else None)
 
     def takes_scale(self) -> bool:
-        """Whether fast_step(..., scaled=True) exists: a 1x1 conv on mnv3::pointwise_bias_act,
-        which applies a per-channel input scale (the SE gate) as it reads its input."""
+        """Whether fused(..., scale=g) applies g as it reads its input: a 1x1 conv on
+        mnv3::pointwise_bias_act (the SE gate fused into the projection)."""
         f = self.folded()
         return f is not None and f.packed is not None
 
@@ -380,8 +380,8 @@ class SqueezeExcitation(FusedModule, nn.Module):
         return functional.se_excite_scale(x, pooled, f.w1, f.b1, f.w2, f.b2, f.gate)
 
     def gate(self, y: torch.Tensor, mean: torch.Tensor | None) -> torch.Tensor | None:
-        """The fp32 [N, C] gate for y (mean: y's squeeze, if computed), as gate_step
-        computes it, or None where the SE layer cannot be folded or y is not fp32 CPU."""
+        """The fp32 [N, C] gate for y (mean: y's squeeze, if computed), as the plan's gate
+        step computes it, or None where the SE layer cannot be folded or y is not fp32 CPU."""
         f = self.folded()
         if f is None or f.w1.dtype != torch.float32 or f.w1.device.type != "cpu" or y.dtype != torch.float32:
             return None
