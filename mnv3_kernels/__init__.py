@@ -4,10 +4,10 @@ squeeze-excitation ops (CUDA, Triton, CPU) and a drop-in MobileNetV3 that uses t
 from . import ops  # noqa: F401  (defines the mnv3 ops first)
 from .backends import Backend, set_backend, use_backend
 from .freeze import FrozenMobileNetV3, FrozenModel, freeze
+from .functional import dwconv_bias_act, se_excite_scale
 from .fuse import fuse
 from .fx_fuse import FuseReport
 from .models import MobileNetV3, mobilenet_v3_large, mobilenet_v3_small
-from .functional import dwconv_bias_act, se_excite_scale
 from .reference import fold_batchnorm
 
 __version__ = "0.1.0"

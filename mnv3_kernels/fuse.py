@@ -17,7 +17,8 @@ import warnings
 from torch import nn
 
 from .fx_fuse import DWCONV, SE, FuseReport, Fused, Skipped, dw_detail, fuse_graph
-from .models.fused_layers import Conv2dNormActivation, SqueezeExcitation, gate_name
+from .activations import gate_name
+from .models.fused_layers import Conv2dNormActivation, SqueezeExcitation
 from .models.mobilenetv3 import InvertedResidual, MobileNetV3
 
 logger = logging.getLogger("mnv3_kernels.fuse")

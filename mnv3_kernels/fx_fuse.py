@@ -54,8 +54,8 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from . import activations, functional, ops
-from .models.fused_layers import (FusedModule, FoldedConv, FoldedSE, activation_name, fused_active, gate_name,
-                                  tap_major)
+from .activations import activation_name, gate_name
+from .models.fused_layers import FoldedConv, FoldedSE, FusedModule, fused_active, tap_major
 from .reference import ACTIVATION_FNS, GATE_FNS, fold_batchnorm
 from .tolerances import OP_FP32
 

@@ -61,6 +61,7 @@ import torch
 from . import layout
 from .plan import interpreter
 from .vocabulary import ACTIVATIONS, GATES  # noqa: F401  (the one vocabulary; re-exported)
+
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 DWCONV_SCHEMA = (

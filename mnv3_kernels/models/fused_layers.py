@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import backends, cpu_conv, functional, ops
-from ..activations import activation_name, gate_name  # noqa: F401  (re-exported: the layers' names)
+from ..activations import activation_name, gate_name
 from ..layout import is_nhwc_dense, pack_pointwise_weight
 from ..reference import ACTIVATION_FNS, fold_batchnorm
 

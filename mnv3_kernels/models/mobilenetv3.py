@@ -23,9 +23,10 @@ import torch
 from torch import nn
 
 from .. import backends, cpu_conv
+from ..activations import activation_name
 from ..layout import is_nhwc_dense
-from .fused_layers import (Conv2dNormActivation, DropsCachesOnCopy, SqueezeExcitation, activation_name,
-                           cached_fold, fused_active, packed_path_ok)
+from .fused_layers import (Conv2dNormActivation, DropsCachesOnCopy, SqueezeExcitation, cached_fold, fused_active,
+                           packed_path_ok)
 
 
 def _make_divisible(v: float, divisor: int, min_value: int | None = None) -> int:

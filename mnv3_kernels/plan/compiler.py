@@ -29,8 +29,8 @@ kernels read).
 from __future__ import annotations
 
 import operator
-from types import SimpleNamespace
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
@@ -86,8 +86,7 @@ class LeftAlone:
     why: str
 
 
-class _Skip(Exception):
-    pass
+_Skip = fx_fuse._Skip  # one exception for 'this pattern does not apply', fuse()'s and the compiler's
 
 
 class _Tracer(fx_fuse._Tracer):
@@ -399,7 +398,7 @@ class _Lowering(fx_fuse._Rewriter):
         nodes, mul = chain
         try:
             match = self.match_se(pool_node, pool_node.args[0], self.global_pool(pool_node)[1], nodes, mul)
-        except fx_fuse._Skip:  # not an SE the gate step computes: its parts lower one by one
+        except _Skip:  # not an SE the gate step computes: its parts lower one by one
             return False
         layers = {role: module for role, (_, module) in match.parts.items()}
         w1, b1 = self.folded(layers["fc1"], layers.get("bn1"))
@@ -678,7 +677,6 @@ def compile_model(model: nn.Module, prepare=for_cpu) -> Plan:
     at_pos: dict[int, list] = {}
     for ins in instrs:
         at_pos.setdefault(ins.pos, []).append(ins)
-    produced_by: dict[Value, int] = {}  # value -> segment index
     views: dict[Value, list[fx.Node]] = {}  # root value -> graph nodes showing it (and their kinds)
     for node, v in low.value.items():
         if v.kind != GRAPH:
@@ -713,7 +711,6 @@ def compile_model(model: nn.Module, prepare=for_cpu) -> Plan:
         call = graph.call_module(name, args)
         for k, v in enumerate(outputs):
             raw[v] = graph.call_function(operator.getitem, (call, k))
-            produced_by[v] = index
             for node in views.get(v, []):
                 env[node] = _view_as(graph, raw[v], low.value[node].kind)
         segments.append(seg)
@@ -722,7 +719,7 @@ def compile_model(model: nn.Module, prepare=for_cpu) -> Plan:
     for i, node in enumerate(low.nodes):
         for ins in at_pos.get(i, []):
             current.append(ins)
-        if low.lowered(node) or (node in low.value and low.value[node].kind != GRAPH):
+        if low.lowered(node):
             continue
         reads_current = any(n in low.value and low.value[n].kind != GRAPH and low.value[n].root().producer in current
                             for n in node.all_input_nodes)

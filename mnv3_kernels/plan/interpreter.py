@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import torch
 
-from .. import layout
+from .. import layout, reference
 from ..reference import ACTIVATION_FNS
 from ..vocabulary import ACTIVATIONS, GATES
 from .steps import HEADER_FIXED, STEPS
+
 
 class ProgramError(ValueError):
     pass
@@ -159,6 +160,4 @@ class MnvOps:
 
 def run_reference(inputs, tensors, program) -> list[torch.Tensor]:
     """mnv3::run_plan's reference: the program on mnv3_kernels.reference's ops."""
-    from .. import reference  # the plan package is imported by ops.py, before reference's users
-
     return interpret(inputs, tensors, program, reference)
