@@ -18,7 +18,9 @@
 
 namespace mnv3 {
 
-void run_pointwise(const PwProblem& p, Activation act) {
+void run_pointwise(const PwProblem& problem, Activation act) {
+  PwProblem p = problem;
+  p.prefetch = weight_prefetch_steps(p.K, p.Nc);
   const CpuKernels& k = cpu_kernels();
   const int64_t panels = (p.Nc + kPanel - 1) / kPanel, K = std::max<int64_t>(p.K, 1);
   if (p.M == 1) {  // a matrix-vector product: stream the weight panels

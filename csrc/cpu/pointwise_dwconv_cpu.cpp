@@ -96,6 +96,7 @@ std::tuple<Tensor, Tensor> pointwise_dwconv_cpu(const Tensor& x, const Tensor& w
   pw.K = Cin;
   pw.Nc = C;
   pw.rows_per_sample = 1;
+  pw.prefetch = weight_prefetch_steps(Cin, C);
 
   const int64_t R = (d.K - 1) * d.dh + 1;
   const int64_t row_work = d.OW * d.Cp * d.K * d.K + d.W * C * Cin;

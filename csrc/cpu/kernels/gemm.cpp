@@ -40,9 +40,12 @@ constexpr int tile_rows() {
 // address off one register, not 12 row pointers that no longer fit the
 // integer registers).  Output row i goes to c[i] (rows may be anywhere: the
 // padded layout of pointwise_dwconv); residual row i (if any) is res + i * ldr.
+// prefetch > 0: each k step also prefetches the panel line that many steps
+// ahead (PwProblem::prefetch).
 template <int MR, Activation A, int L, bool Gather = false, int LDA = 0>
 MNV3_HD void pw_tile(const float* a, int64_t lda, const float* b, int64_t K, int valid, const float* bias,
-                     const float* res, int64_t ldr, float* const* c, const int64_t* off = nullptr) {
+                     const float* res, int64_t ldr, float* const* c, const int64_t* off = nullptr,
+                     int64_t prefetch = 0) {
   constexpr int VL = lanes_for<L>(), NV = L / VL;
   using V = vfloat<VL>;
   const int64_t step = LDA > 0 ? LDA : lda;
@@ -69,6 +72,7 @@ MNV3_HD void pw_tile(const float* a, int64_t lda, const float* b, int64_t K, int
 #pragma GCC unroll 4
   for (int g = 0; g < G; ++g) row[g] = a + 3 * g * step;
   for (int64_t k = 0; k < K; ++k) {
+    if (prefetch > 0) __builtin_prefetch(b + (k + prefetch) * kPanel, 0, 3);
     V w[NV];
 #pragma GCC unroll 4
     for (int j = 0; j < NV; ++j) w[j] = vload<VL>(b + k * kPanel + j * VL);
@@ -133,7 +137,7 @@ MNV3_HD void pw_tile_at(const PwProblem& p, const float* a, int64_t lda, int64_t
   const float* res = p.res == nullptr ? nullptr : p.res + m * p.Nc + n0;
   float* rows[R];
   for (int i = 0; i < R; ++i) rows[i] = out[i] + n0 / kPanel * p.panel_stride;
-  pw_tile<R, A, L>(a, lda, p.w + n0 * p.K, p.K, valid, p.bias + n0, res, p.Nc, rows);
+  pw_tile<R, A, L>(a, lda, p.w + n0 * p.K, p.K, valid, p.bias + n0, res, p.Nc, rows, nullptr, p.prefetch);
 }
 
 // Rows [m0, m0 + mr) (1 <= mr <= R) of one panel as one tile of mr rows (each
@@ -267,6 +271,10 @@ void gemv_range(const PwProblem& p, int64_t begin, int64_t end) {
     for (int v = 0; v < kGemvVectors; ++v) acc[v] = vzero<VL>();
     if (nv == kGemvVectors) {
       for (int64_t k = 0; k < p.K; ++k) {
+        if (p.prefetch > 0) {
+#pragma GCC unroll 8
+          for (int v = 0; v < kGemvVectors; v += kPanel / VL) __builtin_prefetch(w[v] + (k + p.prefetch) * kPanel, 0, 3);
+        }
         const float a = p.scale == nullptr ? p.x[k] : p.x[k] * p.scale[k];
 #pragma GCC unroll 8
         for (int v = 0; v < kGemvVectors; ++v) acc[v] += a * vload<VL>(w[v] + k * kPanel);

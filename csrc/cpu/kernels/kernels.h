@@ -75,6 +75,9 @@ struct PwProblem {
   // the Wp - out_w - pw right of it get zeros (written with the row's first and
   // last pixel, panel by panel: no separate pass clears the padding).
   int64_t out_w, Wp, pw;
+  // Software prefetch of the weight panel this many k steps (64-byte lines)
+  // ahead of a tile's reads, 0: none (weight_prefetch_steps, pointwise_common.h).
+  int64_t prefetch;
 };
 
 // A depthwise conv on rows of 16-channel blocks (pointwise_dwconv, dw_nhwc_blocked):
