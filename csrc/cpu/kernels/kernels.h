@@ -76,7 +76,8 @@ struct PwProblem {
   // last pixel, panel by panel: no separate pass clears the padding).
   int64_t out_w, Wp, pw;
   // Software prefetch of the weight panel this many k steps (64-byte lines)
-  // ahead of a tile's reads, 0: none (weight_prefetch_steps, pointwise_common.h).
+  // ahead of a register tile's reads, 0: none (weight_prefetch_steps,
+  // pointwise_common.h; the matrix-vector walk does not prefetch).
   int64_t prefetch;
 };
 
