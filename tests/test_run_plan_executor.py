@@ -126,6 +126,31 @@ def test_block_steps_match_the_interpreter():
     assert logits.shape == (2, 10) and features.shape == (2, 16, 5, 5)
 
 
+def test_the_activation_pool_never_lends_inputs_or_outputs():
+    """run_plan keeps the values a forward releases and lends them to later outputs of
+    the same sizes and strides, in the same call and the next (csrc/cpu/run_plan_cpu.cpp,
+    ActivationPool).  The caller's input is released after its last read and has the
+    shape of every later output here: it must never be lent (written over); a returned
+    output must never be lent by a later call; results must not depend on what the
+    pool held."""
+    plan = (Plan(n_slots=3, n_inputs=1, outputs=[1])
+            .step("act", y=1, x=0, activation="relu")
+            .step("act", y=2, x=1, activation="hardswish")  # slot 1 released: lent to the next step
+            .step("act", y=1, x=2, activation="relu6"))
+    x1, x2 = nhwc(2, 8, 5, 5), nhwc(2, 8, 5, 5)
+    x1_before, x2_before = x1.clone(), x2.clone()
+    first = assert_runs_as_reference([x1], plan)[0]
+    first_before = first.clone()
+    second = assert_runs_as_reference([x2], plan)[0]
+    third = run_plan([x1], plan.tensors, plan.program)[0]
+    assert torch.equal(x1, x1_before) and torch.equal(x2, x2_before)
+    assert torch.equal(first, first_before) and first.data_ptr() != second.data_ptr()
+    assert torch.equal(third, first)
+    logits, features = run_plan([torch.randn(2, 3, 19, 17)], block_plan().tensors, block_plan().program)
+    again = run_plan([torch.randn(2, 3, 19, 17)], block_plan().tensors, block_plan().program)
+    assert {t.data_ptr() for t in (logits, features)}.isdisjoint(t.data_ptr() for t in again)
+
+
 def test_run_plan_passes_opcheck():
     torch.library.opcheck(run_plan, ([torch.randn(2, 3, 19, 17)], block_plan().tensors, block_plan().program))
 

@@ -20,6 +20,7 @@
 
 #include <algorithm>
 #include <initializer_list>
+#include <optional>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -58,8 +59,40 @@ inline bool is_nhwc_dense(const Tensor& t) {
          t.stride(0) == H * W * C;
 }
 
+// Lends tensors to the ops a plan executor calls (run_plan_cpu's activation
+// pool): while one is installed on a thread (TensorLender::Scope), every
+// empty_strided on that thread asks it first and tells it of each tensor it
+// then allocates.  None is installed outside run_plan_cpu, so a direct op call
+// always gets a fresh tensor.
+class TensorLender {
+ public:
+  virtual ~TensorLender() = default;
+  // A tensor of exactly these sizes, strides, dtype and device, or none.
+  virtual std::optional<Tensor> lend(std::initializer_list<int64_t> sizes, std::initializer_list<int64_t> strides,
+                                     int32_t dtype, int32_t device_type, int32_t device_index) = 0;
+  // t was allocated while this lender was installed.
+  virtual void made(const Tensor& t) = 0;
+
+  static TensorLender*& current() {
+    static thread_local TensorLender* lender = nullptr;
+    return lender;
+  }
+  // Installs a lender on this thread for a scope (restoring the previous one).
+  class Scope {
+   public:
+    explicit Scope(TensorLender* lender) : previous_(current()) { current() = lender; }
+    ~Scope() { current() = previous_; }
+    Scope(const Scope&) = delete;
+    Scope& operator=(const Scope&) = delete;
+
+   private:
+    TensorLender* previous_;
+  };
+};
+
 // A new uninitialized tensor with these sizes and strides, on like's device:
-// one call into the C shim (aoti_torch_empty_strided).  torch::stable::empty
+// one call into the C shim (aoti_torch_empty_strided), or a tensor the
+// thread's TensorLender lends.  torch::stable::empty
 // goes through the dispatcher by operator name instead, a schema lookup and a
 // boxed call per tensor (measured on the 2-core CPU: a fused step spent ~5 us
 // allocating its output and SE mean that way, ~45 steps a forward).
@@ -76,10 +109,17 @@ inline Tensor empty_strided(std::initializer_list<int64_t> sizes, std::initializ
   int32_t device_type = 0, device_index = 0;
   TORCH_ERROR_CODE_CHECK(aoti_torch_get_device_type(like.get(), &device_type));
   TORCH_ERROR_CODE_CHECK(aoti_torch_get_device_index(like.get(), &device_index));
+  TensorLender* lender = TensorLender::current();
+  if (lender != nullptr) {
+    std::optional<Tensor> lent = lender->lend(sizes, strides, code, device_type, device_index);
+    if (lent.has_value()) return *std::move(lent);
+  }
   AtenTensorHandle handle = nullptr;
   TORCH_ERROR_CODE_CHECK(aoti_torch_empty_strided(static_cast<int64_t>(sizes.size()), sizes.begin(),
                                                   strides.begin(), code, device_type, device_index, &handle));
-  return Tensor(handle);
+  Tensor t(handle);
+  if (lender != nullptr) lender->made(t);
+  return t;
 }
 
 // The output of an op whose result has the layout of its input: channels-last
