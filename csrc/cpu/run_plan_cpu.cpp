@@ -252,9 +252,9 @@ class Decoder {
 // them).  Why: released to malloc, the large activations went back to the OS
 // at the end of a forward in some processes (whether glibc trims depends on
 // everything else the process allocated) and were page-faulted in again by the
-// next one: measured, Large at batch 8, 0 to ~3,500 minor faults per forward in
-// five processes of one build; LR-ASPP at batch 8 ran 32.2 ms with the trims
-// and 23.9 ms with glibc's trimming off (GLIBC_TUNABLES, interleaved processes).
+// next one: measured, Large at batch 8, 0 to ~3,300 minor faults per forward
+// across nine processes of one build, 0 in five with the pool (the tensors a
+// model allocates outside run_plan still go through malloc: README, freeze()).
 // Only tensors allocated or lent during the call are kept: never the caller's
 // inputs, never a returned output, never a value another slot still holds.
 class ActivationPool final : public TensorLender {
