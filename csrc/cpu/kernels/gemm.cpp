@@ -72,7 +72,12 @@ MNV3_HD void pw_tile(const float* a, int64_t lda, const float* b, int64_t K, int
 #pragma GCC unroll 4
   for (int g = 0; g < G; ++g) row[g] = a + 3 * g * step;
   for (int64_t k = 0; k < K; ++k) {
-    if (prefetch > 0) __builtin_prefetch(b + (k + prefetch) * kPanel, 0, 3);
+    // (The address may lie past the weights' end: computed as an integer, not a
+    // pointer out of bounds; a prefetch never faults.)
+    if (prefetch > 0)
+      __builtin_prefetch(reinterpret_cast<const void*>(reinterpret_cast<uintptr_t>(b) +
+                                                       static_cast<uintptr_t>((k + prefetch) * kPanel) * sizeof(float)),
+                         0, 3);
     V w[NV];
 #pragma GCC unroll 4
     for (int j = 0; j < NV; ++j) w[j] = vload<VL>(b + k * kPanel + j * VL);
