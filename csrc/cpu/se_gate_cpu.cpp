@@ -23,27 +23,25 @@ Tensor se_gate_cpu(const Tensor& pooled, const Tensor& w1, const Tensor& b1, con
                   " output channels");
   Tensor y = empty_2d(N, C, ScalarType::Float, pooled);
   if (N == 0 || C == 0) return y;
-  std::vector<float> w1_storage, w2_storage, b1_storage, b2_storage;
-  PwProblem p{};
-  p.x = static_cast<const float*>(pooled.const_data_ptr());
-  p.w = weight_panels(w1, C, Cr, w1_storage);
-  p.bias = vector_as_float<float>(b1, b1_storage);
-  p.y = static_cast<float*>(hidden.mutable_data_ptr());
-  p.ldy = Cr;
-  p.M = N;
-  p.K = C;
-  p.Nc = Cr;
-  p.rows_per_sample = 1;
-  if (Cr > 0) run_pointwise(p, Activation::ReLU);
-  p.x = p.y;
-  p.w = weight_panels(w2, Cr, C, w2_storage);
-  p.bias = vector_as_float<float>(b2, b2_storage);
-  p.y = static_cast<float*>(y.mutable_data_ptr());
-  p.ldy = C;
-  p.K = Cr;
-  p.Nc = C;
-  run_pointwise(p, Activation::Identity);
-  float* out = p.y;
+  // One FC layer of the gate: y[N, Nc] = act(x[N, K] @ w.T + b), on the GEMM tiles.
+  auto fc = [&](const float* x, const Tensor& w, const Tensor& b, int64_t K, int64_t Nc, float* dst, Activation act) {
+    std::vector<float> w_storage, b_storage;
+    PwProblem p{};
+    p.x = x;
+    p.w = weight_panels(w, K, Nc, w_storage);
+    p.bias = vector_as_float<float>(b, b_storage);
+    p.y = dst;
+    p.ldy = Nc;
+    p.M = N;
+    p.K = K;
+    p.Nc = Nc;
+    p.rows_per_sample = 1;
+    run_pointwise(p, act);
+  };
+  float* h = static_cast<float*>(hidden.mutable_data_ptr());
+  float* out = static_cast<float*>(y.mutable_data_ptr());
+  if (Cr > 0) fc(static_cast<const float*>(pooled.const_data_ptr()), w1, b1, C, Cr, h, Activation::ReLU);
+  fc(h, w2, b2, Cr, C, out, Activation::Identity);
   dispatch_gate(kind, [&](auto gate_tag) {
     constexpr Gate G = decltype(gate_tag)::value;
     for (int64_t i = 0; i < N * C; ++i) out[i] = apply_gate<G>(out[i]);
