@@ -21,6 +21,7 @@ from torch import nn
 from torch.utils._pytree import tree_map
 
 from . import backends
+from .plan.arena import in_one_buffer
 from .plan.compiler import Plan, compile_model
 
 
@@ -135,6 +136,10 @@ def freeze(model: nn.Module) -> FrozenModel:
             reasons = "; ".join(f"{p.where}: {p.why}" for p in plan.left_alone[:5])
             raise ValueError(f"freeze(model): no part of {source} lowers to the plan's steps ({reasons}); "
                              "run the model itself, or mnv3_kernels.fuse(model)")
-        for seg in plan.segments:  # copies: a folded tensor may still be one of the model's own
-            seg.tensors = [t.clone() for t in seg.tensors]
+        # Copies (a folded tensor may still be one of the model's own), all segments' in one
+        # buffer on huge pages (plan/arena.py; not the live plan's: faulting in huge pages
+        # measured 30-60 ms for Large's 22 MB, which its rebuild after each weight change would pay).
+        copies = iter(in_one_buffer([t for seg in plan.segments for t in seg.tensors]))
+        for seg in plan.segments:
+            seg.tensors = [next(copies) for _ in seg.tensors]
     return FrozenModel(plan, conv.in_channels, source)

@@ -21,6 +21,7 @@ from torch import nn
 
 import mnv3_kernels as mk
 from mnv3_kernels import zoo
+from mnv3_kernels.plan import arena
 from mnv3_kernels.plan.compiler import compile_model
 
 pytestmark = cpu_plan_marks()
@@ -170,3 +171,32 @@ def test_freeze_refuses_what_it_cannot_compile():
         mk.freeze(nn.Sequential(nn.Conv2d(3, 4, 7, padding=3), nn.Tanh()).eval())  # 147 taps: no conv step
     with pytest.raises(ValueError, match="eval"):
         mk.freeze(_custom_middle().train())
+
+
+def test_frozen_tensors_are_copies_in_one_aligned_buffer():
+    """freeze() puts every segment's tensors in one buffer (plan/arena.py: huge pages where
+    the OS gives them), each on a 64-byte boundary, none sharing memory with the model."""
+    model = zoo.build("lraspp", 0).eval()  # two segments
+    plan = mk.freeze(model)._plan
+    tensors = [t for seg in plan.segments for t in seg.tensors]
+    assert len(plan.segments) == 2 and len(tensors) > 50
+    assert len({t.untyped_storage().data_ptr() for t in tensors}) == 1
+    assert all(t.data_ptr() % arena.ALIGN == 0 for t in tensors)
+    own = {t.untyped_storage().data_ptr() for t in (*model.parameters(), *model.buffers())}
+    assert own.isdisjoint({t.untyped_storage().data_ptr() for t in tensors})
+
+
+@pytest.mark.parametrize("t", [torch.randn(3, 5), torch.randn(4, 3).t(), torch.randn(5).expand(2, 5),
+                               torch.empty(0, 3), torch.randn(2, 3, 4, 5).contiguous(memory_format=torch.channels_last),
+                               torch.randn(7, dtype=torch.float64), torch.arange(5)],
+                         ids=["matrix", "transposed", "expanded", "empty", "channels_last", "float64", "int64"])
+def test_arena_copies_as_clone_does(t):
+    """The values, dtypes and strides t.clone() gives (the executor reads packed layouts by
+    their strides), aligned, and neither aliasing the source nor overlapping a neighbour."""
+    first, copy_, last = arena.in_one_buffer([torch.randn(3), t, torch.randn(2, 2)])
+    assert copy_.stride() == t.clone().stride() and copy_.dtype == t.dtype and torch.equal(copy_, t)
+    assert first.data_ptr() % arena.ALIGN == copy_.data_ptr() % arena.ALIGN == last.data_ptr() % arena.ALIGN == 0
+    source, neighbours = t.clone(), (first.clone(), last.clone())
+    copy_.fill_(7)
+    assert torch.equal(t, source)  # a copy
+    assert torch.equal(first, neighbours[0]) and torch.equal(last, neighbours[1])  # spans do not overlap

@@ -5,6 +5,7 @@
                   executor of a plan on any device
   compiler.py     torch.fx graph of a model -> Plan (segments of steps on folded
                   weights, and the parts left to the original modules)
+  arena.py        a frozen plan's weights in one buffer on huge pages
 
 The C++ executor is csrc/cpu/run_plan_cpu.cpp (mnv3::run_plan).
 """
