@@ -3,9 +3,9 @@
 A forward streams every weight of the model once (MNASNet 1.0: 17 MB), and in
 4 KB pages each page is a TLB miss of its own: freeze() copies the weights of
 its segments into one 2 MB-aligned buffer that Linux is asked to back with
-huge pages (madvise MADV_HUGEPAGE: the transparent-huge-page setting
-"madvise", the default of most distributions and of this project's CI
-machines, or "always").  Measured on Zen 5 (AVX-512, 2 threads), interleaved
+huge pages (madvise MADV_HUGEPAGE: effective under the transparent-huge-page
+setting "madvise", Ubuntu's default and that of the machines measured here,
+or "always").  Measured on Zen 5 (AVX-512, 2 threads), interleaved
 processes against the build before (ab_builds.py, 5 pairs): batch 1 MNASNet
 0.93x the time, MobileNetV2 0.93x, timm Large 0.95x, Large 0.95x, Small and
 LR-ASPP unchanged; batch 8 0.97-0.99x.  Huge pages for the activations as well
@@ -62,12 +62,12 @@ def _huge_page_bytes(size: int) -> torch.Tensor:
 
 
 def in_one_buffer(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Copies of `tensors` (CPU; as t.clone() makes them: sizes, dtypes and dense strides kept), each ALIGN-aligned,
-    in one buffer on huge pages where the OS allows (see the module docstring)."""
+    """Copies of `tensors` (CPU tensors), as t.clone() makes them (sizes, dtypes and dense
+    strides kept), each ALIGN-aligned, in one buffer on huge pages where the OS allows."""
     offsets, total = [], 0
     for t in tensors:
         if t.device.type != "cpu":
-            raise ValueError(f"in_one_buffer: the plan's tensors are CPU tensors, got one on {t.device}")
+            raise ValueError(f"in_one_buffer(tensors): tensors must be CPU tensors, got one on {t.device}")
         offsets.append(total)
         total += -(-_span(t) * t.element_size() // ALIGN) * ALIGN
     flat = _huge_page_bytes(max(total, ALIGN))
