@@ -131,14 +131,16 @@ def _onnxruntime_runner(model: torch.nn.Module, x: torch.Tensor):
         import onnxruntime as ort
     except ImportError:
         raise Unavailable("onnxruntime is not installed (pip install '.[bench]')") from None
-    path = os.path.join(tempfile.mkdtemp(prefix="mnv3_bench_"), "model.onnx")
-    try:
-        torch.onnx.export(_TensorOutput(model), (x,), path, dynamo=True, verbose=False)
-    except Exception as e:  # exporter missing (onnxscript) or failing: report, don't crash the run
-        raise Unavailable(f"torch.onnx.export failed: {type(e).__name__}: {e}".splitlines()[0]) from None
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = torch.get_num_threads()
-    session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+    # The exported file (tens of MB of weights) only until the session has loaded it.
+    with tempfile.TemporaryDirectory(prefix="mnv3_bench_") as folder:
+        path = os.path.join(folder, "model.onnx")
+        try:
+            torch.onnx.export(_TensorOutput(model), (x,), path, dynamo=True, verbose=False)
+        except Exception as e:  # exporter missing (onnxscript) or failing: report, don't crash the run
+            raise Unavailable(f"torch.onnx.export failed: {type(e).__name__}: {e}".splitlines()[0]) from None
+        session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
 
     def run(inp: torch.Tensor) -> torch.Tensor:
