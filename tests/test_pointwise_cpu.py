@@ -91,7 +91,10 @@ DW_CASES = [((1, 16, 112, 112), 64, 3, 2, 1, 1), ((2, 24, 9, 7), 72, 5, 1, 2, 1)
             ((1, 8, 57, 61), 24, 5, 1, 2, 1), ((1, 6, 60, 58), 40, 5, 2, 2, 1), ((2, 6, 9, 59), 16, 3, 1, 1, 1),
             # the whole-image walk in sample groups (2 + 1 samples), and one sample too
             # large for the kept scratch buffer
-            ((3, 8, 50, 50), 144, 3, 1, 1, 1), ((1, 4, 54, 54), 400, 3, 1, 1, 1)]
+            ((3, 8, 50, 50), 144, 3, 1, 1, 1), ((1, 4, 54, 54), 400, 3, 1, 1, 1),
+            # the whole-image walk in chunks of 4 channel blocks (the L2-sized expanded
+            # copy, kChunkFloats) over 25 blocks, the last one partial
+            ((1, 8, 28, 27), 392, 3, 1, 1, 1)]
 
 
 @pytest.mark.parametrize("case", DW_CASES, ids=str)

@@ -32,7 +32,7 @@ void run_pointwise(const PwProblem& problem, Activation act) {
   const int64_t tasks = RowBlocks(p.M).count * panels;
   torch::stable::parallel_for(0, tasks, grain_for(kGemmBlockRows * kPanel * K), [&](int64_t begin, int64_t end) {
     std::vector<float> scaled(p.scale != nullptr ? kGemmBlockRows * p.K : 0);
-    k.pointwise_tiles(p, act, scaled.data(), begin, end, false);
+    k.pointwise_tiles(p, act, scaled.data(), begin, end);
   });
 }
 

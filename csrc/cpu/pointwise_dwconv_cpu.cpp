@@ -27,6 +27,10 @@ namespace mnv3 {
 // would recompute a large share of halo rows).
 constexpr int64_t kRingMinWidth = 56;
 
+// Floats of expanded rows a thread writes before it runs their depthwise rows
+// (the small-image path): 256 KB, a quarter of a Zen 4/5 core's L2.
+constexpr int64_t kChunkFloats = int64_t{64} << 10;
+
 std::tuple<Tensor, Tensor> pointwise_dwconv_cpu(const Tensor& x, const Tensor& weight, const Tensor& bias,
                                                 const std::string& activation, const Tensor& dw_weight,
                                                 const Tensor& dw_bias, const std::vector<int64_t>& stride,
@@ -115,13 +119,13 @@ std::tuple<Tensor, Tensor> pointwise_dwconv_cpu(const Tensor& x, const Tensor& w
     // tiles), written into a row-padded copy of the expanded images in
     // 16-channel blocks ([Cp/16][count][H][Wp][16]; each row's left and right
     // padding zeroed by the GEMM, see PwProblem), then the depthwise rows from
-    // it, block by block: a thread takes a range of channel blocks and runs
-    // both halves on one block before the next (one parallel region; the
-    // block it expanded is in its own cache, in L1 for a 7x7 or 14x14 image;
-    // measured on 2 threads, 28x28 to 7x7: splitting rows in each half
-    // separately cost up to 40 us a layer in the hand-over between them; all
-    // of a thread's blocks expanded first outgrew L2 at batch 8: 28x28 40 ->
-    // 240, 5x5, 1.64-1.87 -> 1.39-1.60 ms), a
+    // it: a thread takes a range of channel blocks and runs both halves on a
+    // chunk of them before the next (one parallel region; the blocks it
+    // expanded are in its own cache; measured on 2 threads, 28x28 to 7x7:
+    // splitting rows in each half separately cost up to 40 us a layer in the
+    // hand-over between them; all of a thread's blocks expanded first outgrew
+    // L2 at batch 8: 28x28 40 -> 240, 5x5, 1.64-1.87 -> 1.39-1.60 ms, hence
+    // chunks of at most kChunkFloats), a
     // zero row standing in above and below the image; samples in groups whose
     // copies fit the kept scratch.  Channels C..Cp of a pixel stay unset: the
     // depthwise loop computes those lanes but never stores them.  (A separate pass zeroing a padded border cost
@@ -141,12 +145,24 @@ std::tuple<Tensor, Tensor> pointwise_dwconv_cpu(const Tensor& x, const Tensor& w
       all.pw = d.pw;
       all.panel_stride = d.block_stride = count * plane * kDwBlock;
       const int64_t panels = (C + kPanel - 1) / kPanel, rows = count * d.OH;
+      // Per chunk: the expand GEMM over the chunk's panels row block by row
+      // block (a block's input rows read from L1 for all of the chunk's panels;
+      // one panel at a time streamed the whole input once per panel: 32 -> 192
+      // at 28x28, 1 thread, 114 us against 92 as two separate ops; 94 now), then
+      // the depthwise rows of the chunk's blocks.
+      const int64_t chunk = std::max<int64_t>(1, kChunkFloats / (plane * kDwBlock * count));
       torch::stable::parallel_for(0, panels, grain_for(all.M * kPanel * Cin + rows * d.OW * kDwBlock * d.K * d.K),
                                   [&](int64_t begin, int64_t end) {
                                     const int64_t blocks = RowBlocks(all.M).count;
-                                    for (int64_t b = begin; b < end; ++b) {
-                                      k.pointwise_tiles(all, act1, nullptr, b * blocks, (b + 1) * blocks, true);
-                                      k.dw_image_rows(d, padded, n0, rows, b * rows, (b + 1) * rows);
+                                    for (int64_t b = begin; b < end; b += chunk) {
+                                      const int64_t e = std::min(end, b + chunk);
+                                      PwProblem part = all;
+                                      part.w = all.w + b * kPanel * Cin;
+                                      part.bias = all.bias + b * kPanel;
+                                      part.y = padded + b * all.panel_stride;
+                                      part.Nc = std::min(C, e * kPanel) - b * kPanel;
+                                      k.pointwise_tiles(part, act1, nullptr, 0, blocks * (e - b));
+                                      k.dw_image_rows(d, padded, n0, rows, b * rows, e * rows);
                                     }
                                   });
     }

@@ -184,11 +184,9 @@ struct CpuKernels {
   int lanes;           // fp32 lanes per vector
   int gemv_columns;    // output columns per pointwise_gemv task
 
-  // Tasks of (row block (RowBlocks), panel), row blocks outer, or with
-  // panel_major of (panel, row block).  scaled: room for 12 x K floats when
-  // p.scale is set (each block's rows, scaled).
-  void (*pointwise_tiles)(const PwProblem& p, Activation act, float* scaled, int64_t begin, int64_t end,
-                          bool panel_major);
+  // Tasks of (row block (RowBlocks), panel), row blocks outer.  scaled: room
+  // for 12 x K floats when p.scale is set (each block's rows, scaled).
+  void (*pointwise_tiles)(const PwProblem& p, Activation act, float* scaled, int64_t begin, int64_t end);
   // M = 1: tasks of gemv_columns output columns.
   void (*pointwise_gemv)(const PwProblem& p, Activation act, int64_t begin, int64_t end);
   // Tasks of (output row (n, oh), panel); gathered: room for 12 x Kc floats.
@@ -236,8 +234,7 @@ constexpr int kGemvVectors = 8;                         // accumulators of the m
 constexpr int kGemvColumns = kGemvVectors * kVecLanes;  // output columns per pointwise_gemv task
 static_assert(kGemvColumns % kPanel == 0, "a matrix-vector task covers whole panels");
 
-void pointwise_tiles(const PwProblem& p, Activation act, float* scaled, int64_t begin, int64_t end,
-                     bool panel_major);
+void pointwise_tiles(const PwProblem& p, Activation act, float* scaled, int64_t begin, int64_t end);
 void pointwise_gemv(const PwProblem& p, Activation act, int64_t begin, int64_t end);
 void conv_rows(const ConvProblem& p, Activation act, float* gathered, int64_t begin, int64_t end);
 void pointwise_dw_rows(const PwProblem& pw, const DwProblem& d, Activation act, float* ring, int64_t* tags,
