@@ -89,9 +89,10 @@ DW_CASES = [((1, 16, 112, 112), 64, 3, 2, 1, 1), ((2, 24, 9, 7), 72, 5, 1, 2, 1)
             # the row walk (width >= 56) at 3x3 / 5x5, strides 1 and 2, with a last
             # partial 8-pixel depthwise tile and a partial channel block
             ((1, 8, 57, 61), 24, 5, 1, 2, 1), ((1, 6, 60, 58), 40, 5, 2, 2, 1), ((2, 6, 9, 59), 16, 3, 1, 1, 1),
-            # the whole-image walk in sample groups (2 + 1 samples), and one sample too
-            # large for the kept scratch buffer
-            ((3, 8, 50, 50), 144, 3, 1, 1, 1), ((1, 4, 54, 54), 400, 3, 1, 1, 1),
+            # the whole-image walk in sample groups (1 + 1 + 1 samples and, for an
+            # L2-sized chunk of 4 channel blocks, 2 + 1), and one sample too large
+            # for the kept scratch buffer
+            ((3, 8, 50, 50), 144, 3, 1, 1, 1), ((3, 8, 16, 26), 72, 3, 1, 1, 1), ((1, 4, 54, 54), 400, 3, 1, 1, 1),
             # the whole-image walk in chunks of 4 channel blocks (the L2-sized expanded
             # copy, kChunkFloats) over 25 blocks, the last one partial
             ((1, 8, 28, 27), 392, 3, 1, 1, 1)]
