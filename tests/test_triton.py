@@ -219,6 +219,22 @@ def test_every_autotune_config_matches_reference(module, tuner, config, layout, 
         assert_op_close(actual, expected)
 
 
+def test_batch_bucket_classes():
+    from mnv3_kernels.triton.tuning import batch_bucket
+
+    sizes = (1, 2, 4, 5, 16, 17, 64, 65, 256, 10**6)
+    assert [batch_bucket(n) for n in sizes] == [0, 1, 1, 2, 2, 3, 3, 4, 4, 4]
+
+
+@pytest.mark.parametrize("module,tuner", sorted({(m.__name__, t) for m, t, *_ in
+                                                  (c.values for c in _gpu_config_cases())}))
+def test_autotune_keys_include_the_batch_bucket(module, tuner):
+    """A config tuned at batch 1 (a few programs) is not reused at batch 256."""
+    import importlib
+
+    assert "BATCH_BUCKET" in getattr(importlib.import_module(module), tuner).keys
+
+
 # --------------------------------------------------------------------------- op registration
 def test_dwconv_opcheck():
     triton_backend.register()

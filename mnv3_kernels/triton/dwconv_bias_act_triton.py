@@ -21,7 +21,7 @@ import triton
 import triton.language as tl
 
 from .. import layout, ops
-from .tuning import autotuned, check_int32_span, launchable, register_op
+from .tuning import autotuned, batch_bucket, check_int32_span, launchable, register_op
 
 ACTIVATION_CODES = {name: code for code, name in enumerate(ops.ACTIVATIONS)}
 
@@ -45,6 +45,7 @@ def _dwconv_bias_act_kernel(
     sxn, sxc, sxh, sxw,
     swc, swh, sww, sb,
     syn, syc, syh, syw,
+    BATCH_BUCKET,  # the batch's size class for the autotune key (tuning.batch_bucket); not read
     KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
     PH: tl.constexpr, PW: tl.constexpr, DH: tl.constexpr, DW: tl.constexpr,
     ACT: tl.constexpr, WITH_MEAN: tl.constexpr,
@@ -83,7 +84,7 @@ def _dwconv_bias_act_kernel(
         tl.store(part_ptr + pid * C + c_vec, tile_sum / (OH * OW), mask=c_vec < C)
 
 
-_KEY = ["C", "OH", "OW", "KH", "SH"]
+_KEY = ["C", "OH", "OW", "KH", "SH", "BATCH_BUCKET"]
 # Channels contiguous (channels-last): a 32-pixel tile times a channel vector.
 CHANNELS_LAST_CONFIGS = [
     triton.Config({"BLOCK_C": 16}, num_warps=1),
@@ -158,6 +159,7 @@ def dwconv_bias_act_triton(
         *x.stride(),
         weight.stride(0), weight.stride(2), weight.stride(3), bias.stride(0),
         *y.stride(),
+        batch_bucket(n),
         KH=weight.shape[2], KW=weight.shape[3], SH=stride[0], SW=stride[1],
         PH=padding[0], PW=padding[1], DH=dilation[0], DW=dilation[1],
         ACT=ACTIVATION_CODES[activation], WITH_MEAN=with_mean,

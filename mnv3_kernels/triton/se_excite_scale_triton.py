@@ -1,10 +1,13 @@
 """mnv3::se_excite_scale_triton: the SE excite (gate) and scale in Triton:
 kernels, launcher and op registration.
 
-Two kernels: a tiny one computes gate[N, C] in fp32 (a program recomputes the
-hidden layer for its block of channels; at most 240 x 960 MACs), then a
-memory-bound one streams y = x * gate over [BLOCK_P pixels x BLOCK_C
-channels] tiles, autotuned per layout.
+Three kernels: two tiny ones compute the excite in fp32, hidden[N, Cr] =
+relu(w1 @ pooled + b1) (a program per block of hidden units of a sample) and
+then gate[N, C] = gate(w2 @ hidden + b2) (a program per block of channels:
+each reads the hidden layer once computed, where one kernel recomputed it in
+every channel program, 30 times at C = 960), then a memory-bound one streams
+y = x * gate over [BLOCK_P pixels x BLOCK_C channels] tiles, autotuned per
+layout and batch size class.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import triton
 import triton.language as tl
 
 from .. import layout, ops
-from .tuning import autotuned, check_int32_span, launchable, register_op
+from .tuning import autotuned, batch_bucket, check_int32_span, launchable, register_op
 
 GATE_CODES = {name: code for code, name in enumerate(ops.GATES)}
 
@@ -30,11 +33,32 @@ def _gate(v, GATE: tl.constexpr):
 
 
 @triton.jit
-def _se_gate_kernel(
-    pooled_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, gate_ptr,
+def _se_hidden_kernel(
+    pooled_ptr, w1_ptr, b1_ptr, hidden_ptr,
     C, CR,
-    spn, spc, sw1r, sw1c, sb1, sw2c, sw2r, sb2,
-    GATE: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
+    spn, spc, sw1r, sw1c, sb1,
+    BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
+):  # fmt: skip
+    n = tl.program_id(0)
+    r = tl.program_id(1) * BLOCK_R + tl.arange(0, BLOCK_R)
+    r_ok = r < CR
+    hidden = tl.zeros([BLOCK_R], dtype=tl.float32)
+    for k0 in range(0, C, BLOCK_K):
+        k = k0 + tl.arange(0, BLOCK_K)
+        k_ok = k < C
+        p = tl.load(pooled_ptr + n * spn + k * spc, mask=k_ok, other=0.0).to(tl.float32)
+        w1 = tl.load(w1_ptr + r[:, None] * sw1r + k[None, :] * sw1c, mask=r_ok[:, None] & k_ok[None, :], other=0.0)
+        hidden += tl.sum(w1.to(tl.float32) * p[None, :], axis=1)
+    b1 = tl.load(b1_ptr + r * sb1, mask=r_ok, other=0.0).to(tl.float32)
+    tl.store(hidden_ptr + n * CR + r, tl.maximum(hidden + b1, 0.0), mask=r_ok)
+
+
+@triton.jit
+def _se_gate_kernel(
+    hidden_ptr, w2_ptr, b2_ptr, gate_ptr,
+    C, CR,
+    sw2c, sw2r, sb2,
+    GATE: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_R: tl.constexpr,
 ):  # fmt: skip
     n = tl.program_id(0)
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -43,18 +67,8 @@ def _se_gate_kernel(
     for r0 in range(0, CR, BLOCK_R):
         r = r0 + tl.arange(0, BLOCK_R)
         r_ok = r < CR
-        hidden = tl.zeros([BLOCK_R], dtype=tl.float32)
-        for k0 in range(0, C, BLOCK_K):
-            k = k0 + tl.arange(0, BLOCK_K)
-            k_ok = k < C
-            p = tl.load(pooled_ptr + n * spn + k * spc, mask=k_ok, other=0.0).to(tl.float32)
-            w1_mask = r_ok[:, None] & k_ok[None, :]
-            w1 = tl.load(w1_ptr + r[:, None] * sw1r + k[None, :] * sw1c, mask=w1_mask, other=0.0)
-            hidden += tl.sum(w1.to(tl.float32) * p[None, :], axis=1)
-        b1 = tl.load(b1_ptr + r * sb1, mask=r_ok, other=0.0).to(tl.float32)
-        hidden = tl.where(r_ok, tl.maximum(hidden + b1, 0.0), 0.0)
-        w2_mask = c_ok[:, None] & r_ok[None, :]
-        w2 = tl.load(w2_ptr + c[:, None] * sw2c + r[None, :] * sw2r, mask=w2_mask, other=0.0)
+        hidden = tl.load(hidden_ptr + n * CR + r, mask=r_ok, other=0.0)
+        w2 = tl.load(w2_ptr + c[:, None] * sw2c + r[None, :] * sw2r, mask=c_ok[:, None] & r_ok[None, :], other=0.0)
         acc += tl.sum(w2.to(tl.float32) * hidden[None, :], axis=1)
     b2 = tl.load(b2_ptr + c * sb2, mask=c_ok, other=0.0).to(tl.float32)
     tl.store(gate_ptr + n * C + c, _gate(acc + b2, GATE), mask=c_ok)
@@ -65,6 +79,7 @@ def _se_scale_kernel(
     x_ptr, gate_ptr, y_ptr,
     C, HW, W,
     sxn, sxc, sxh, sxw, syn, syc, syp,
+    BATCH_BUCKET,  # the batch's size class for the autotune key (tuning.batch_bucket); not read
     X_PIXELS_FLAT: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):  # fmt: skip
     pid = tl.program_id(0)
@@ -82,7 +97,7 @@ def _se_scale_kernel(
     tl.store(y_ptr + n * syn + c * syc + p * syp, y.to(y_ptr.dtype.element_ty), mask=ok)
 
 
-_KEY = ["C", "HW"]
+_KEY = ["C", "HW", "BATCH_BUCKET"]
 CHANNELS_LAST_CONFIGS = [
     triton.Config({"BLOCK_P": 16, "BLOCK_C": 64}, num_warps=4),
     triton.Config({"BLOCK_P": 32, "BLOCK_C": 32}, num_warps=4),
@@ -98,7 +113,7 @@ ROWS_CONFIGS = [
 _INTERPRETER_CONFIG = triton.Config({"BLOCK_P": 64, "BLOCK_C": 16}, num_warps=4)
 _scale_channels_last = autotuned(_se_scale_kernel, CHANNELS_LAST_CONFIGS, _INTERPRETER_CONFIG, _KEY)
 _scale_rows = autotuned(_se_scale_kernel, ROWS_CONFIGS, _INTERPRETER_CONFIG, _KEY)
-_GATE_BLOCKS = {"BLOCK_C": 32, "BLOCK_R": 32, "BLOCK_K": 64}
+_EXCITE_BLOCKS = {"BLOCK_C": 32, "BLOCK_R": 32, "BLOCK_K": 64}
 
 
 def _output(x, pooled, w1, b1, w2, b2, gate):
@@ -120,12 +135,20 @@ def se_excite_scale_triton(
 ) -> torch.Tensor:
     y = _output(x, pooled, w1, b1, w2, b2, gate)
     n, c, h, w = x.shape
+    cr = w1.shape[0]
+    hidden = torch.empty((n, cr), dtype=torch.float32, device=x.device)
     gates = torch.empty((n, c), dtype=torch.float32, device=x.device)
-    launchable(_se_gate_kernel)[(n, triton.cdiv(c, _GATE_BLOCKS["BLOCK_C"]))](
-        pooled, w1, b1, w2, b2, gates,
-        c, w1.shape[0],
-        *pooled.stride(), *w1.stride(), b1.stride(0), *w2.stride(), b2.stride(0),
-        GATE=GATE_CODES[gate], **_GATE_BLOCKS,
+    launchable(_se_hidden_kernel)[(n, triton.cdiv(cr, _EXCITE_BLOCKS["BLOCK_R"]))](
+        pooled, w1, b1, hidden,
+        c, cr,
+        *pooled.stride(), *w1.stride(), b1.stride(0),
+        BLOCK_R=_EXCITE_BLOCKS["BLOCK_R"], BLOCK_K=_EXCITE_BLOCKS["BLOCK_K"],
+    )  # fmt: skip
+    launchable(_se_gate_kernel)[(n, triton.cdiv(c, _EXCITE_BLOCKS["BLOCK_C"]))](
+        hidden, w2, b2, gates,
+        c, cr,
+        *w2.stride(), b2.stride(0),
+        GATE=GATE_CODES[gate], BLOCK_C=_EXCITE_BLOCKS["BLOCK_C"], BLOCK_R=_EXCITE_BLOCKS["BLOCK_R"],
     )  # fmt: skip
 
     # y comes from empty_4d, so its pixels are always flat with stride syw.
@@ -140,6 +163,7 @@ def se_excite_scale_triton(
         x, gates, y,
         c, h * w, w,
         sxn, sxc, sxh, sxw, syn, syc, syw,
+        batch_bucket(n),
         X_PIXELS_FLAT=(sxh == w * sxw),
     )  # fmt: skip
     return y

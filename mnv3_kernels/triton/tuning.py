@@ -29,6 +29,17 @@ def autotuned(kernel, gpu_configs: list, interpreter_config, key: list[str], **k
     return triton.autotune(configs=configs, key=key, **kwargs)(kernel)
 
 
+def batch_bucket(n: int) -> int:
+    """The batch's size class in the autotune keys: 0 for 1, 1 for 2-4, 2 for 5-16,
+    3 for 17-64, 4 above (a config tuned at batch 1, a few programs, is not
+    reused at batch 256, thousands).  Passed to each kernel as BATCH_BUCKET, a
+    plain int the kernels do not read: only the autotuner's key sees it."""
+    bucket, top = 0, 1
+    while n > top and bucket < 4:
+        bucket, top = bucket + 1, top * 4
+    return bucket
+
+
 def check_int32_span(name: str, t: torch.Tensor) -> None:
     """The kernels index with int32: refuse, clearly, a tensor whose largest
     element offset does not fit (a MobileNetV3 activation is far below this)."""
