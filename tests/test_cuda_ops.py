@@ -140,8 +140,9 @@ def test_dwconv_weight_views(target):
     check_dwconv(x, w, b, 1, 1, 1, "identity", ops=target.ops)
 
 
-SE_CASES = [  # (N, C, Cr, H, W)
+SE_CASES = [  # (N, C, Cr, H, W): Cr = 6 and C = 13 take the excite's scalar weight rows
     (1, 16, 8, 56, 56), (3, 72, 24, 28, 28), (2, 960, 240, 7, 7), (1, 13, 8, 5, 3), (0, 8, 8, 4, 4), (2, 40, 16, 1, 1),
+    (2, 24, 6, 3, 3),
 ]
 
 

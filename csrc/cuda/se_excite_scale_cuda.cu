@@ -1,15 +1,22 @@
-// CUDA kernels of mnv3::se_excite_scale, two launches:
-//  1. se_gate_kernel: one block per sample; pooled[n] staged in shared memory
-//     as fp32, then a warp per hidden unit and a warp per channel, lanes
-//     striding over the dot product (coalesced weight rows) and a shuffle
-//     sum; the arithmetic is csrc/common/se.h.  gates [N, C] fp32 is a
-//     torch-allocated buffer.
-//  2. scale_*: y = x * gate, 16-byte vectors of x (8 fp16/bf16 or 4 fp32):
+// CUDA kernels of mnv3::se_excite_scale, three launches:
+//  1. se_hidden_kernel: hidden[N, Cr] fp32, a block per (sample, 8 hidden
+//     units): pooled[n] staged in shared memory as fp32, then a warp per unit,
+//     its lanes reading the weight row in 16-byte vectors (or elements where
+//     the row is not 16-byte aligned) and a shuffle sum;
+//  2. se_gate_kernel: gates[N, C] fp32 the same way over w2 rows, a block per
+//     (sample, 8 channels), hidden[n] staged.  The arithmetic is
+//     csrc/common/se.h.  (One block per sample ran both layers on 1 SM at
+//     batch 1, ~80 us for the 960/240 layer, estimated; these spread over
+//     N * (Cr + C) / 8 blocks.)  hidden and gates are torch-allocated buffers;
+//  3. scale_*: y = x * gate, 16-byte vectors of x (8 fp16/bf16 or 4 fp32):
 //     along C for channels-last x, along H*W for contiguous NCHW x; one
 //     element per thread for any other strides.
 // On torch's current stream, no host sync, no allocation outside torch.
 #include "../common/se.h"
 #include "cuda_utils.cuh"
+
+#include <algorithm>
+#include <type_traits>
 
 namespace mnv3 {
 namespace {
@@ -24,37 +31,77 @@ __device__ __forceinline__ float warp_sum(float v) {
   return v;
 }
 
-// gates[n, :] for n = blockIdx.x.  Dynamic shared memory: C + Cr floats.
-// Weights are contiguous [Cr, C] / [C, Cr]; pooled is contiguous [N, C].
-template <typename T, typename P, Gate G>
-__global__ void __launch_bounds__(kThreads)
-se_gate_kernel(const P* __restrict__ pooled, const T* __restrict__ w1, const T* __restrict__ b1,
-               const T* __restrict__ w2, const T* __restrict__ b2, float* __restrict__ gates,
-               int64_t C, int64_t Cr) {
-  MNV3_DYNAMIC_SHARED(float, smem);
-  float* pooled_s = smem;
-  float* hidden_s = smem + C;
-  const int64_t n = blockIdx.x;
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  for (int64_t c = threadIdx.x; c < C; c += kThreads) pooled_s[c] = static_cast<float>(pooled[n * C + c]);
-  __syncthreads();
-  for (int64_t j = warp; j < Cr; j += kWarps) {
-    const float dot = warp_sum(dot_strided(pooled_s, w1 + j * C, lane, C, 32));
-    if (lane == 0) hidden_s[j] = se_hidden_unit(dot, static_cast<float>(b1[j]));
-  }
-  __syncthreads();
-  for (int64_t c = warp; c < C; c += kWarps) {
-    const float dot = warp_sum(dot_strided(hidden_s, w2 + c * Cr, lane, Cr, 32));
-    if (lane == 0) gates[n * C + c] = se_gate_unit<G>(dot, static_cast<float>(b2[c]));
-  }
-}
-
 // 16 bytes of T.
 template <typename T>
 struct alignas(16) Vec16 {
   static constexpr int kSize = 16 / sizeof(T);
   T e[kSize];
 };
+
+// A warp's dot of the weight row `row` (K elements) with s (fp32, shared
+// memory, 16-byte aligned), summed over the warp: lanes take the row's 16-byte
+// vectors in turn where Rows16 (K a multiple of the vector, the row 16-byte
+// aligned), and the matching values of s as 16-byte vectors too (a lane's
+// floats are contiguous, so a quarter warp's loads cover distinct banks; read
+// one float at a time they would fall 4 or 8 lanes to a bank); else the row's
+// elements.  Every lane of the warp must call it (the shuffle sum).
+template <typename T, bool Rows16>
+__device__ __forceinline__ float warp_row_dot(const T* __restrict__ row, const float* s, int lane, int64_t K) {
+  float acc = 0.f;
+  if constexpr (Rows16) {
+    constexpr int V = Vec16<T>::kSize, F = Vec16<float>::kSize;
+    const Vec16<T>* vectors = reinterpret_cast<const Vec16<T>*>(row);
+    const Vec16<float>* s_vectors = reinterpret_cast<const Vec16<float>*>(s);
+    for (int64_t i = lane; i < K / V; i += 32) {
+      const Vec16<T> v = load_vector(vectors + i);
+#pragma unroll
+      for (int q = 0; q < V / F; ++q) {
+        const Vec16<float> f = load_vector(s_vectors + i * (V / F) + q);
+#pragma unroll
+        for (int e = 0; e < F; ++e) acc += static_cast<float>(v.e[q * F + e]) * f.e[e];
+      }
+    }
+  } else {
+    acc = dot_strided(s, row, lane, K, 32);
+  }
+  return warp_sum(acc);
+}
+
+// n = blockIdx.x; stages `count` values of src[n] as fp32 in dynamic shared memory.
+template <typename S>
+__device__ __forceinline__ float* stage_sample(const S* __restrict__ src, int64_t count) {
+  MNV3_DYNAMIC_SHARED(float, staged);
+  const int64_t n = blockIdx.x;
+  for (int64_t k = threadIdx.x; k < count; k += kThreads) staged[k] = static_cast<float>(src[n * count + k]);
+  __syncthreads();
+  return staged;
+}
+
+// hidden[n, j] for n = blockIdx.x and this block's kWarps units j, a warp a
+// unit.  Dynamic shared memory: C floats.  pooled [N, C], w1 [Cr, C] contiguous.
+template <typename T, typename P, bool Rows16>
+__global__ void __launch_bounds__(kThreads)
+se_hidden_kernel(const P* __restrict__ pooled, const T* __restrict__ w1, const T* __restrict__ b1,
+                 float* __restrict__ hidden, int64_t C, int64_t Cr) {
+  const float* pooled_s = stage_sample(pooled, C);
+  const int64_t j = static_cast<int64_t>(blockIdx.y) * kWarps + threadIdx.x / 32;
+  if (j >= Cr) return;  // a whole warp: j is the same for its lanes
+  const float dot = warp_row_dot<T, Rows16>(w1 + j * C, pooled_s, threadIdx.x % 32, C);
+  if (threadIdx.x % 32 == 0) hidden[blockIdx.x * Cr + j] = se_hidden_unit(dot, static_cast<float>(b1[j]));
+}
+
+// gates[n, c] for n = blockIdx.x and this block's kWarps channels c, a warp a
+// channel.  Dynamic shared memory: Cr floats.  w2 [C, Cr] contiguous.
+template <typename T, Gate G, bool Rows16>
+__global__ void __launch_bounds__(kThreads)
+se_gate_kernel(const float* __restrict__ hidden, const T* __restrict__ w2, const T* __restrict__ b2,
+               float* __restrict__ gates, int64_t C, int64_t Cr) {
+  const float* hidden_s = stage_sample(hidden, Cr);
+  const int64_t c = static_cast<int64_t>(blockIdx.y) * kWarps + threadIdx.x / 32;
+  if (c >= C) return;
+  const float dot = warp_row_dot<T, Rows16>(w2 + c * Cr, hidden_s, threadIdx.x % 32, Cr);
+  if (threadIdx.x % 32 == 0) gates[blockIdx.x * C + c] = se_gate_unit<G>(dot, static_cast<float>(b2[c]));
+}
 
 // Channels-last dense x: a thread scales V channels of one pixel, one 16-byte
 // vector when V = Vec16<T>::kSize (C % V == 0, x 16-byte aligned), else V = 1.
@@ -128,38 +175,62 @@ Tensor se_excite_scale_cuda(const Tensor& x, const Tensor& pooled, const Tensor&
   const bool nhwc = is_nhwc_dense(x);
   Tensor y = empty_4d(N, C, H, W, nhwc, x.scalar_type(), x);
   if (x.numel() == 0) return y;
-  const int64_t smem = (C + Cr) * static_cast<int64_t>(sizeof(float));
-  STD_TORCH_CHECK(smem <= kMaxSharedBytes, "mnv3::se_excite_scale (CUDA): C + Cr = ", C + Cr,
-                  " is too large (at most ", kMaxSharedBytes / 4, ")");
+  STD_TORCH_CHECK(std::max(C, Cr) * static_cast<int64_t>(sizeof(float)) <= kMaxSharedBytes,
+                  "mnv3::se_excite_scale (CUDA): C = ", C, " or Cr = ", Cr, " is too large (at most ",
+                  kMaxSharedBytes / 4, ")");
   STD_TORCH_CHECK(N <= 0x7fffffffLL, "mnv3::se_excite_scale (CUDA): N = ", N, " is too large");
   // No copies when already contiguous (the usual case); else torch copies on this stream.
   const Tensor p = torch::stable::contiguous(pooled);
   const Tensor w1c = torch::stable::contiguous(w1), b1c = torch::stable::contiguous(b1);
   const Tensor w2c = torch::stable::contiguous(w2), b2c = torch::stable::contiguous(b2);
+  Tensor hidden = empty_2d(N, Cr, ScalarType::Float, x);
   Tensor gates = empty_2d(N, C, ScalarType::Float, x);
+  float* hidden_p = static_cast<float*>(hidden.mutable_data_ptr());
   float* gates_p = static_cast<float*>(gates.mutable_data_ptr());
   const cudaStream_t stream = current_stream(x);
 
   dispatch_float_types(x.scalar_type(), [&](auto tag) {
     using T = decltype(tag);
+    constexpr int V = Vec16<T>::kSize;
+    const T* w1p = static_cast<const T*>(w1c.const_data_ptr());
+    const T* w2p = static_cast<const T*>(w2c.const_data_ptr());
+    const T* b1p = static_cast<const T*>(b1c.const_data_ptr());
+    const T* b2p = static_cast<const T*>(b2c.const_data_ptr());
+    // Rows in 16-byte vectors where every row starts 16-byte aligned.
+    const bool rows1_16 = C % V == 0 && aligned16(w1p), rows2_16 = Cr % V == 0 && aligned16(w2p);
+    const dim3 hidden_grid(static_cast<unsigned>(N), static_cast<unsigned>((Cr + kWarps - 1) / kWarps));
+    const dim3 gate_grid(static_cast<unsigned>(N), static_cast<unsigned>((C + kWarps - 1) / kWarps));
+    const auto launch_hidden = [&](auto pooled_tag, auto rows16) {
+      using P = decltype(pooled_tag);
+      launch(se_hidden_kernel<T, P, decltype(rows16)::value>, hidden_grid, kThreads, C * sizeof(float), stream,
+             static_cast<const P*>(p.const_data_ptr()), w1p, b1p, hidden_p, C, Cr);
+    };
+    const auto launch_hidden_rows = [&](auto pooled_tag) {
+      if (rows1_16) {
+        launch_hidden(pooled_tag, std::true_type{});
+      } else {
+        launch_hidden(pooled_tag, std::false_type{});
+      }
+    };
+    if (p.scalar_type() == ScalarType::Float) {
+      launch_hidden_rows(float{});
+    } else {
+      launch_hidden_rows(T{});
+    }
+    check_launch(rows1_16 ? "se_hidden_kernel (16-byte rows)" : "se_hidden_kernel (scalar rows)");
     dispatch_gate(gate_kind, [&](auto gate_tag) {
       constexpr Gate G = decltype(gate_tag)::value;
-      const auto launch_gate = [&](auto pooled_tag) {
-        using P = decltype(pooled_tag);
-        launch(se_gate_kernel<T, P, G>, static_cast<unsigned>(N), kThreads, smem, stream,
-            static_cast<const P*>(p.const_data_ptr()), static_cast<const T*>(w1c.const_data_ptr()),
-            static_cast<const T*>(b1c.const_data_ptr()), static_cast<const T*>(w2c.const_data_ptr()),
-            static_cast<const T*>(b2c.const_data_ptr()), gates_p, C, Cr);
-      };
-      if (p.scalar_type() == ScalarType::Float) {
-        launch_gate(float{});
+      if (rows2_16) {
+        launch(se_gate_kernel<T, G, true>, gate_grid, kThreads, Cr * sizeof(float), stream, hidden_p, w2p, b2p,
+               gates_p, C, Cr);
       } else {
-        launch_gate(T{});
+        launch(se_gate_kernel<T, G, false>, gate_grid, kThreads, Cr * sizeof(float), stream, hidden_p, w2p, b2p,
+               gates_p, C, Cr);
       }
-      check_launch("se_gate_kernel");
+      check_launch(rows2_16 ? "se_gate_kernel (16-byte rows)" : "se_gate_kernel (scalar rows)");
     });
 
-    constexpr int V = Vec16<T>::kSize;
+
     const T* xp = static_cast<const T*>(x.const_data_ptr());
     T* yp = static_cast<T*>(y.mutable_data_ptr());
     const int64_t HW = H * W;
