@@ -81,8 +81,11 @@ struct WeightView {  // the [C, 1, kh, kw] filter with its strides, and the bias
 // threadIdx.y strides over the chunk's tiles.  blockIdx.x = n * chunks + chunk,
 // blockIdx.y = channel group.  Dynamic shared memory: taps x tc*V filter
 // floats, then ts x tc*V floats for the squeeze reduction.
+// At least 2 blocks an SM (at most 128 registers a thread): the 5x5 fp16 /
+// bf16 tiles compiled to 124-128 without the bound, and one register more
+// would leave 1 block (8 warps) an SM.
 template <typename T, int V, int K, int S>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, 2)
 dwconv_nhwc_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias,
                    WeightView wv, T* __restrict__ y, float* __restrict__ partial,
                    float partial_scale, DwGeometry g, Activation act, int64_t chunks,
@@ -97,11 +100,21 @@ dwconv_nhwc_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __
   const int64_t c_begin = static_cast<int64_t>(blockIdx.y) * BC;
   const int tid = threadIdx.y * tc + threadIdx.x;
 
-  for (int i = tid; i < taps * BC; i += tc * ts) {
-    const int t = i / BC;
-    const int64_t c = c_begin + i % BC;
-    w_s[i] = c < g.C ? static_cast<float>(w[c * wv.s0 + (t / g.kw) * wv.s2 + (t % g.kw) * wv.s3])
-                     : 0.f;
+  // The filter, tap-major: tap by tap (unrolled for a fixed K), the block's
+  // threads over its channels, consecutive threads on consecutive shared-memory
+  // words; no division (one in int64 per element cost more than the copy).
+  const auto stage_tap = [&](int t, int64_t tap_offset) {
+    for (int cl = tid; cl < BC; cl += tc * ts) {
+      const int64_t c = c_begin + cl;
+      w_s[t * BC + cl] = c < g.C ? static_cast<float>(w[c * wv.s0 + tap_offset]) : 0.f;
+    }
+  };
+  if constexpr (K > 0) {
+#pragma unroll
+    for (int t = 0; t < K * K; ++t) stage_tap(t, (t / K) * wv.s2 + (t % K) * wv.s3);
+  } else {
+    for (int64_t kh = 0, t = 0; kh < g.kh; ++kh)
+      for (int64_t kw = 0; kw < g.kw; ++kw, ++t) stage_tap(static_cast<int>(t), kh * wv.s2 + kw * wv.s3);
   }
   __syncthreads();
 
