@@ -1,10 +1,11 @@
 // CUDA kernels of mnv3::se_excite_scale, three launches:
-//  1. se_hidden_kernel: hidden[N, Cr] fp32, a block per (sample, 8 hidden
-//     units): pooled[n] staged in shared memory as fp32, then a warp per unit,
-//     its lanes reading the weight row in 16-byte vectors (or elements where
-//     the row is not 16-byte aligned) and a shuffle sum;
-//  2. se_gate_kernel: gates[N, C] fp32 the same way over w2 rows, a block per
-//     (sample, 8 channels), hidden[n] staged.  The arithmetic is
+//  1. se_fc_kernel for the hidden layer: hidden[N, Cr] fp32, a block per
+//     (sample, 8 hidden units): pooled[n] staged in shared memory as fp32,
+//     then a warp per unit, its lanes reading the weight row in 16-byte
+//     vectors (or elements where the row is not 16-byte aligned) and a
+//     shuffle sum;
+//  2. se_fc_kernel for the gate: gates[N, C] fp32 the same way over w2 rows,
+//     a block per (sample, 8 channels), hidden[n] staged.  The arithmetic is
 //     csrc/common/se.h.  (One block per sample ran both layers on 1 SM at
 //     batch 1, ~80 us for the 960/240 layer, estimated; these spread over
 //     N * (Cr + C) / 8 blocks.)  hidden and gates are torch-allocated buffers;
@@ -77,30 +78,28 @@ __device__ __forceinline__ float* stage_sample(const S* __restrict__ src, int64_
   return staged;
 }
 
-// hidden[n, j] for n = blockIdx.x and this block's kWarps units j, a warp a
-// unit.  Dynamic shared memory: C floats.  pooled [N, C], w1 [Cr, C] contiguous.
-template <typename T, typename P, bool Rows16>
-__global__ void __launch_bounds__(kThreads)
-se_hidden_kernel(const P* __restrict__ pooled, const T* __restrict__ w1, const T* __restrict__ b1,
-                 float* __restrict__ hidden, int64_t C, int64_t Cr) {
-  const float* pooled_s = stage_sample(pooled, C);
-  const int64_t j = static_cast<int64_t>(blockIdx.y) * kWarps + threadIdx.x / 32;
-  if (j >= Cr) return;  // a whole warp: j is the same for its lanes
-  const float dot = warp_row_dot<T, Rows16>(w1 + j * C, pooled_s, threadIdx.x % 32, C);
-  if (threadIdx.x % 32 == 0) hidden[blockIdx.x * Cr + j] = se_hidden_unit(dot, static_cast<float>(b1[j]));
-}
+// The two units of csrc/common/se.h as kernel parameters.
+struct HiddenUnit {
+  __device__ __forceinline__ float operator()(float dot, float b) const { return se_hidden_unit(dot, b); }
+};
+template <Gate G>
+struct GateUnit {
+  __device__ __forceinline__ float operator()(float dot, float b) const { return se_gate_unit<G>(dot, b); }
+};
 
-// gates[n, c] for n = blockIdx.x and this block's kWarps channels c, a warp a
-// channel.  Dynamic shared memory: Cr floats.  w2 [C, Cr] contiguous.
-template <typename T, Gate G, bool Rows16>
+// One SE fc layer: out[n, r] = unit(w[r, :] . in[n, :], b[r]) for n = blockIdx.x
+// and this block's kWarps rows r, a warp a row (hidden: w1 [Cr, C] over pooled;
+// gate: w2 [C, Cr] over hidden).  Dynamic shared memory: K floats (in[n]
+// staged).  in [N, K] and w [rows, K] contiguous.
+template <typename T, typename S, typename Unit, bool Rows16>
 __global__ void __launch_bounds__(kThreads)
-se_gate_kernel(const float* __restrict__ hidden, const T* __restrict__ w2, const T* __restrict__ b2,
-               float* __restrict__ gates, int64_t C, int64_t Cr) {
-  const float* hidden_s = stage_sample(hidden, Cr);
-  const int64_t c = static_cast<int64_t>(blockIdx.y) * kWarps + threadIdx.x / 32;
-  if (c >= C) return;
-  const float dot = warp_row_dot<T, Rows16>(w2 + c * Cr, hidden_s, threadIdx.x % 32, Cr);
-  if (threadIdx.x % 32 == 0) gates[blockIdx.x * C + c] = se_gate_unit<G>(dot, static_cast<float>(b2[c]));
+se_fc_kernel(const S* __restrict__ in, const T* __restrict__ w, const T* __restrict__ b, float* __restrict__ out,
+             int64_t K, int64_t rows) {
+  const float* in_s = stage_sample(in, K);
+  const int64_t r = static_cast<int64_t>(blockIdx.y) * kWarps + threadIdx.x / 32;
+  if (r >= rows) return;  // a whole warp: r is the same for its lanes
+  const float dot = warp_row_dot<T, Rows16>(w + r * K, in_s, threadIdx.x % 32, K);
+  if (threadIdx.x % 32 == 0) out[blockIdx.x * rows + r] = Unit{}(dot, static_cast<float>(b[r]));
 }
 
 // Channels-last dense x: a thread scales V channels of one pixel, one 16-byte
@@ -196,40 +195,34 @@ Tensor se_excite_scale_cuda(const Tensor& x, const Tensor& pooled, const Tensor&
     const T* w2p = static_cast<const T*>(w2c.const_data_ptr());
     const T* b1p = static_cast<const T*>(b1c.const_data_ptr());
     const T* b2p = static_cast<const T*>(b2c.const_data_ptr());
-    // Rows in 16-byte vectors where every row starts 16-byte aligned.
-    const bool rows1_16 = C % V == 0 && aligned16(w1p), rows2_16 = Cr % V == 0 && aligned16(w2p);
-    const dim3 hidden_grid(static_cast<unsigned>(N), static_cast<unsigned>((Cr + kWarps - 1) / kWarps));
-    const dim3 gate_grid(static_cast<unsigned>(N), static_cast<unsigned>((C + kWarps - 1) / kWarps));
-    const auto launch_hidden = [&](auto pooled_tag, auto rows16) {
-      using P = decltype(pooled_tag);
-      launch(se_hidden_kernel<T, P, decltype(rows16)::value>, hidden_grid, kThreads, C * sizeof(float), stream,
-             static_cast<const P*>(p.const_data_ptr()), w1p, b1p, hidden_p, C, Cr);
-    };
-    const auto launch_hidden_rows = [&](auto pooled_tag) {
-      if (rows1_16) {
-        launch_hidden(pooled_tag, std::true_type{});
+    // One fc layer: out [N, rows] from in [N, K], its weight rows in 16-byte
+    // vectors where every row starts 16-byte aligned.
+    const auto fc = [&](const auto* in, const T* wp, const T* bp, float* out, int64_t K, int64_t rows, auto unit,
+                        const char* name_vectors, const char* name_scalar) {
+      using S = std::remove_cv_t<std::remove_pointer_t<decltype(in)>>;
+      using Unit = decltype(unit);
+      const dim3 grid(static_cast<unsigned>(N), static_cast<unsigned>((rows + kWarps - 1) / kWarps));
+      const bool rows16 = K % V == 0 && aligned16(wp);
+      if (rows16) {
+        launch(se_fc_kernel<T, S, Unit, true>, grid, kThreads, K * sizeof(float), stream, in, wp, bp, out, K, rows);
       } else {
-        launch_hidden(pooled_tag, std::false_type{});
+        launch(se_fc_kernel<T, S, Unit, false>, grid, kThreads, K * sizeof(float), stream, in, wp, bp, out, K, rows);
       }
+      check_launch(rows16 ? name_vectors : name_scalar);
     };
+    constexpr const char* kHidden16 = "se_fc_kernel, hidden layer (16-byte rows)";
+    constexpr const char* kHiddenScalar = "se_fc_kernel, hidden layer (scalar rows)";
     if (p.scalar_type() == ScalarType::Float) {
-      launch_hidden_rows(float{});
+      fc(static_cast<const float*>(p.const_data_ptr()), w1p, b1p, hidden_p, C, Cr, HiddenUnit{}, kHidden16,
+         kHiddenScalar);
     } else {
-      launch_hidden_rows(T{});
+      fc(static_cast<const T*>(p.const_data_ptr()), w1p, b1p, hidden_p, C, Cr, HiddenUnit{}, kHidden16,
+         kHiddenScalar);
     }
-    check_launch(rows1_16 ? "se_hidden_kernel (16-byte rows)" : "se_hidden_kernel (scalar rows)");
     dispatch_gate(gate_kind, [&](auto gate_tag) {
-      constexpr Gate G = decltype(gate_tag)::value;
-      if (rows2_16) {
-        launch(se_gate_kernel<T, G, true>, gate_grid, kThreads, Cr * sizeof(float), stream, hidden_p, w2p, b2p,
-               gates_p, C, Cr);
-      } else {
-        launch(se_gate_kernel<T, G, false>, gate_grid, kThreads, Cr * sizeof(float), stream, hidden_p, w2p, b2p,
-               gates_p, C, Cr);
-      }
-      check_launch(rows2_16 ? "se_gate_kernel (16-byte rows)" : "se_gate_kernel (scalar rows)");
+      fc(static_cast<const float*>(hidden_p), w2p, b2p, gates_p, Cr, C, GateUnit<decltype(gate_tag)::value>{},
+         "se_fc_kernel, gate (16-byte rows)", "se_fc_kernel, gate (scalar rows)");
     });
-
 
     const T* xp = static_cast<const T*>(x.const_data_ptr());
     T* yp = static_cast<T*>(y.mutable_data_ptr());

@@ -1,11 +1,11 @@
 """mnv3::se_excite_scale_triton: the SE excite (gate) and scale in Triton:
 kernels, launcher and op registration.
 
-Three kernels: two tiny ones compute the excite in fp32, hidden[N, Cr] =
-relu(w1 @ pooled + b1) (a program per block of hidden units of a sample) and
-then gate[N, C] = gate(w2 @ hidden + b2) (a program per block of channels:
-each reads the hidden layer once computed, where one kernel recomputed it in
-every channel program, 30 times at C = 960), then a memory-bound one streams
+Three launches: one small kernel run twice computes the excite in fp32,
+hidden[N, Cr] = relu(w1 @ pooled + b1), then gate[N, C] = gate(w2 @ hidden +
+b2), a program per 32 rows of a sample (the gate reads the hidden layer once
+computed, where one kernel recomputed it in every channel program, 30 times at
+C = 960); then a memory-bound one streams
 y = x * gate over [BLOCK_P pixels x BLOCK_C channels] tiles, autotuned per
 layout and batch size class.
 """
@@ -20,12 +20,16 @@ from .. import layout, ops
 from .tuning import autotuned, batch_bucket, check_int32_span, launchable, register_op
 
 GATE_CODES = {name: code for code, name in enumerate(ops.GATES)}
+assert GATE_CODES == {"hardsigmoid": 0, "sigmoid": 1}, "_unit's codes follow ops.GATES"
 
 
 @triton.jit
-def _gate(v, GATE: tl.constexpr):
-    # Same formulas as csrc/common/activation.h: hardsigmoid = relu6(v + 3) / 6.
-    if GATE == 1:
+def _unit(v, UNIT: tl.constexpr):
+    # Same formulas as csrc/common/se.h.  UNIT 0: the hidden layer's relu; else
+    # the gate's code (GATE_CODES) + 1: 2 sigmoid, 1 hardsigmoid = relu6(v + 3) / 6.
+    if UNIT == 0:
+        v = tl.maximum(v, 0.0)
+    elif UNIT == 2:
         v = 1.0 / (1.0 + tl.exp(-v))
     else:
         v = tl.minimum(tl.maximum(v + 3.0, 0.0), 6.0) / 6.0
@@ -33,45 +37,27 @@ def _gate(v, GATE: tl.constexpr):
 
 
 @triton.jit
-def _se_hidden_kernel(
-    pooled_ptr, w1_ptr, b1_ptr, hidden_ptr,
-    C, CR,
-    spn, spc, sw1r, sw1c, sb1,
-    BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
+def _se_fc_kernel(
+    in_ptr, w_ptr, b_ptr, out_ptr,
+    K, ROWS,
+    sin_n, sin_k, sw_r, sw_k, sb,
+    UNIT: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
+    # out[n, r] = unit(w[r, :] . in[n, :] + b[r]) in fp32 for this program's
+    # BLOCK_R rows r of sample n: one SE fc layer (hidden: w1 over pooled; gate:
+    # w2 over hidden).
     n = tl.program_id(0)
     r = tl.program_id(1) * BLOCK_R + tl.arange(0, BLOCK_R)
-    r_ok = r < CR
-    hidden = tl.zeros([BLOCK_R], dtype=tl.float32)
-    for k0 in range(0, C, BLOCK_K):
+    r_ok = r < ROWS
+    acc = tl.zeros([BLOCK_R], dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
         k = k0 + tl.arange(0, BLOCK_K)
-        k_ok = k < C
-        p = tl.load(pooled_ptr + n * spn + k * spc, mask=k_ok, other=0.0).to(tl.float32)
-        w1 = tl.load(w1_ptr + r[:, None] * sw1r + k[None, :] * sw1c, mask=r_ok[:, None] & k_ok[None, :], other=0.0)
-        hidden += tl.sum(w1.to(tl.float32) * p[None, :], axis=1)
-    b1 = tl.load(b1_ptr + r * sb1, mask=r_ok, other=0.0).to(tl.float32)
-    tl.store(hidden_ptr + n * CR + r, tl.maximum(hidden + b1, 0.0), mask=r_ok)
-
-
-@triton.jit
-def _se_gate_kernel(
-    hidden_ptr, w2_ptr, b2_ptr, gate_ptr,
-    C, CR,
-    sw2c, sw2r, sb2,
-    GATE: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_R: tl.constexpr,
-):  # fmt: skip
-    n = tl.program_id(0)
-    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    c_ok = c < C
-    acc = tl.zeros([BLOCK_C], dtype=tl.float32)
-    for r0 in range(0, CR, BLOCK_R):
-        r = r0 + tl.arange(0, BLOCK_R)
-        r_ok = r < CR
-        hidden = tl.load(hidden_ptr + n * CR + r, mask=r_ok, other=0.0)
-        w2 = tl.load(w2_ptr + c[:, None] * sw2c + r[None, :] * sw2r, mask=c_ok[:, None] & r_ok[None, :], other=0.0)
-        acc += tl.sum(w2.to(tl.float32) * hidden[None, :], axis=1)
-    b2 = tl.load(b2_ptr + c * sb2, mask=c_ok, other=0.0).to(tl.float32)
-    tl.store(gate_ptr + n * C + c, _gate(acc + b2, GATE), mask=c_ok)
+        k_ok = k < K
+        v = tl.load(in_ptr + n * sin_n + k * sin_k, mask=k_ok, other=0.0).to(tl.float32)
+        w = tl.load(w_ptr + r[:, None] * sw_r + k[None, :] * sw_k, mask=r_ok[:, None] & k_ok[None, :], other=0.0)
+        acc += tl.sum(w.to(tl.float32) * v[None, :], axis=1)
+    b = tl.load(b_ptr + r * sb, mask=r_ok, other=0.0).to(tl.float32)
+    tl.store(out_ptr + n * ROWS + r, _unit(acc + b, UNIT), mask=r_ok)
 
 
 @triton.jit
@@ -113,7 +99,7 @@ ROWS_CONFIGS = [
 _INTERPRETER_CONFIG = triton.Config({"BLOCK_P": 64, "BLOCK_C": 16}, num_warps=4)
 _scale_channels_last = autotuned(_se_scale_kernel, CHANNELS_LAST_CONFIGS, _INTERPRETER_CONFIG, _KEY)
 _scale_rows = autotuned(_se_scale_kernel, ROWS_CONFIGS, _INTERPRETER_CONFIG, _KEY)
-_EXCITE_BLOCKS = {"BLOCK_C": 32, "BLOCK_R": 32, "BLOCK_K": 64}
+_EXCITE_BLOCKS = {"BLOCK_R": 32, "BLOCK_K": 64}
 
 
 def _output(x, pooled, w1, b1, w2, b2, gate):
@@ -138,18 +124,14 @@ def se_excite_scale_triton(
     cr = w1.shape[0]
     hidden = torch.empty((n, cr), dtype=torch.float32, device=x.device)
     gates = torch.empty((n, c), dtype=torch.float32, device=x.device)
-    launchable(_se_hidden_kernel)[(n, triton.cdiv(cr, _EXCITE_BLOCKS["BLOCK_R"]))](
-        pooled, w1, b1, hidden,
-        c, cr,
-        *pooled.stride(), *w1.stride(), b1.stride(0),
-        BLOCK_R=_EXCITE_BLOCKS["BLOCK_R"], BLOCK_K=_EXCITE_BLOCKS["BLOCK_K"],
-    )  # fmt: skip
-    launchable(_se_gate_kernel)[(n, triton.cdiv(c, _EXCITE_BLOCKS["BLOCK_C"]))](
-        hidden, w2, b2, gates,
-        c, cr,
-        *w2.stride(), b2.stride(0),
-        GATE=GATE_CODES[gate], BLOCK_C=_EXCITE_BLOCKS["BLOCK_C"], BLOCK_R=_EXCITE_BLOCKS["BLOCK_R"],
-    )  # fmt: skip
+    for src, fc_w, fc_b, out, unit in ((pooled, w1, b1, hidden, 0), (hidden, w2, b2, gates, GATE_CODES[gate] + 1)):
+        rows, k = fc_w.shape
+        launchable(_se_fc_kernel)[(n, triton.cdiv(rows, _EXCITE_BLOCKS["BLOCK_R"]))](
+            src, fc_w, fc_b, out,
+            k, rows,
+            *src.stride(), *fc_w.stride(), fc_b.stride(0),
+            UNIT=unit, **_EXCITE_BLOCKS,
+        )  # fmt: skip
 
     # y comes from empty_4d, so its pixels are always flat with stride syw.
     sxn, sxc, sxh, sxw = x.stride()
