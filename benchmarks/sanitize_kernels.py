@@ -35,7 +35,7 @@ DWCONV = [  # shape, dtype, layout, k, stride, dilation: launch branch
     ((1, 3, 3, 3), torch.float32, "channels_last", 3, 1, 1),       # NHWC scalar, one chunk, tc < 32
     ((1, 16, 6, 6), torch.float16, "channels_last_offset", 5, 1, 1),  # NHWC scalar (unaligned)
     ((2, 8, 9, 9), torch.float32, "channels_last", 3, 1, 2),       # NHWC any geometry (dilation 2)
-    ((1, 16, 130, 130), torch.float16, "channels_last", 3, 1, 1),  # partial sums + reduce pass
+    ((1, 16, 130, 130), torch.float16, "channels_last", 3, 1, 1),  # many chunks, squeeze by the last block
     ((4, 64, 112, 112), torch.float16, "channels_last", 3, 1, 1),  # full 256-thread blocks
     ((2, 5, 8, 13), torch.float32, "nchw", 3, 2, 1),               # planes, unrolled tile, partial block
     ((1, 2, 40, 40), torch.float32, "nchw", 3, 1, 1),              # planes, full block

@@ -106,11 +106,6 @@ def check_se(x, pooled, w1, b1, w2, b2, gate, ops=None, reference_on_cpu=False):
 # A launch log is [(kernel, grid, block, dynamic smem bytes)] as the CUDA emulator
 # records it (mnv3_kernels.emulated.module().launch_log()); the kernel names
 # carry the launch branch (check_launch in csrc/cuda/*.cu).
-def _followed_by_reduce(launches, prefix):
-    return any(k.startswith(prefix) and i + 1 < len(launches) and launches[i + 1][0] == "reduce_partials_kernel"
-               for i, (k, *_rest) in enumerate(launches))
-
-
 def _threads(block):
     return block[0] * block[1] * block[2]
 
@@ -118,11 +113,11 @@ def _threads(block):
 LAUNCH_BRANCHES = {
     "dwconv NHWC, 16-byte vectors, one chunk": lambda L: any(
         k == "dwconv_nhwc_kernel (16-byte vectors, one chunk)" for k, *_ in L),
-    "dwconv NHWC, 16-byte vectors, many chunks + partial-sum pass": lambda L: _followed_by_reduce(
-        L, "dwconv_nhwc_kernel (16-byte vectors, chunks)"),
+    "dwconv NHWC, 16-byte vectors, many chunks, squeeze by the last block": lambda L: any(
+        k == "dwconv_nhwc_kernel (16-byte vectors, chunks, squeeze by the last block)" for k, *_ in L),
     "dwconv NHWC, scalar, one chunk": lambda L: any(k == "dwconv_nhwc_kernel (scalar, one chunk)" for k, *_ in L),
-    "dwconv NHWC, scalar, many chunks + partial-sum pass": lambda L: _followed_by_reduce(
-        L, "dwconv_nhwc_kernel (scalar, chunks)"),
+    "dwconv NHWC, scalar, many chunks, squeeze by the last block": lambda L: any(
+        k == "dwconv_nhwc_kernel (scalar, chunks, squeeze by the last block)" for k, *_ in L),
     "dwconv NHWC, full 256-thread block": lambda L: any(
         k.startswith("dwconv_nhwc_kernel") and _threads(b) == 256 for k, _g, b, _s in L),
     "dwconv NHWC, block shrunk for a small problem": lambda L: any(

@@ -112,11 +112,16 @@ def test_dwconv_other_geometries(k, stride, dilation, padding, layout, target):
     check_dwconv(x, w, b, stride, padding, dilation, "hardswish", ops=target.ops)
 
 
-def test_dwconv_mean_over_many_chunks(target):
-    """A plane big enough that the squeeze goes through the partial-sum pass, in fp16."""
+@pytest.mark.parametrize("shape, dtype", [
+    ((2, 16, 224, 224), torch.float16),  # one channel group, 16-byte vectors
+    ((2, 136, 40, 40), torch.float32),   # two channel groups (34 vectors of 4): a counter per (n, group)
+    ((3, 35, 20, 20), torch.float32),    # two channel groups of scalars, three samples
+])
+def test_dwconv_mean_over_many_chunks(shape, dtype, target):
+    """Planes big enough that the squeeze spans many blocks, finished by the last of each (n, group)."""
     g = _gen("chunks")
-    x = make_x((2, 16, 224, 224), torch.float16, target.device, "channels_last", g)
-    w, b = dwconv_params(16, 3, torch.float16, target.device, g)
+    x = make_x(shape, dtype, target.device, "channels_last", g)
+    w, b = dwconv_params(shape[1], 3, dtype, target.device, g)
     check_dwconv(x, w, b, 1, 1, 1, "hardswish", ops=target.ops)
 
 
@@ -219,7 +224,7 @@ def test_runs_on_the_current_stream():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
 def test_cuda_graph_capture_and_replay(dtype):
     g = _gen("graph", str(dtype))
-    x = make_x((2, 72, 56, 56), dtype, "cuda", "channels_last", g)  # big enough for the partial-sum pass
+    x = make_x((2, 72, 56, 56), dtype, "cuda", "channels_last", g)  # big enough for a squeeze over many blocks
     w, b = dwconv_params(72, 5, dtype, "cuda", g)
     se_w = se_params(72, 24, dtype, "cuda", g)
 

@@ -16,14 +16,16 @@
 //  - any other strides (NCHW, views): a block per (n, c) plane, threads over
 //    TW-pixel tiles of the plane (V = 1); output contiguous NCHW.
 //
-// Squeeze: deterministic, no atomics.  Each NHWC block reduces its threads'
-// fp32 sums in a fixed order into partial[n, chunk, c] (a torch-allocated
-// buffer); a second small kernel adds the chunks in order and scales by
-// 1/(OH*OW).  When an image fits one chunk the block writes the mean itself
-// and the second kernel is skipped.  Atomics would need a zeroing launch as
-// well (the same launch count) and give run-to-run different fp32 sums; the
-// partial buffer is small (N x chunks x C floats, chunks ~ tens).  NCHW
-// blocks own whole planes and write the mean directly.
+// Squeeze: deterministic, in one launch.  Each NHWC block reduces its
+// threads' fp32 sums in a fixed order into partial[n, chunk, c] (a
+// torch-allocated buffer, N x chunks x C floats, chunks ~ tens), then counts
+// its arrival on its (n, channel group)'s counter (an atomic add after a
+// __threadfence, the CUDA programming guide's "last block" pattern); the block
+// that arrives last adds the chunks' partials in chunk order (whichever block
+// that is: the same fp32 sum every run) and writes the mean.  The counters are
+// zeroed by a cudaMemsetAsync before the launch (a memset node, not a kernel,
+// in a CUDA graph).  When an image fits one chunk the block writes the mean
+// itself.  NCHW blocks own whole planes and write the mean directly.
 //
 // All index math is int64 (x and y may exceed 2^31 elements); launches go on
 // torch's current stream, allocate only through torch, and never sync, so
@@ -88,8 +90,8 @@ template <typename T, int V, int K, int S>
 __global__ void __launch_bounds__(kThreads, 2)
 dwconv_nhwc_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias,
                    WeightView wv, T* __restrict__ y, float* __restrict__ partial,
-                   float partial_scale, DwGeometry g, Activation act, int64_t chunks,
-                   int64_t tiles_per_chunk) {
+                   float partial_scale, float* __restrict__ mean, unsigned* __restrict__ arrived,
+                   DwGeometry g, Activation act, int64_t chunks, int64_t tiles_per_chunk) {
   constexpr int TW = dw_tile_width<K>();
   MNV3_DYNAMIC_SHARED(float, smem);
   const int tc = blockDim.x, ts = blockDim.y;
@@ -164,19 +166,25 @@ dwconv_nhwc_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __
       partial[(n * chunks + chunk) * g.C + c0 + v] = s * partial_scale;
     }
   }
-}
+  if (arrived == nullptr) return;  // one chunk: partial is the mean (uniform over the block)
 
-// mean[n, c] = (sum over chunks of partial[n, chunk, c]) * scale, in chunk order.
-__global__ void __launch_bounds__(kThreads)
-reduce_partials_kernel(const float* __restrict__ partial, float* __restrict__ mean, int64_t N,
-                       int64_t C, int64_t chunks, float scale) {
-  const int64_t p = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (p >= N * C) return;
-  const int64_t n = p / C, c = p % C;
-  const float* src = partial + n * chunks * C + c;
-  float s = 0.f;
-  for (int64_t k = 0; k < chunks; ++k) s += src[k * C];
-  mean[p] = s * scale;
+  // Many chunks: the last block of (n, channel group) to arrive finishes the mean.
+  __shared__ bool last;
+  __threadfence();  // this block's partials are visible device-wide before it counts
+  __syncthreads();
+  if (tid == 0) last = atomicAdd(&arrived[n * gridDim.y + blockIdx.y], 1u) == chunks - 1;
+  __syncthreads();
+  if (!last) return;  // uniform over the block
+  __threadfence();
+  if (threadIdx.y == 0 && active) {
+    const float inv_plane = 1.f / static_cast<float>(g.OH * g.OW);
+#pragma unroll
+    for (int v = 0; v < V; ++v) {
+      float s = 0.f;
+      for (int64_t k = 0; k < chunks; ++k) s += __ldcg(&partial[(n * chunks + k) * g.C + c0 + v]);  // chunk order
+      mean[n * g.C + c0 + v] = s * inv_plane;
+    }
+  }
 }
 
 // Block-wide fp32 sum in a fixed order; the result is valid in thread 0.
@@ -273,32 +281,38 @@ void launch_nhwc(const Tensor& x, const Tensor& weight, const Tensor& bias, Tens
   STD_TORCH_CHECK(g.N * chunks <= 0x7fffffffLL, "mnv3::dwconv_bias_act (CUDA): N = ", g.N,
                   " is too large for one launch");
 
-  const float inv_plane = 1.f / static_cast<float>(g.OH * g.OW);
   float* partial = nullptr;
   float partial_scale = 1.f;
+  unsigned* arrived = nullptr;
   Tensor partial_buf;
   if (with_mean && chunks == 1) {
     partial = static_cast<float*>(mean.mutable_data_ptr());
-    partial_scale = inv_plane;
+    partial_scale = 1.f / static_cast<float>(g.OH * g.OW);
   } else if (with_mean) {
-    partial_buf = empty_2d(g.N * chunks, g.C, ScalarType::Float, x);  // torch's caching allocator
+    // One allocation (torch's caching allocator): the partials, then a 4-byte
+    // arrival counter per (n, channel group).
+    partial_buf = empty_2d(g.N * chunks * g.C + g.N * groups, 1, ScalarType::Float, x);
     partial = static_cast<float*>(partial_buf.mutable_data_ptr());
+    arrived = reinterpret_cast<unsigned*>(partial + g.N * chunks * g.C);
+    const cudaError_t err = cudaMemsetAsync(arrived, 0, sizeof(unsigned) * g.N * groups, stream);
+    STD_TORCH_CHECK(err == cudaSuccess, "mnv3::dwconv_bias_act (CUDA): zeroing the squeeze counters failed: ",
+                    cudaGetErrorString(err));
   }
 
   const WeightView wv{weight.stride(0), weight.stride(2), weight.stride(3), bias.stride(0)};
   launch(dwconv_nhwc_kernel<T, V, K, S>, dim3(static_cast<unsigned>(g.N * chunks), static_cast<unsigned>(groups)),
          dim3(tc, ts), smem, stream, static_cast<const T*>(x.const_data_ptr()),
          static_cast<const T*>(weight.const_data_ptr()), static_cast<const T*>(bias.const_data_ptr()), wv,
-         static_cast<T*>(y.mutable_data_ptr()), partial, partial_scale, g, act, chunks, tiles_per_chunk);
+         static_cast<T*>(y.mutable_data_ptr()), partial, partial_scale,
+         with_mean ? static_cast<float*>(mean.mutable_data_ptr()) : nullptr, arrived, g, act, chunks,
+         tiles_per_chunk);
   // The name says which launch branch ran (the emulated sweep checks it reached each).
-  check_launch(V > 1 ? (chunks == 1 ? "dwconv_nhwc_kernel (16-byte vectors, one chunk)"
-                                    : "dwconv_nhwc_kernel (16-byte vectors, chunks)")
-                     : (chunks == 1 ? "dwconv_nhwc_kernel (scalar, one chunk)" : "dwconv_nhwc_kernel (scalar, chunks)"));
-  if (with_mean && chunks > 1) {
-    launch(reduce_partials_kernel, blocks_for(g.N * g.C, kThreads), kThreads, 0, stream, partial,
-           static_cast<float*>(mean.mutable_data_ptr()), g.N, g.C, chunks, inv_plane);
-    check_launch("reduce_partials_kernel");
-  }
+  static constexpr const char* kNames[2][3] = {
+      {"dwconv_nhwc_kernel (scalar, one chunk)", "dwconv_nhwc_kernel (scalar, chunks)",
+       "dwconv_nhwc_kernel (scalar, chunks, squeeze by the last block)"},
+      {"dwconv_nhwc_kernel (16-byte vectors, one chunk)", "dwconv_nhwc_kernel (16-byte vectors, chunks)",
+       "dwconv_nhwc_kernel (16-byte vectors, chunks, squeeze by the last block)"}};
+  check_launch(kNames[V > 1][chunks == 1 ? 0 : arrived == nullptr ? 1 : 2]);
 }
 
 template <typename T, int K, int S>

@@ -119,6 +119,28 @@ inline T __ldg(const T* p) {
   return *p;
 }
 
+// Global-memory atomics and fences: the blocks of a launch run one after
+// another and a block's fibers switch only at __syncthreads and shuffles, so an
+// atomic is a plain read-modify-write and every write is already visible (a
+// race the fences would prevent on a GPU cannot show here).  __ldcg (a load
+// that bypasses L1, for another block's writes) is a plain load.
+inline unsigned atomicAdd(unsigned* p, unsigned v) {
+  const unsigned old = *p;
+  *p = old + v;
+  return old;
+}
+inline void __threadfence() {}
+template <typename T>
+inline T __ldcg(const T* p) {
+  ::mnv3::emu::check_aligned(p, alignof(T), "__ldcg");
+  return *p;
+}
+// The stream-ordered memset: immediate (emulated launches are).
+inline cudaError_t cudaMemsetAsync(void* p, int value, size_t bytes, cudaStream_t) {
+  memset(p, value, bytes);
+  return cudaSuccess;
+}
+
 // extern __shared__ T name[]: the block's dynamic shared memory, exactly the
 // size the launch asked for.
 #define MNV3_DYNAMIC_SHARED(T, name) T* name = static_cast<T*>(::mnv3::emu::dynamic_shared())
