@@ -85,7 +85,12 @@ struct WeightView {  // the [C, 1, kh, kw] filter with its strides, and the bias
 // floats, then ts x tc*V floats for the squeeze reduction.
 // At least 2 blocks an SM (at most 128 registers a thread): the 5x5 fp16 /
 // bf16 tiles compiled to 124-128 without the bound, and one register more
-// would leave 1 block (8 warps) an SM.
+// would leave 1 block (8 warps) an SM.  With the last-block squeeze below,
+// the 5x5 stride-2 16-byte fp16 / bf16 tile spills 16 bytes at that bound
+// (nvcc 13.0 -Xptxas -v, sm_90; every other instantiation spills nothing).
+// Moving the squeeze out of line (__noinline__) left 8 bytes spilled and a
+// 120-byte call frame, so it stays inline; whether the spill sits in the
+// tile loop is unread (no SASS disassembler here) and unmeasured.
 template <typename T, int V, int K, int S>
 __global__ void __launch_bounds__(kThreads, 2)
 dwconv_nhwc_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias,
