@@ -24,7 +24,8 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
 
 import mnv3_kernels  # noqa: E402,F401
-from op_cases import check_dwconv, check_se, dwconv_params, make_x, missed_launch_branches, se_params  # noqa: E402
+from op_cases import (check_dwconv, check_pointwise, check_se, dwconv_params, make_x,  # noqa: E402
+                      missed_launch_branches, pointwise_params, se_params)
 
 DWCONV = [  # shape, dtype, layout, k, stride, dilation: launch branch
     ((2, 16, 9, 11), torch.float16, "channels_last", 3, 1, 1),     # NHWC 16-byte vectors, 3x3/1
@@ -48,9 +49,15 @@ SE = [  # shape, Cr, dtype, layout: launch branch
     ((1, 6, 3, 5), 4, torch.float32, "strided_view"),     # strided
 ]
 
+POINTWISE = [  # x shape, Cout, dtype, layout, SE scale, residual: launch branch
+    ((2, 40, 9, 9), 72, torch.float16, "channels_last", True, True),      # 16-byte vectors, 3 x 2 tiles
+    ((1, 13, 5, 5), 24, torch.bfloat16, "channels_last", False, True),    # scalar (Cin % 8 != 0)
+    ((2, 24, 3, 3), 16, torch.float32, "channels_last_offset", True, False),  # scalar (unaligned)
+]
+
 
 def run(device: str, ops) -> int:
-    """Every call of DWCONV and SE on `device` through `ops`; returns the call count."""
+    """Every call of DWCONV, SE and POINTWISE on `device` through `ops`; returns the call count."""
     g = torch.Generator().manual_seed(0)
     calls = 0
     for shape, dtype, layout, k, stride, dilation in DWCONV:
@@ -64,6 +71,14 @@ def run(device: str, ops) -> int:
         x = make_x(shape, dtype, device, layout, g)
         pooled = x.float().mean(dim=(2, 3))
         check_se(x, pooled, *se_params(shape[1], cr, dtype, device, g), "sigmoid", ops=ops, reference_on_cpu=True)
+        calls += 1
+    for shape, cout, dtype, layout, with_scale, with_residual in POINTWISE:
+        x = make_x(shape, dtype, device, layout, g)
+        w, b = pointwise_params(shape[1], cout, dtype, device, g)
+        scale = torch.rand(shape[0], shape[1], generator=g).to(device) if with_scale else None
+        residual = (make_x((shape[0], cout, *shape[2:]), dtype, device, "channels_last", g)
+                    if with_residual else None)
+        check_pointwise(x, w, b, "hardswish", scale, residual, ops=ops, reference_on_cpu=True)
         calls += 1
     return calls
 

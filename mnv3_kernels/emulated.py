@@ -8,6 +8,7 @@ then serve
 
     torch.ops.mnv3_emulated.dwconv_bias_act(x, ...)   (x a CPU tensor)
     torch.ops.mnv3_emulated.se_excite_scale(x, ...)
+    torch.ops.mnv3_emulated.pointwise_bias_act(x, ...)
 
 exactly as torch.ops.mnv3.* on a GPU: the same kernels, launch configurations
 and shared-memory layout, every thread of every block run by the emulator,
@@ -27,9 +28,14 @@ from ._extension import _load, build_info
 
 NAMESPACE = "mnv3_emulated"
 # The CUDA ops (one entry per op csrc/cuda/ implements), with ops.py's schemas.
+def _pointwise_bias_act_fake(x, weight, bias, activation, scale=None, residual=None):
+    return ops._pointwise_bias_act_fake(x, weight, bias, activation, scale, residual, kernel="cuda")
+
+
 CUDA_OPS = {
     "dwconv_bias_act": (ops.DWCONV_SCHEMA, ops._dwconv_bias_act_fake),
     "se_excite_scale": (ops.SE_SCHEMA, ops._se_excite_scale_fake),
+    "pointwise_bias_act": (ops.POINTWISE_SCHEMA, _pointwise_bias_act_fake),  # the CUDA kernel's dtypes
 }
 
 _lib = torch.library.Library(NAMESPACE, "DEF")  # noqa: TOR901 - kept alive for the process

@@ -22,9 +22,12 @@ built; the C++ extensions only register implementations for them.
       its [N*H*W, Cin] rows; y is channels-last) or row-major [M, Cin] (a
       Linear); weight [Cout, Cin], or its panels [ceil(Cout/16), Cin, 16]
       (layout.pack_pointwise_weight: what the kernel reads; a [Cout, Cin] weight
-      is packed on every call, cpu_conv.prepack packs once).  fp32, CPU only: the GEMM of the fp32
-      CPU fast path (cpu_conv.py).  It is not one of the backend-dispatched ops
-      (backends.OPS): on GPUs the 1x1 convolutions run cuDNN / cuBLAS.
+      is packed on every call, cpu_conv.prepack packs once).  CPU: fp32, the GEMM
+      of the fp32 CPU fast path (cpu_conv.py).  CUDA (csrc/cuda/pointwise_bias_act_cuda.cu):
+      fp32, fp16 or bf16 with fp32 accumulation, plain [Cout, Cin] weight only;
+      scale is fp32, residual of x's dtype.  It is not one of the
+      backend-dispatched ops (backends.OPS): the fused models' 1x1 convolutions
+      on GPUs still run cuDNN / cuBLAS.
     mnv3::pointwise_dwconv(x, weight, bias, activation, dw_weight, dw_bias, stride, padding,
                            dilation, dw_activation, with_mean) -> (y, mean)
       = dwconv_bias_act(pointwise_bias_act(x, weight, bias, activation), dw_weight, dw_bias,
@@ -207,18 +210,28 @@ def check_se_args(x, pooled, w1, b1, w2, b2, gate) -> None:
         raise ValueError(f"gate must be one of {GATES}, got {gate!r}")
 
 
-def check_pointwise_args(x, weight, bias, activation, scale, residual) -> tuple:
-    """Raises a clear error for bad arguments of mnv3::pointwise_bias_act; returns y's shape."""
-    _check_float_tensor("x", x, torch.float32)
-    if x.device.type != "cpu":
-        raise ValueError(f"x must be a CPU tensor (pointwise_bias_act is the CPU fast path's GEMM), got {x.device}")
+def check_pointwise_args(x, weight, bias, activation, scale, residual, kernel: str | None = None) -> tuple:
+    """Raises a clear error for bad arguments of mnv3::pointwise_bias_act; returns y's shape.
+
+    `kernel` is the implementation the call reaches: "cpu" (float32, weight
+    plain or as panels) or "cuda" (float32, float16 or bfloat16, plain weight
+    only; also the emulated CUDA kernel, on CPU tensors); by default the one of
+    x's device."""
+    if kernel is None:
+        kernel = "cuda" if isinstance(x, torch.Tensor) and x.device.type == "cuda" else "cpu"
+    _check_float_tensor("x", x)
+    if kernel == "cpu":
+        if x.dtype != torch.float32:
+            raise TypeError(f"x must be float32 for the CPU kernel (float16 and bfloat16 run on CUDA), got {x.dtype}")
+        if x.device.type != "cpu":
+            raise ValueError(f"x must be a CPU tensor for the CPU kernel, got {x.device}")
     if x.dim() == 4:
         if not layout.is_nhwc_dense(x):
             raise ValueError("x must be channels-last dense (x.contiguous(memory_format=torch.channels_last))")
     elif x.dim() != 2 or not x.is_contiguous():
         raise ValueError(f"x must be a channels-last 4-d tensor or a contiguous 2-d one, got shape {_shape(x)}")
     cin = x.shape[1]
-    cout = _check_fc("weight", "bias", x, weight, bias)[1]
+    cout = _check_fc("weight", "bias", x, weight, bias, x.dtype, panels=kernel == "cpu")[1]
     _check_device("weight", weight, x)
     _check_device("bias", bias, x)
     if activation not in ACTIVATIONS:
@@ -231,7 +244,7 @@ def check_pointwise_args(x, weight, bias, activation, scale, residual) -> tuple:
             raise ValueError(f"scale must be a contiguous [N, Cin] = [{x.shape[0]}, {cin}] tensor, "
                              f"got shape {_shape(scale)}")
     if residual is not None:
-        _check_float_tensor("residual", residual, torch.float32)
+        _check_float_tensor("residual", residual, x.dtype)
         _check_device("residual", residual, x)
         dense = layout.is_nhwc_dense(residual) if x.dim() == 4 else residual.is_contiguous()
         if tuple(residual.shape) != out_shape or not dense:
@@ -256,8 +269,8 @@ def _se_excite_scale_fake(x, pooled, w1, b1, w2, b2, gate):
 
 
 @torch.library.register_fake("mnv3::pointwise_bias_act")
-def _pointwise_bias_act_fake(x, weight, bias, activation, scale=None, residual=None):
-    out_shape = check_pointwise_args(x, weight, bias, activation, scale, residual)
+def _pointwise_bias_act_fake(x, weight, bias, activation, scale=None, residual=None, *, kernel=None):
+    out_shape = check_pointwise_args(x, weight, bias, activation, scale, residual, kernel)
     if x.dim() == 4:
         return torch.empty(out_shape, dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
     return x.new_empty(out_shape)
@@ -266,7 +279,7 @@ def _pointwise_bias_act_fake(x, weight, bias, activation, scale=None, residual=N
 def check_pointwise_dwconv_args(x, weight, bias, activation, dw_weight, dw_bias, stride, padding, dilation,
                                 dw_activation) -> tuple:
     """Raises a clear error for bad arguments of mnv3::pointwise_dwconv; returns y's shape."""
-    hidden = check_pointwise_args(x, weight, bias, activation, None, None)
+    hidden = check_pointwise_args(x, weight, bias, activation, None, None, kernel="cpu")
     if x.dim() != 4:
         raise ValueError(f"x must be a 4-d tensor [N, C, H, W], got shape {_shape(x)}")
     if not isinstance(dw_weight, torch.Tensor) or dw_weight.dim() != 4 or dw_weight.shape[2] != dw_weight.shape[3]:
@@ -298,13 +311,17 @@ def check_se_gate_args(pooled, w1, b1, w2, b2, gate) -> tuple:
     return tuple(pooled.shape)
 
 
-def _check_fc(wname: str, bname: str, x, weight, bias) -> tuple:
-    """An fc layer's [Cout, Cin] weight (or its panels) and [Cout] bias on the rows of x; returns the output's shape."""
-    _check_float_tensor(wname, weight, torch.float32)
-    _check_float_tensor(bname, bias, torch.float32)
+def _check_fc(wname: str, bname: str, x, weight, bias, dtype=torch.float32, panels: bool = True) -> tuple:
+    """An fc layer's [Cout, Cin] weight (or its panels, where the kernel reads them) and [Cout]
+    bias, of `dtype`, on the rows of x; returns the output's shape."""
+    _check_float_tensor(wname, weight, dtype)
+    _check_float_tensor(bname, bias, dtype)
     cin = x.shape[1]
     if bias.dim() != 1:
         raise ValueError(f"{bname} must have shape [Cout], got {_shape(bias)}")
+    if weight.dim() == 3 and not panels:
+        raise ValueError(f"{wname} must be the plain [Cout, Cin] matrix: the CUDA kernel reads no panels, "
+                         f"got shape {_shape(weight)}")
     if weight.dim() == 3:
         cout = bias.shape[0]
         panels = [-(-cout // layout.PANEL), cin, layout.PANEL]

@@ -102,6 +102,34 @@ def check_se(x, pooled, w1, b1, w2, b2, gate, ops=None, reference_on_cpu=False):
     return y
 
 
+def pointwise_params(cin, cout, dtype, device, generator=None):
+    w = torch.randn(cout, cin, generator=generator) / max(cin, 1) ** 0.5
+    b = torch.randn(cout, generator=generator)
+    return w.to(device=device, dtype=dtype), b.to(device=device, dtype=dtype)
+
+
+def check_pointwise(x, w, b, activation, scale=None, residual=None, ops=None, reference_on_cpu=False):
+    """Runs `ops`.pointwise_bias_act (as check_dwconv) and checks y: the fp32
+    reference on fp32 copies (scale is fp32 always), and for fp16 / bf16 the
+    LOWP rule against PyTorch's own run in that dtype (scale rounded to it)."""
+    y = (ops or torch.ops.mnv3).pointwise_bias_act(x, w, b, activation, scale, residual)
+    assert y.device == x.device and y.dtype == x.dtype
+    if x.dim() == 4:
+        assert y.is_contiguous(memory_format=torch.channels_last)
+    if reference_on_cpu:
+        x, w, b, y = (t.cpu() for t in (x, w, b, y))
+        scale, residual = (None if t is None else t.cpu() for t in (scale, residual))
+    ref = reference.pointwise_bias_act(x.float(), w.float(), b.float(), activation, scale,
+                                       None if residual is None else residual.float())
+    if x.dtype == torch.float32:
+        assert_op_close(y, ref)
+    else:
+        own = reference.pointwise_bias_act(x, w, b, activation, None if scale is None else scale.to(x.dtype),
+                                           residual)
+        assert_lowp_close(y, ref, own, x.dtype)
+    return y
+
+
 # ------------------------------------------------------------------ launch branches of the CUDA kernels
 # A launch log is [(kernel, grid, block, dynamic smem bytes)] as the CUDA emulator
 # records it (mnv3_kernels.emulated.module().launch_log()); the kernel names
@@ -140,6 +168,10 @@ LAUNCH_BRANCHES = {
     "se scale NHWC, scalar": lambda L: any(k == "scale_nhwc_kernel (scalar)" for k, *_ in L),
     "se scale NCHW planes, 16-byte vectors": lambda L: any(k == "scale_planes_kernel" for k, *_ in L),
     "se scale, any strides": lambda L: any(k == "scale_strided_kernel" for k, *_ in L),
+    "pointwise GEMM, 16-byte vectors": lambda L: any(k == "pw_gemm_kernel (16-byte vectors)" for k, *_ in L),
+    "pointwise GEMM, scalar": lambda L: any(k == "pw_gemm_kernel (scalar)" for k, *_ in L),
+    "pointwise GEMM, many row and channel tiles": lambda L: any(
+        k.startswith("pw_gemm_kernel") and g[0] > 1 and g[1] > 1 for k, g, _b, _s in L),
 }
 
 

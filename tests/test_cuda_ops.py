@@ -17,7 +17,8 @@ import pytest
 import torch
 
 from mnv3_kernels import emulated, ops, reference
-from op_cases import LAYOUTS, check_dwconv, check_se, dwconv_params, make_x, missed_launch_branches, se_params
+from op_cases import (LAYOUTS, check_dwconv, check_pointwise, check_se, dwconv_params, make_x, missed_launch_branches,
+                      pointwise_params, se_params)
 from tolerances import assert_op_close
 
 requires_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none visible)")
@@ -171,12 +172,86 @@ def test_se_weight_views(target):
     check_se(x, pooled, w1.t().contiguous().t(), b1, w2.t().contiguous().t(), b2, "sigmoid", ops=target.ops)
 
 
+# ------------------------------------------------------------------ pointwise_bias_act
+# (x shape, Cout, x layout, scale, residual): rows and output channels over
+# several 64-wide tiles and partial ones, samples straddling a row tile (the
+# scale's sample index), K not a multiple of the 32-wide step; K % 8 == 0
+# stages 16-byte vectors in every dtype, K = 12 in fp32 only, K = 13 and the
+# odd storage offset never; 2-d x is a Linear.  Dtypes and activations rotate.
+PW_SHAPES = [
+    ((2, 40, 9, 9), 72, "channels_last", True, False),
+    ((3, 72, 5, 5), 100, "channels_last", True, True),
+    ((1, 13, 7, 7), 24, "channels_last", False, True),
+    ((2, 24, 6, 6), 16, "channels_last_offset", True, True),
+    ((2, 12, 3, 3), 12, "channels_last", True, False),
+    ((5, 96), 130, "2d", True, False),
+    ((1, 12), 7, "2d", False, True),
+    ((0, 16, 4, 4), 8, "channels_last", True, True),
+]
+PW_CASES = [
+    pytest.param(shape, cout, lay, sc, res, dtype, ops.ACTIVATIONS[(i + j) % len(ops.ACTIVATIONS)],
+                 id=f"{'x'.join(map(str, shape))}-{cout}-{lay}-{'scale' if sc else 'noscale'}-"
+                    f"{'res' if res else 'nores'}-{str(dtype)[6:]}")
+    for i, (shape, cout, lay, sc, res) in enumerate(PW_SHAPES)
+    for j, dtype in enumerate([torch.float32] + LOWP)
+]
+
+
+def _pw_inputs(shape, cout, lay, with_scale, with_residual, dtype, device, g):
+    if lay == "2d":
+        x = torch.randn(shape, generator=g).to(device=device, dtype=dtype)
+    else:
+        x = make_x(shape, dtype, device, lay, g)
+    w, b = pointwise_params(shape[1], cout, dtype, device, g)
+    scale = torch.rand(shape[0], shape[1], generator=g).to(device) if with_scale else None
+    residual = None
+    if with_residual:
+        out = (shape[0], cout, *shape[2:])
+        residual = torch.randn(out, generator=g).to(device=device, dtype=dtype)
+        if lay != "2d":
+            residual = residual.contiguous(memory_format=torch.channels_last)
+    return x, w, b, scale, residual
+
+
+@pytest.mark.parametrize("shape,cout,lay,with_scale,with_residual,dtype,activation", PW_CASES)
+def test_pointwise_bias_act(shape, cout, lay, with_scale, with_residual, dtype, activation, target):
+    g = _gen("pw", shape, cout, lay, str(dtype))
+    x, w, b, scale, residual = _pw_inputs(shape, cout, lay, with_scale, with_residual, dtype, target.device, g)
+    check_pointwise(x, w, b, activation, scale, residual, ops=target.ops)
+
+
+def test_pointwise_weight_view(target):
+    """A transposed (non-contiguous) weight is read as its values, not its storage."""
+    g = _gen("pw view")
+    x = make_x((2, 16, 5, 5), torch.float16, target.device, "channels_last", g)
+    w, b = pointwise_params(16, 24, torch.float16, target.device, g)
+    check_pointwise(x, w.t().contiguous().t(), b, "relu", ops=target.ops)
+
+
+def test_pointwise_refuses_bad_input(target):
+    x = make_x((1, 8, 3, 3), torch.float16, target.device, "channels_last")
+    w, b = pointwise_params(8, 16, torch.float16, target.device)
+    with pytest.raises(RuntimeError, match="the CUDA kernel reads no panels"):
+        target.ops.pointwise_bias_act(x, torch.zeros(1, 8, 16, dtype=x.dtype, device=x.device), b, "relu")
+    with pytest.raises(RuntimeError, match="weight must be a \\[Cout, Cin\\] matrix with Cin = 8 and x's dtype"):
+        target.ops.pointwise_bias_act(x, w.float(), b, "relu")
+    with pytest.raises(RuntimeError, match="x must be a channels-last dense 4-d tensor"):
+        target.ops.pointwise_bias_act(x.contiguous(), w, b, "relu")
+    with pytest.raises(RuntimeError, match="scale must be a row-major float32"):
+        target.ops.pointwise_bias_act(x, w, b, "relu", torch.ones(1, 8, dtype=x.dtype, device=x.device))
+    with pytest.raises(RuntimeError, match="residual must be a tensor of the output's shape, layout and dtype"):
+        target.ops.pointwise_bias_act(x, w, b, "relu", None, torch.zeros(1, 16, 3, 3, device=x.device))
+    with pytest.raises(RuntimeError, match="activation must be one of"):
+        target.ops.pointwise_bias_act(x, w, b, "gelu")
+
+
 # ------------------------------------------------------------------ opcheck
 OPCHECK_SAMPLES = [
     (op, layout, dtype, stride_act)
     for layout, dtype in [("channels_last", torch.float32), ("nchw", torch.float16), ("channels_last", torch.bfloat16)]
     for op, stride_act in [("dwconv_bias_act", (2, "hardswish", True)), ("dwconv_bias_act", (1, "relu", False)),
-                           ("se_excite_scale", None)]
+                           ("se_excite_scale", None), ("pointwise_bias_act", None)]
+    if op != "pointwise_bias_act" or layout == "channels_last"  # it reads channels-last x only
 ]
 
 
@@ -189,8 +264,12 @@ def test_opcheck(op, layout, dtype, dw_args, target):
         stride, activation, with_mean = dw_args
         w, b = dwconv_params(16, 3, dtype, target.device, g)
         args = (x, w, b, [stride] * 2, [1, 1], [1, 1], activation, with_mean)
-    else:
+    elif op == "se_excite_scale":
         args = (x, x.float().mean(dim=(2, 3)), *se_params(16, 8, dtype, target.device, g), "hardsigmoid")
+    else:
+        w, b = pointwise_params(16, 24, dtype, target.device, g)
+        residual = make_x((2, 24, 9, 9), dtype, target.device, layout, g)
+        args = (x, w, b, "hardswish", torch.rand(2, 16, generator=g).to(target.device), residual)
     torch.library.opcheck(getattr(target.ops, op).default, args)
 
 

@@ -268,7 +268,7 @@ def _pw_args(**overrides):
     ({"bias": torch.randn(7)}, "bias must be a float32 \\[Cout\\] vector with Cout = 8"),
     ({"activation": "gelu"}, "activation must be one of"),
     ({"scale": torch.rand(2, 4)}, "scale must be a row-major float32 \\[N, Cin\\]"),
-    ({"residual": torch.randn(1, 8, 3, 3)}, "residual must be a float32 tensor of the output's shape and layout"),
+    ({"residual": torch.randn(1, 8, 3, 3)}, "residual must be a tensor of the output's shape, layout and dtype"),
 ])
 def test_pointwise_bad_input_names_the_argument(overrides, match):
     with pytest.raises(RuntimeError, match=match):

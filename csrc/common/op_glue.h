@@ -151,6 +151,33 @@ inline void check_same_device(const Tensor& a, const char* a_name, const Tensor&
                   b_name, " must be on the same device as ", a_name);
 }
 
+inline bool is_row_major(const Tensor& t) { return t.dim() == 2 && t.stride(1) == 1 && t.stride(0) == t.size(1); }
+
+// mnv3::pointwise_bias_act's operands beside the weights, checked the same way
+// by its CPU and CUDA kernels: x channels-last dense 4-d or row-major 2-d;
+// scale a row-major float32 [N, Cin]; residual y's shape, layout and dtype.
+inline void check_pointwise_x(const Tensor& x) {
+  STD_TORCH_CHECK((x.dim() == 4 && is_nhwc_dense(x)) || is_row_major(x),
+                  "mnv3::pointwise_bias_act: x must be a channels-last dense 4-d tensor or a row-major 2-d one");
+}
+
+inline void check_pointwise_scale(const Tensor& x, const Tensor& scale) {
+  const int64_t samples = x.size(0), K = x.size(1);
+  STD_TORCH_CHECK(is_row_major(scale) && scale.size(0) == samples && scale.size(1) == K &&
+                      scale.scalar_type() == ScalarType::Float,
+                  "scale must be a row-major float32 [N, Cin] = [", samples, ", ", K, "] matrix");
+  check_same_device(x, "x", scale, "scale");
+}
+
+inline void check_pointwise_residual(const Tensor& x, const Tensor& y, const Tensor& residual) {
+  bool same_shape = residual.dim() == y.dim();
+  for (int64_t d = 0; same_shape && d < y.dim(); ++d) same_shape = residual.size(d) == y.size(d);
+  STD_TORCH_CHECK(same_shape && residual.scalar_type() == y.scalar_type() &&
+                      (y.dim() == 4 ? is_nhwc_dense(residual) : is_row_major(residual)),
+                  "residual must be a tensor of the output's shape, layout and dtype");
+  check_same_device(x, "x", residual, "residual");
+}
+
 // The geometry of a convolution (kernel kh x kw) on an N x C x H x W input,
 // checked: positive kernel, stride and dilation, non-negative padding, a
 // non-empty output.

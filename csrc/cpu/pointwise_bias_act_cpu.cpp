@@ -72,38 +72,22 @@ const float* weight_panels(const Tensor& weight, int64_t K, int64_t Nc, std::vec
   return storage.data();
 }
 
-bool is_row_major(const Tensor& t) { return t.dim() == 2 && t.stride(1) == 1 && t.stride(0) == t.size(1); }
-
 Tensor pointwise_bias_act_cpu(const Tensor& x, const Tensor& weight, const Tensor& bias,
                               const std::string& activation, std::optional<Tensor> scale,
                               std::optional<Tensor> residual) {
   STD_TORCH_CHECK(x.is_cpu(), "mnv3::pointwise_bias_act: x must be a CPU tensor");
   STD_TORCH_CHECK(x.scalar_type() == ScalarType::Float, "mnv3::pointwise_bias_act: x must be float32");
-  STD_TORCH_CHECK((x.dim() == 4 && is_nhwc_dense(x)) || is_row_major(x),
-                  "mnv3::pointwise_bias_act: x must be a channels-last dense 4-d tensor or a row-major 2-d one");
+  check_pointwise_x(x);
   const Activation act = parse_activation(activation);
   const int64_t K = x.size(1);
   const int64_t Nc = check_pointwise_weights(x, weight, bias);
   const int64_t samples = x.size(0);
   const int64_t rows_per_sample = x.dim() == 4 ? x.size(2) * x.size(3) : 1;
   const int64_t M = samples * rows_per_sample;
-  if (scale.has_value()) {
-    const Tensor& s = *scale;
-    STD_TORCH_CHECK(is_row_major(s) && s.size(0) == samples && s.size(1) == K && s.scalar_type() == ScalarType::Float,
-                    "scale must be a row-major float32 [N, Cin] = [", samples, ", ", K, "] matrix");
-    check_same_device(x, "x", s, "scale");
-  }
+  if (scale.has_value()) check_pointwise_scale(x, *scale);
   Tensor y = x.dim() == 4 ? empty_4d(samples, Nc, x.size(2), x.size(3), true, ScalarType::Float, x)
                           : empty_2d(M, Nc, ScalarType::Float, x);
-  if (residual.has_value()) {
-    const Tensor& r = *residual;
-    bool same_shape = r.dim() == y.dim();
-    for (int64_t d = 0; same_shape && d < y.dim(); ++d) same_shape = r.size(d) == y.size(d);
-    STD_TORCH_CHECK(same_shape && r.scalar_type() == ScalarType::Float &&
-                        (y.dim() == 4 ? is_nhwc_dense(r) : is_row_major(r)),
-                    "residual must be a float32 tensor of the output's shape and layout");
-    check_same_device(x, "x", r, "residual");
-  }
+  if (residual.has_value()) check_pointwise_residual(x, y, *residual);
   if (M == 0 || Nc == 0) return y;
 
   std::vector<float> w_storage, b_storage;

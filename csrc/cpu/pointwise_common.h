@@ -41,7 +41,4 @@ inline int64_t weight_prefetch_steps(int64_t K, int64_t Nc) {
   return bytes >= kWeightPrefetchMinBytes ? kWeightPrefetchSteps : 0;
 }
 
-// Whether t is a row-major (contiguous) 2-d tensor.
-bool is_row_major(const Tensor& t);
-
 }  // namespace mnv3

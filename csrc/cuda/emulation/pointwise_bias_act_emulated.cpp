@@ -1,0 +1,2 @@
+// pointwise_bias_act_cuda.cu compiled as host C++ for the emulator (cuda_utils.cuh).
+#include "../pointwise_bias_act_cuda.cu"
