@@ -24,7 +24,7 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
 
 import mnv3_kernels  # noqa: E402,F401
-from op_cases import (check_dwconv, check_pointwise, check_se, dwconv_params, make_x,  # noqa: E402
+from op_cases import (check_dwconv, check_pointwise, check_se, check_se_gate, dwconv_params, make_x,  # noqa: E402
                       missed_launch_branches, pointwise_params, se_params)
 
 DWCONV = [  # shape, dtype, layout, k, stride, dilation: launch branch
@@ -57,7 +57,8 @@ POINTWISE = [  # x shape, Cout, dtype, layout, SE scale, residual: launch branch
 
 
 def run(device: str, ops) -> int:
-    """Every call of DWCONV, SE and POINTWISE on `device` through `ops`; returns the call count."""
+    """Every call of DWCONV, SE (se_excite_scale and se_gate) and POINTWISE on `device` through `ops`;
+    returns the call count."""
     g = torch.Generator().manual_seed(0)
     calls = 0
     for shape, dtype, layout, k, stride, dilation in DWCONV:
@@ -70,8 +71,10 @@ def run(device: str, ops) -> int:
     for shape, cr, dtype, layout in SE:
         x = make_x(shape, dtype, device, layout, g)
         pooled = x.float().mean(dim=(2, 3))
-        check_se(x, pooled, *se_params(shape[1], cr, dtype, device, g), "sigmoid", ops=ops, reference_on_cpu=True)
-        calls += 1
+        weights = se_params(shape[1], cr, dtype, device, g)
+        check_se(x, pooled, *weights, "sigmoid", ops=ops, reference_on_cpu=True)
+        check_se_gate(pooled, *weights, "hardsigmoid", ops=ops, reference_on_cpu=True)
+        calls += 2
     for shape, cout, dtype, layout, with_scale, with_residual in POINTWISE:
         x = make_x(shape, dtype, device, layout, g)
         w, b = pointwise_params(shape[1], cout, dtype, device, g)

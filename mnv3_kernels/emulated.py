@@ -9,6 +9,7 @@ then serve
     torch.ops.mnv3_emulated.dwconv_bias_act(x, ...)   (x a CPU tensor)
     torch.ops.mnv3_emulated.se_excite_scale(x, ...)
     torch.ops.mnv3_emulated.pointwise_bias_act(x, ...)
+    torch.ops.mnv3_emulated.se_gate(pooled, ...)
 
 exactly as torch.ops.mnv3.* on a GPU: the same kernels, launch configurations
 and shared-memory layout, every thread of every block run by the emulator,
@@ -32,10 +33,15 @@ def _pointwise_bias_act_fake(x, weight, bias, activation, scale=None, residual=N
     return ops._pointwise_bias_act_fake(x, weight, bias, activation, scale, residual, kernel="cuda")
 
 
+def _se_gate_fake(pooled, w1, b1, w2, b2, gate):
+    return ops._se_gate_fake(pooled, w1, b1, w2, b2, gate, kernel="cuda")
+
+
 CUDA_OPS = {
     "dwconv_bias_act": (ops.DWCONV_SCHEMA, ops._dwconv_bias_act_fake),
     "se_excite_scale": (ops.SE_SCHEMA, ops._se_excite_scale_fake),
     "pointwise_bias_act": (ops.POINTWISE_SCHEMA, _pointwise_bias_act_fake),  # the CUDA kernel's dtypes
+    "se_gate": (ops.SE_GATE_SCHEMA, _se_gate_fake),
 }
 
 _lib = torch.library.Library(NAMESPACE, "DEF")  # noqa: TOR901 - kept alive for the process

@@ -45,8 +45,10 @@ built; the C++ extensions only register implementations for them.
       g = gate(relu(pooled @ w1.T + b1) @ w2.T + b2): an SE block's [N, C] gate
       from its [N, C] squeeze, the fast path's input scale for the projection
       (pointwise_bias_act's `scale`).  w1 [Cr, C] and w2 [C, Cr], each also
-      accepted as panels like pointwise_bias_act's weight.  fp32, CPU only,
-      outside backends.OPS (se_excite_scale is the dispatched SE op).
+      accepted as panels like pointwise_bias_act's weight.  g is fp32.  CPU:
+      fp32.  CUDA (the excite half of se_excite_scale's kernels): weights fp32,
+      fp16 or bf16, plain only, pooled fp32 or their dtype.  Outside
+      backends.OPS (se_excite_scale is the dispatched SE op).
     mnv3::run_plan(inputs, tensors, program) -> outputs
       A compiled plan (mnv3_kernels/plan: the ops above, step by step, as
       `program` lists them, plan/steps.py) in one op call, without a Python step
@@ -294,17 +296,34 @@ def check_pointwise_dwconv_args(x, weight, bias, activation, dw_weight, dw_bias,
                              stride, padding, dilation, dw_activation)
 
 
-def check_se_gate_args(pooled, w1, b1, w2, b2, gate) -> tuple:
-    """Raises a clear error for bad arguments of mnv3::se_gate; returns g's shape."""
-    _check_float_tensor("pooled", pooled, torch.float32)
-    if pooled.device.type != "cpu":
-        raise ValueError(f"pooled must be a CPU tensor (se_gate is the CPU fast path's SE gate), got {pooled.device}")
-    if pooled.dim() != 2 or not pooled.is_contiguous():
-        raise ValueError(f"pooled must be a contiguous [N, C] matrix, got shape {_shape(pooled)}")
-    hidden = _check_fc("w1", "b1", pooled, w1, b1)
+def check_se_gate_args(pooled, w1, b1, w2, b2, gate, kernel: str | None = None) -> tuple:
+    """Raises a clear error for bad arguments of mnv3::se_gate; returns g's shape.
+    `kernel` as for check_pointwise_args: "cpu" (float32, contiguous pooled,
+    weights plain or panels) or "cuda" (weights float32, float16 or bfloat16,
+    pooled float32 or their dtype, plain weights); by default pooled's device's."""
+    if kernel is None:
+        kernel = "cuda" if isinstance(pooled, torch.Tensor) and pooled.device.type == "cuda" else "cpu"
+    _check_float_tensor("pooled", pooled)
+    if kernel == "cpu":
+        if pooled.dtype != torch.float32:
+            raise TypeError(f"pooled must be float32 for the CPU kernel, got {pooled.dtype}")
+        if pooled.device.type != "cpu":
+            raise ValueError(f"pooled must be a CPU tensor for the CPU kernel, got {pooled.device}")
+        if pooled.dim() != 2 or not pooled.is_contiguous():
+            raise ValueError(f"pooled must be a contiguous [N, C] matrix, got shape {_shape(pooled)}")
+        dtype = torch.float32
+    else:
+        if pooled.dim() != 2:
+            raise ValueError(f"pooled must be an [N, C] matrix, got shape {_shape(pooled)}")
+        _check_float_tensor("w1", w1)
+        dtype = w1.dtype
+        if pooled.dtype not in (torch.float32, dtype):
+            raise TypeError(f"pooled must be float32 or have the dtype of w1 ({dtype}), got {pooled.dtype}")
+    panels = kernel == "cpu"
+    hidden = _check_fc("w1", "b1", pooled, w1, b1, dtype, panels)
     for name, t in (("w1", w1), ("b1", b1), ("w2", w2), ("b2", b2)):
         _check_device(name, t, pooled)
-    if _check_fc("w2", "b2", pooled.new_empty(hidden, device="meta"), w2, b2)[1] != pooled.shape[1]:
+    if _check_fc("w2", "b2", pooled.new_empty(hidden, device="meta"), w2, b2, dtype, panels)[1] != pooled.shape[1]:
         raise ValueError(f"w2 and b2 must have C = {pooled.shape[1]} output channels, got {_shape(b2)}")
     if gate not in GATES:
         raise ValueError(f"gate must be one of {GATES}, got {gate!r}")
@@ -343,8 +362,8 @@ def _run_plan_fake(inputs, tensors, program):
 
 
 @torch.library.register_fake("mnv3::se_gate")
-def _se_gate_fake(pooled, w1, b1, w2, b2, gate):
-    return pooled.new_empty(check_se_gate_args(pooled, w1, b1, w2, b2, gate))
+def _se_gate_fake(pooled, w1, b1, w2, b2, gate, *, kernel=None):
+    return pooled.new_empty(check_se_gate_args(pooled, w1, b1, w2, b2, gate, kernel), dtype=torch.float32)
 
 
 @torch.library.register_fake("mnv3::conv_bias_act")

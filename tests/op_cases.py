@@ -130,6 +130,20 @@ def check_pointwise(x, w, b, activation, scale=None, residual=None, ops=None, re
     return y
 
 
+def check_se_gate(pooled, w1, b1, w2, b2, gate, ops=None, reference_on_cpu=False):
+    """Runs `ops`.se_gate (as check_dwconv) and checks g, fp32 always."""
+    g = (ops or torch.ops.mnv3).se_gate(pooled, w1, b1, w2, b2, gate)
+    assert g.device == pooled.device and g.dtype == torch.float32
+    if reference_on_cpu:
+        pooled, w1, b1, w2, b2, g = (t.cpu() for t in (pooled, w1, b1, w2, b2, g))
+    ref = reference.se_gate(*(t.float() for t in (pooled, w1, b1, w2, b2)), gate)
+    if w1.dtype == torch.float32:
+        assert_op_close(g, ref)
+    else:
+        assert_lowp_close(g, ref, reference.se_gate(pooled.to(w1.dtype), w1, b1, w2, b2, gate), w1.dtype)
+    return g
+
+
 # ------------------------------------------------------------------ launch branches of the CUDA kernels
 # A launch log is [(kernel, grid, block, dynamic smem bytes)] as the CUDA emulator
 # records it (mnv3_kernels.emulated.module().launch_log()); the kernel names

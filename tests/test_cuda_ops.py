@@ -17,8 +17,8 @@ import pytest
 import torch
 
 from mnv3_kernels import emulated, ops, reference
-from op_cases import (LAYOUTS, check_dwconv, check_pointwise, check_se, dwconv_params, make_x, missed_launch_branches,
-                      pointwise_params, se_params)
+from op_cases import (LAYOUTS, check_dwconv, check_pointwise, check_se, check_se_gate, dwconv_params, make_x,
+                      missed_launch_branches, pointwise_params, se_params)
 from tolerances import assert_op_close
 
 requires_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none visible)")
@@ -162,6 +162,30 @@ def test_se_excite_scale(n, c, cr, h, w, gate, layout, dtype, target):
     pooled_dtype = torch.float32 if (c + h) % 2 else dtype  # both pooled dtypes the schema allows
     pooled = x.float().mean(dim=(2, 3)).to(pooled_dtype)
     check_se(x, pooled, *se_params(c, cr, dtype, target.device, g), gate, ops=target.ops)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32] + LOWP, ids=str)
+@pytest.mark.parametrize("gate", ops.GATES)
+@pytest.mark.parametrize("n,c,cr", [(n, c, cr) for n, c, cr, _h, _w in SE_CASES])
+def test_se_gate(n, c, cr, gate, dtype, target):
+    """The excite alone (the projection's input scale): the same fc kernels as se_excite_scale."""
+    g = _gen("se_gate", n, c, cr, str(dtype))
+    pooled_dtype = torch.float32 if (c + n) % 2 else dtype  # both pooled dtypes the kernel reads
+    pooled = torch.randn(n, c, generator=g).to(device=target.device, dtype=pooled_dtype)
+    check_se_gate(pooled, *se_params(c, cr, dtype, target.device, g), gate, ops=target.ops)
+
+
+def test_se_gate_refuses_bad_input(target):
+    pooled = torch.randn(2, 8, device=target.device)
+    w1, b1, w2, b2 = se_params(8, 4, torch.float16, target.device)
+    with pytest.raises(RuntimeError, match="SE weights must have the dtype of w1"):
+        target.ops.se_gate(pooled, w1, b1.float(), w2, b2, "sigmoid")
+    with pytest.raises(RuntimeError, match="pooled must be float32 or have the dtype of w1"):
+        target.ops.se_gate(pooled.bfloat16(), w1, b1, w2, b2, "sigmoid")
+    with pytest.raises(RuntimeError, match="w2 must have shape \\[C, Cr\\] = \\[8, 4\\]"):
+        target.ops.se_gate(pooled, w1, b1, w2[:, :3], b2, "sigmoid")
+    with pytest.raises(RuntimeError, match="gate must be one of"):
+        target.ops.se_gate(pooled, w1, b1, w2, b2, "relu")
 
 
 def test_se_weight_views(target):

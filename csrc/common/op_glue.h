@@ -241,6 +241,27 @@ inline DwGeometry check_dwconv_args(const Tensor& x, const Tensor& weight, const
 }
 
 // Validates the arguments of mnv3::se_excite_scale; returns the squeeze width Cr.
+// An SE block's fc weights for C channels (w1 [Cr, C], b1 [Cr], w2 [C, Cr],
+// b2 [C]), all of `dtype` (the dtype of `of`, named in the error) and on the
+// device of `like`; returns Cr.
+inline int64_t check_se_weights(int64_t C, ScalarType dtype, const char* of, const Tensor& like, const char* like_name,
+                                const Tensor& w1, const Tensor& b1, const Tensor& w2, const Tensor& b2) {
+  STD_TORCH_CHECK(w1.dim() == 2 && w1.size(1) == C, "w1 must have shape [Cr, C] with C = ", C);
+  const int64_t Cr = w1.size(0);
+  STD_TORCH_CHECK(b1.dim() == 1 && b1.size(0) == Cr, "b1 must have shape [Cr] with Cr = ", Cr);
+  STD_TORCH_CHECK(w2.dim() == 2 && w2.size(0) == C && w2.size(1) == Cr,
+                  "w2 must have shape [C, Cr] = [", C, ", ", Cr, "]");
+  STD_TORCH_CHECK(b2.dim() == 1 && b2.size(0) == C, "b2 must have shape [C] with C = ", C);
+  for (const Tensor* t : {&w1, &b1, &w2, &b2}) {
+    STD_TORCH_CHECK(t->scalar_type() == dtype, "SE weights must have the dtype of ", of);
+  }
+  check_same_device(like, like_name, w1, "w1");
+  check_same_device(like, like_name, b1, "b1");
+  check_same_device(like, like_name, w2, "w2");
+  check_same_device(like, like_name, b2, "b2");
+  return Cr;
+}
+
 inline int64_t check_se_args(const Tensor& x, const Tensor& pooled, const Tensor& w1,
                              const Tensor& b1, const Tensor& w2, const Tensor& b2) {
   STD_TORCH_CHECK(x.dim() == 4, "x must be a 4-d tensor [N, C, H, W], got ", x.dim(), " dims");
@@ -250,21 +271,8 @@ inline int64_t check_se_args(const Tensor& x, const Tensor& pooled, const Tensor
                   "pooled must have shape [N, C] = [", N, ", ", C, "]");
   STD_TORCH_CHECK(pooled.scalar_type() == ScalarType::Float || pooled.scalar_type() == x.scalar_type(),
                   "pooled must be float32 or have the dtype of x");
-  STD_TORCH_CHECK(w1.dim() == 2 && w1.size(1) == C, "w1 must have shape [Cr, C] with C = ", C);
-  const int64_t Cr = w1.size(0);
-  STD_TORCH_CHECK(b1.dim() == 1 && b1.size(0) == Cr, "b1 must have shape [Cr] with Cr = ", Cr);
-  STD_TORCH_CHECK(w2.dim() == 2 && w2.size(0) == C && w2.size(1) == Cr,
-                  "w2 must have shape [C, Cr] = [", C, ", ", Cr, "]");
-  STD_TORCH_CHECK(b2.dim() == 1 && b2.size(0) == C, "b2 must have shape [C] with C = ", C);
-  for (const Tensor* t : {&w1, &b1, &w2, &b2}) {
-    STD_TORCH_CHECK(t->scalar_type() == x.scalar_type(), "SE weights must have the dtype of x");
-  }
   check_same_device(x, "x", pooled, "pooled");
-  check_same_device(x, "x", w1, "w1");
-  check_same_device(x, "x", b1, "b1");
-  check_same_device(x, "x", w2, "w2");
-  check_same_device(x, "x", b2, "b2");
-  return Cr;
+  return check_se_weights(C, x.scalar_type(), "x", x, "x", w1, b1, w2, b2);
 }
 
 // Calls fn(T{}) with T the C++ element type of `dtype` (float, Half, BFloat16).

@@ -23,6 +23,7 @@
 #include <torch/headeronly/util/shim_utils.h>
 #endif
 
+#include <cstdint>
 #include <tuple>
 #include <type_traits>
 #include <utility>
@@ -73,6 +74,15 @@ __device__ __forceinline__ void store_vector(V* p, const V& v) {
 #endif
   *p = v;
 }
+
+// 16 bytes of T: the unit of load_vector / store_vector on T data.
+template <typename T>
+struct alignas(16) Vec16 {
+  static constexpr int kSize = 16 / sizeof(T);
+  T e[kSize];
+};
+
+inline bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
 // The ops' tensors are on the kernels' device: CUDA, or the CPU under the emulator.
 inline void check_kernel_device(const Tensor& x, const char* op) {

@@ -340,8 +340,6 @@ void launch_planes(const Tensor& x, const Tensor& weight, const Tensor& bias, Te
   check_launch("dwconv_planes_kernel");
 }
 
-bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
-
 std::tuple<Tensor, Tensor> dwconv_bias_act_cuda(const Tensor& x, const Tensor& weight,
                                                 const Tensor& bias,
                                                 const std::vector<int64_t>& stride,

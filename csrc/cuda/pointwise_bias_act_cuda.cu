@@ -34,13 +34,6 @@ constexpr int kStepK = 32;                 // K staged per step
 constexpr int kLd = kTile + 1;             // shared-memory row stride in floats
 constexpr int kPerThread = kTile / 16;     // 4 x 4 outputs a thread
 
-// 16 bytes of T.
-template <typename T>
-struct alignas(16) Vec16 {
-  static constexpr int kSize = 16 / sizeof(T);
-  T e[kSize];
-};
-
 struct PwArgs {
   int64_t M, K, Nc;          // y is [M, Nc], x [M, K], w [Nc, K]
   int64_t rows_per_sample;   // H * W (1 for a 2-d x): the row's SE scale is scale[m / rows_per_sample]
@@ -158,8 +151,6 @@ pw_gemm_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __rest
     }
   }
 }
-
-bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
 Tensor pointwise_bias_act_cuda(const Tensor& x, const Tensor& weight, const Tensor& bias,
                                const std::string& activation, std::optional<Tensor> scale,

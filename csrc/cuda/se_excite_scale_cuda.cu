@@ -1,4 +1,5 @@
-// CUDA kernels of mnv3::se_excite_scale, three launches:
+// CUDA kernels of mnv3::se_excite_scale, three launches (mnv3::se_gate: the
+// first two):
 //  1. se_fc_kernel for the hidden layer: hidden[N, Cr] fp32, a block per
 //     (sample, 8 hidden units): pooled[n] staged in shared memory as fp32,
 //     then a warp per unit, its lanes reading the weight row in 16-byte
@@ -17,6 +18,7 @@
 #include "cuda_utils.cuh"
 
 #include <algorithm>
+#include <optional>
 #include <type_traits>
 
 namespace mnv3 {
@@ -31,13 +33,6 @@ __device__ __forceinline__ float warp_sum(float v) {
   for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
   return v;
 }
-
-// 16 bytes of T.
-template <typename T>
-struct alignas(16) Vec16 {
-  static constexpr int kSize = 16 / sizeof(T);
-  T e[kSize];
-};
 
 // A warp's dot of the weight row `row` (K elements) with s (fp32, shared
 // memory, 16-byte aligned), summed over the warp: lanes take the row's 16-byte
@@ -157,73 +152,82 @@ scale_strided_kernel(const T* __restrict__ x, const float* __restrict__ gates, T
   y[i] = static_cast<T>(static_cast<float>(x[n * sN + c * sC + h * sH + w * sW]) * gates[r]);
 }
 
-bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
-
 bool is_nchw_contiguous(const Tensor& t) {
   const int64_t C = t.size(1), H = t.size(2), W = t.size(3);
   return t.stride(3) == 1 && t.stride(2) == W && t.stride(1) == H * W && t.stride(0) == C * H * W;
 }
 
+// The SE excite: gates [N, C] fp32 = gate(w2 @ relu(w1 @ pooled + b1) + b2),
+// two se_fc_kernel launches (hidden [N, Cr] fp32 between them), weights of
+// type T, pooled fp32 or T.  Arguments checked by the caller.
+template <typename T>
+Tensor se_excite(const Tensor& pooled, const Tensor& w1, const Tensor& b1, const Tensor& w2, const Tensor& b2,
+                 Gate gate_kind, cudaStream_t stream) {
+  constexpr int V = Vec16<T>::kSize;
+  const int64_t N = pooled.size(0), C = pooled.size(1), Cr = w1.size(0);
+  Tensor gates = empty_2d(N, C, ScalarType::Float, pooled);
+  if (N == 0 || C == 0) return gates;
+  STD_TORCH_CHECK(std::max(C, Cr) * static_cast<int64_t>(sizeof(float)) <= kMaxSharedBytes,
+                  "mnv3 SE (CUDA): C = ", C, " or Cr = ", Cr, " is too large (at most ", kMaxSharedBytes / 4, ")");
+  STD_TORCH_CHECK(N <= 0x7fffffffLL, "mnv3 SE (CUDA): N = ", N, " is too large");
+  // No copies when already contiguous (the usual case); else torch copies on this stream.
+  const Tensor p = torch::stable::contiguous(pooled);
+  const Tensor w1c = torch::stable::contiguous(w1), b1c = torch::stable::contiguous(b1);
+  const Tensor w2c = torch::stable::contiguous(w2), b2c = torch::stable::contiguous(b2);
+  Tensor hidden = empty_2d(N, Cr, ScalarType::Float, pooled);
+  float* hidden_p = static_cast<float*>(hidden.mutable_data_ptr());
+  float* gates_p = static_cast<float*>(gates.mutable_data_ptr());
+  const T* w1p = static_cast<const T*>(w1c.const_data_ptr());
+  const T* w2p = static_cast<const T*>(w2c.const_data_ptr());
+  const T* b1p = static_cast<const T*>(b1c.const_data_ptr());
+  const T* b2p = static_cast<const T*>(b2c.const_data_ptr());
+  // One fc layer: out [N, rows] from in [N, K], its weight rows in 16-byte
+  // vectors where every row starts 16-byte aligned.
+  const auto fc = [&](const auto* in, const T* wp, const T* bp, float* out, int64_t K, int64_t rows, auto unit,
+                      const char* name_vectors, const char* name_scalar) {
+    using S = std::remove_cv_t<std::remove_pointer_t<decltype(in)>>;
+    using Unit = decltype(unit);
+    const dim3 grid(static_cast<unsigned>(N), static_cast<unsigned>((rows + kWarps - 1) / kWarps));
+    const bool rows16 = K % V == 0 && aligned16(wp);
+    if (rows16) {
+      launch(se_fc_kernel<T, S, Unit, true>, grid, kThreads, K * sizeof(float), stream, in, wp, bp, out, K, rows);
+    } else {
+      launch(se_fc_kernel<T, S, Unit, false>, grid, kThreads, K * sizeof(float), stream, in, wp, bp, out, K, rows);
+    }
+    check_launch(rows16 ? name_vectors : name_scalar);
+  };
+  constexpr const char* kHidden16 = "se_fc_kernel, hidden layer (16-byte rows)";
+  constexpr const char* kHiddenScalar = "se_fc_kernel, hidden layer (scalar rows)";
+  if (p.scalar_type() == ScalarType::Float) {
+    fc(static_cast<const float*>(p.const_data_ptr()), w1p, b1p, hidden_p, C, Cr, HiddenUnit{}, kHidden16,
+       kHiddenScalar);
+  } else {
+    fc(static_cast<const T*>(p.const_data_ptr()), w1p, b1p, hidden_p, C, Cr, HiddenUnit{}, kHidden16, kHiddenScalar);
+  }
+  dispatch_gate(gate_kind, [&](auto gate_tag) {
+    fc(static_cast<const float*>(hidden_p), w2p, b2p, gates_p, Cr, C, GateUnit<decltype(gate_tag)::value>{},
+       "se_fc_kernel, gate (16-byte rows)", "se_fc_kernel, gate (scalar rows)");
+  });
+  return gates;
+}
+
 Tensor se_excite_scale_cuda(const Tensor& x, const Tensor& pooled, const Tensor& w1, const Tensor& b1,
                             const Tensor& w2, const Tensor& b2, const std::string& gate) {
   check_kernel_device(x, "mnv3::se_excite_scale");
-  const int64_t Cr = check_se_args(x, pooled, w1, b1, w2, b2);
+  check_se_args(x, pooled, w1, b1, w2, b2);
   const Gate gate_kind = parse_gate(gate);
   KernelDeviceGuard guard(x);
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
   const bool nhwc = is_nhwc_dense(x);
   Tensor y = empty_4d(N, C, H, W, nhwc, x.scalar_type(), x);
   if (x.numel() == 0) return y;
-  STD_TORCH_CHECK(std::max(C, Cr) * static_cast<int64_t>(sizeof(float)) <= kMaxSharedBytes,
-                  "mnv3::se_excite_scale (CUDA): C = ", C, " or Cr = ", Cr, " is too large (at most ",
-                  kMaxSharedBytes / 4, ")");
-  STD_TORCH_CHECK(N <= 0x7fffffffLL, "mnv3::se_excite_scale (CUDA): N = ", N, " is too large");
-  // No copies when already contiguous (the usual case); else torch copies on this stream.
-  const Tensor p = torch::stable::contiguous(pooled);
-  const Tensor w1c = torch::stable::contiguous(w1), b1c = torch::stable::contiguous(b1);
-  const Tensor w2c = torch::stable::contiguous(w2), b2c = torch::stable::contiguous(b2);
-  Tensor hidden = empty_2d(N, Cr, ScalarType::Float, x);
-  Tensor gates = empty_2d(N, C, ScalarType::Float, x);
-  float* hidden_p = static_cast<float*>(hidden.mutable_data_ptr());
-  float* gates_p = static_cast<float*>(gates.mutable_data_ptr());
   const cudaStream_t stream = current_stream(x);
 
   dispatch_float_types(x.scalar_type(), [&](auto tag) {
     using T = decltype(tag);
     constexpr int V = Vec16<T>::kSize;
-    const T* w1p = static_cast<const T*>(w1c.const_data_ptr());
-    const T* w2p = static_cast<const T*>(w2c.const_data_ptr());
-    const T* b1p = static_cast<const T*>(b1c.const_data_ptr());
-    const T* b2p = static_cast<const T*>(b2c.const_data_ptr());
-    // One fc layer: out [N, rows] from in [N, K], its weight rows in 16-byte
-    // vectors where every row starts 16-byte aligned.
-    const auto fc = [&](const auto* in, const T* wp, const T* bp, float* out, int64_t K, int64_t rows, auto unit,
-                        const char* name_vectors, const char* name_scalar) {
-      using S = std::remove_cv_t<std::remove_pointer_t<decltype(in)>>;
-      using Unit = decltype(unit);
-      const dim3 grid(static_cast<unsigned>(N), static_cast<unsigned>((rows + kWarps - 1) / kWarps));
-      const bool rows16 = K % V == 0 && aligned16(wp);
-      if (rows16) {
-        launch(se_fc_kernel<T, S, Unit, true>, grid, kThreads, K * sizeof(float), stream, in, wp, bp, out, K, rows);
-      } else {
-        launch(se_fc_kernel<T, S, Unit, false>, grid, kThreads, K * sizeof(float), stream, in, wp, bp, out, K, rows);
-      }
-      check_launch(rows16 ? name_vectors : name_scalar);
-    };
-    constexpr const char* kHidden16 = "se_fc_kernel, hidden layer (16-byte rows)";
-    constexpr const char* kHiddenScalar = "se_fc_kernel, hidden layer (scalar rows)";
-    if (p.scalar_type() == ScalarType::Float) {
-      fc(static_cast<const float*>(p.const_data_ptr()), w1p, b1p, hidden_p, C, Cr, HiddenUnit{}, kHidden16,
-         kHiddenScalar);
-    } else {
-      fc(static_cast<const T*>(p.const_data_ptr()), w1p, b1p, hidden_p, C, Cr, HiddenUnit{}, kHidden16,
-         kHiddenScalar);
-    }
-    dispatch_gate(gate_kind, [&](auto gate_tag) {
-      fc(static_cast<const float*>(hidden_p), w2p, b2p, gates_p, Cr, C, GateUnit<decltype(gate_tag)::value>{},
-         "se_fc_kernel, gate (16-byte rows)", "se_fc_kernel, gate (scalar rows)");
-    });
-
+    const Tensor gates = se_excite<T>(pooled, w1, b1, w2, b2, gate_kind, stream);
+    const float* gates_p = static_cast<const float*>(gates.const_data_ptr());
     const T* xp = static_cast<const T*>(x.const_data_ptr());
     T* yp = static_cast<T*>(y.mutable_data_ptr());
     const int64_t HW = H * W;
@@ -250,9 +254,33 @@ Tensor se_excite_scale_cuda(const Tensor& x, const Tensor& pooled, const Tensor&
   return y;
 }
 
+// mnv3::se_gate: the excite alone, g [N, C] fp32: the input scale of the
+// projection that follows (pointwise_bias_act's `scale`), so the scaled
+// tensor is never written.  Weights fp32, fp16 or bf16 (plain matrices: the
+// CPU kernel's panels are refused); pooled fp32 or the weights' dtype.
+Tensor se_gate_cuda(const Tensor& pooled, const Tensor& w1, const Tensor& b1, const Tensor& w2, const Tensor& b2,
+                    const std::string& gate) {
+  check_kernel_device(pooled, "mnv3::se_gate");
+  const Gate gate_kind = parse_gate(gate);
+  STD_TORCH_CHECK(pooled.dim() == 2, "mnv3::se_gate: pooled must be an [N, C] matrix, got ", pooled.dim(), " dims");
+  const ScalarType dtype = w1.scalar_type();
+  STD_TORCH_CHECK(is_supported_dtype(dtype), "mnv3::se_gate: w1 must be float32, float16 or bfloat16");
+  STD_TORCH_CHECK(pooled.scalar_type() == ScalarType::Float || pooled.scalar_type() == dtype,
+                  "pooled must be float32 or have the dtype of w1");
+  check_se_weights(pooled.size(1), dtype, "w1", pooled, "pooled", w1, b1, w2, b2);
+  KernelDeviceGuard guard(pooled);
+  const cudaStream_t stream = current_stream(pooled);
+  std::optional<Tensor> gates;
+  dispatch_float_types(dtype, [&](auto tag) {
+    gates = se_excite<decltype(tag)>(pooled, w1, b1, w2, b2, gate_kind, stream);
+  });
+  return *gates;
+}
+
 }  // namespace
 }  // namespace mnv3
 
 MNV3_CUDA_LIBRARY_IMPL(m) {
   m.impl("se_excite_scale", TORCH_BOX(&mnv3::se_excite_scale_cuda));
+  m.impl("se_gate", TORCH_BOX(&mnv3::se_gate_cuda));
 }
