@@ -73,18 +73,20 @@ def pointwise_bias_act(
 ) -> torch.Tensor:
     if weight.dim() == 3:  # panels (layout.pack_pointwise_weight)
         weight = unpack_pointwise_weight(weight, bias.shape[0])
+    # scale is fp32 whatever x's dtype: the scaled input in x's dtype, as the model's x * g
     if x.dim() == 4:
-        xs = x if scale is None else x * scale[:, :, None, None]
+        xs = x if scale is None else (x * scale[:, :, None, None]).to(x.dtype)
         y = ACTIVATION_FNS[activation](F.conv2d(xs, weight[:, :, None, None], bias))
         y = _as_layout_of(y, x)  # x is channels-last dense (the op's contract)
     else:
-        y = ACTIVATION_FNS[activation](F.linear(x if scale is None else x * scale, weight, bias))
+        y = ACTIVATION_FNS[activation](F.linear(x if scale is None else (x * scale).to(x.dtype), weight, bias))
     return y if residual is None else y.add_(residual)
 
 
 def se_gate(pooled, w1, b1, w2, b2, gate):
-    hidden = pointwise_bias_act(pooled, w1, b1, "relu")
-    return GATE_FNS[gate](pointwise_bias_act(hidden, w2, b2, "identity"))
+    """g in fp32 (the op's contract), computed in the weights' dtype (pooled is read in it)."""
+    hidden = pointwise_bias_act(pooled.to(w1.dtype), w1, b1, "relu")
+    return GATE_FNS[gate](pointwise_bias_act(hidden, w2, b2, "identity")).float()
 
 
 def conv_bias_act(x, weight, bias, stride, padding, dilation, activation):

@@ -21,9 +21,10 @@ graph and runs as the original code between the plan's segments;
 Plan.left_alone names each such node and why.
 
 The plan is device-neutral: its steps hold the folded weights in their
-logical layout ([Cout, Cin] matrices, [C, 1, k, k] filters); a segment
-prepares them for its executor (for_cpu: the packed layouts mnv3::run_plan's
-kernels read).
+logical layout ([Cout, Cin] matrices, [C, 1, k, k] filters); the Target it is
+compiled for prepares them for its executor and says which steps that
+executor has (CPU: the packed layouts mnv3::run_plan's kernels read, every
+step; CUDA: plain layouts, the interpreter on the CUDA kernels, no pwdw).
 """
 
 from __future__ import annotations
@@ -137,8 +138,9 @@ class _Lowering(fx_fuse._Rewriter):
     projection, the expand into the depthwise step).  fuse()'s rewriter is its base:
     the same questions about nodes, the same squeeze-excitation matcher."""
 
-    def __init__(self, gm: fx.GraphModule, ctx):
+    def __init__(self, gm: fx.GraphModule, ctx, target):
         super().__init__(gm, "", ctx)
+        self.target = target
         self.nodes = list(gm.graph.nodes)
         self.pos = {n: i for i, n in enumerate(self.nodes)}
         self.value: dict[fx.Node, Value] = {}  # every lowered node, and graph tensors the plan reads
@@ -458,7 +460,9 @@ class _Lowering(fx_fuse._Rewriter):
         return found[0] if len(found) == 1 and not self.outside.get(v) else None
 
     def fuse(self) -> None:
-        rules = {"pool": self.fuse_pool, "scale": self.fuse_scale, "add": self.fuse_residual, "dw": self.fuse_pwdw}
+        rules = {"pool": self.fuse_pool, "scale": self.fuse_scale, "add": self.fuse_residual}
+        if "pwdw" in self.target.steps:
+            rules["dw"] = self.fuse_pwdw
         progress = True
         while progress:
             progress = False
@@ -552,6 +556,38 @@ def for_cpu(step: str, name: str, t: torch.Tensor) -> torch.Tensor:
     return t.contiguous()
 
 
+def for_cuda(step: str, name: str, t: torch.Tensor) -> torch.Tensor:
+    """A step's tensor as the CUDA kernels read it: the plain layout, contiguous."""
+    return t.contiguous()
+
+
+@dataclass(frozen=True)
+class Target:
+    """What a plan is compiled for: the steps its executor runs, the layout its
+    tensors take (prepare) and how a segment runs on its inputs (execute)."""
+
+    name: str
+    steps: frozenset
+    prepare: object  # (step, operand, tensor) -> tensor
+
+    def execute(self, inputs: list, tensors: list, program: list) -> list:
+        from .interpreter import KernelOps, interpret, run_reference
+
+        if self.name == "cpu" and all(backends.cpu_fast_path(t) for t in inputs):
+            return torch.ops.mnv3.run_plan.default(inputs, tensors, program)
+        if (self.name == "cuda" and inputs and all(t.is_cuda for t in inputs)
+                and backends.resolve("cuda") is backends.Backend.NATIVE):
+            return interpret(inputs, tensors, program, KernelOps(torch.ops.mnv3))
+        return run_reference(inputs, tensors, program)
+
+
+# The fp32 CPU fast path: every step, mnv3::run_plan in one op call.
+CPU = Target("cpu", frozenset(BY_NAME), for_cpu)
+# The CUDA kernels (interpreter.KernelOps): no pwdw (no CUDA kernel fuses the
+# expand into the depthwise conv yet), plain weights in the model's dtype.
+CUDA = Target("cuda", frozenset(BY_NAME) - {"pwdw"}, for_cuda)
+
+
 def encode(instrs: list, inputs: list, outputs: list, prepare=for_cpu) -> tuple[list, list]:
     """(tensors, program) of a segment: slots allocated in order, a slot reused once
     the value in it is dead (a forward holds only its live activations)."""
@@ -604,22 +640,19 @@ def encode(instrs: list, inputs: list, outputs: list, prepare=for_cpu) -> tuple[
 
 
 class SegmentModule(nn.Module):
-    """One segment of a compiled plan: its steps as one mnv3::run_plan call on fp32 CPU
-    tensors (the native backend), else the plan's interpreter on the reference ops (any
+    """One segment of a compiled plan, run as its target says (Target.execute): for the
+    CPU one mnv3::run_plan call on fp32 CPU tensors (the native backend), for CUDA the
+    interpreter on the CUDA kernels; else the interpreter on the reference ops (any
     device and dtype).  Its weights are buffers-free constants (the plan's)."""
 
-    def __init__(self, tensors: list, program: list, instrs: list):
+    def __init__(self, tensors: list, program: list, instrs: list, target: Target = CPU):
         super().__init__()
-        self.tensors, self.program = tensors, program
+        self.tensors, self.program, self.target = tensors, program, target
         self.steps = [ins.step for ins in instrs]
         self.where = [ins.where for ins in instrs]
 
     def forward(self, *inputs):
-        if all(backends.cpu_fast_path(t) for t in inputs):
-            return torch.ops.mnv3.run_plan.default(list(inputs), self.tensors, self.program)
-        from .interpreter import run_reference
-
-        return run_reference(list(inputs), self.tensors, self.program)
+        return self.target.execute(list(inputs), self.tensors, self.program)
 
     def extra_repr(self) -> str:
         counts: dict[str, int] = {}
@@ -666,12 +699,12 @@ def _view_as(graph: fx.Graph, raw: fx.Node, kind: str) -> fx.Node:
     return raw
 
 
-def compile_model(model: nn.Module, prepare=for_cpu) -> Plan:
-    """The plan of model's inference forward (model in eval mode; BatchNorm is folded
-    with its running statistics now: the plan holds copies of no weight it does not
-    fold, so compile again after changing the model)."""
+def compile_model(model: nn.Module, target: Target = CPU) -> Plan:
+    """The plan of model's inference forward for `target` (model in eval mode; BatchNorm
+    is folded with its running statistics now: the plan holds copies of no weight it
+    does not fold, so compile again after changing the model)."""
     gm, ctx = trace(model)
-    low = _Lowering(gm, ctx)
+    low = _Lowering(gm, ctx, target)
     low.run()
     instrs = sorted(low.instrs, key=lambda ins: ins.pos)
     at_pos: dict[int, list] = {}
@@ -703,9 +736,9 @@ def compile_model(model: nn.Module, prepare=for_cpu) -> Plan:
             if low.outside.get(v) or any(r not in current for r, _ in readers.get(v, [])):
                 outputs.append(v)
         outputs.sort(key=lambda v: v.node.name)
-        tensors, program = encode(current, inputs, outputs, prepare)
+        tensors, program = encode(current, inputs, outputs, target.prepare)
         name = f"plan_segment_{index}"
-        seg = SegmentModule(tensors, program, current)
+        seg = SegmentModule(tensors, program, current, target)
         gm.add_submodule(name, seg)
         args = tuple(env[v.node] if v.kind == GRAPH else raw[v] for v in inputs)
         call = graph.call_module(name, args)

@@ -123,9 +123,12 @@ def interpret(inputs, tensors, program, ops) -> list[torch.Tensor]:
                          a["mean"] != -1)
             out = {"y": y, "mean": mean}
         elif name == "pw":
-            residual = read("residual", True)
-            out = {"y": op(_nhwc(read("x")), tensor("weight"), tensor("bias"), act("activation"),
-                           read("scale", True), None if residual is None else _nhwc(residual))}
+            residual, w = read("residual", True), tensor("weight")
+            x = _nhwc(read("x"))
+            if x.dim() == 2 and x.dtype != w.dtype:  # a pooled value (fp32 means) read by a Linear in fp16 / bf16
+                x = x.to(w.dtype)
+            out = {"y": op(x, w, tensor("bias"), act("activation"), read("scale", True),
+                           None if residual is None else _nhwc(residual))}
         elif name == "gate":
             out = {"g": op(read("mean"), tensor("w1"), tensor("b1"), tensor("w2"), tensor("b2"), GATES[a["gate"]])}
         elif name == "se":
@@ -156,6 +159,28 @@ class MnvOps:
 
     def __getattr__(self, name):
         return getattr(torch.ops.mnv3, name).default
+
+
+class KernelOps:
+    """A plan's ops on the handwritten CUDA kernels of `namespace`: torch.ops.mnv3 on
+    CUDA tensors, or torch.ops.mnv3_emulated (the same kernels under the CUDA
+    emulator) on CPU tensors.  dw, pw, gate and se run those kernels; conv (the
+    stem) has no CUDA kernel yet and runs the reference (cuDNN on a GPU); pwdw has
+    none either, and the CUDA target (compiler.CUDA) does not emit it."""
+
+    REFERENCE_STEPS_OPS = ("conv_bias_act",)
+    # Kernel launches per step on the CUDA kernels: pw and dw one each (the squeeze
+    # over many blocks finishes in the same launch), the SE gate two (hidden layer,
+    # gate), se three (those and the scale).  conv and pool run PyTorch's ops.
+    LAUNCHES = {"pw": 1, "dw": 1, "gate": 2, "se": 3}
+
+    def __init__(self, namespace):
+        self.namespace = namespace
+
+    def __getattr__(self, name):
+        if name in self.REFERENCE_STEPS_OPS:
+            return getattr(reference, name)
+        return getattr(self.namespace, name).default
 
 
 def run_reference(inputs, tensors, program) -> list[torch.Tensor]:
