@@ -212,6 +212,15 @@ def check_se_args(x, pooled, w1, b1, w2, b2, gate) -> None:
         raise ValueError(f"gate must be one of {GATES}, got {gate!r}")
 
 
+def _kernel_for(t, kernel: str | None) -> str:
+    """The kernel a call of the ops with a CPU and a CUDA kernel of their own (pointwise_bias_act,
+    se_gate) reaches: `kernel` when given (the emulated CUDA kernels run on CPU tensors), else
+    the one of t's device."""
+    if kernel is not None:
+        return kernel
+    return "cuda" if isinstance(t, torch.Tensor) and t.device.type == "cuda" else "cpu"
+
+
 def check_pointwise_args(x, weight, bias, activation, scale, residual, kernel: str | None = None) -> tuple:
     """Raises a clear error for bad arguments of mnv3::pointwise_bias_act; returns y's shape.
 
@@ -219,8 +228,7 @@ def check_pointwise_args(x, weight, bias, activation, scale, residual, kernel: s
     plain or as panels) or "cuda" (float32, float16 or bfloat16, plain weight
     only; also the emulated CUDA kernel, on CPU tensors); by default the one of
     x's device."""
-    if kernel is None:
-        kernel = "cuda" if isinstance(x, torch.Tensor) and x.device.type == "cuda" else "cpu"
+    kernel = _kernel_for(x, kernel)
     _check_float_tensor("x", x)
     if kernel == "cpu":
         if x.dtype != torch.float32:
@@ -301,8 +309,7 @@ def check_se_gate_args(pooled, w1, b1, w2, b2, gate, kernel: str | None = None) 
     `kernel` as for check_pointwise_args: "cpu" (float32, contiguous pooled,
     weights plain or panels) or "cuda" (weights float32, float16 or bfloat16,
     pooled float32 or their dtype, plain weights); by default pooled's device's."""
-    if kernel is None:
-        kernel = "cuda" if isinstance(pooled, torch.Tensor) and pooled.device.type == "cuda" else "cpu"
+    kernel = _kernel_for(pooled, kernel)
     _check_float_tensor("pooled", pooled)
     if kernel == "cpu":
         if pooled.dtype != torch.float32:
