@@ -3,15 +3,15 @@
 # torch 2.11 / CUDA 13.0, no network), at most 7 minutes, the build included.
 # Steps in the order of what they are worth, each with a budget (seconds):
 #
-#   build       in place, CUDA arch 9.0 only, MAX_JOBS = cores           150
+#   build       in place, CUDA arch 9.0 only, MAX_JOBS = cores           140
 #   info        python -m mnv3_kernels.info                               10
 #   cuda_ops    tests/test_cuda_ops.py on the GPU, -x                     50
 #   cuda_model  tests/test_cuda_model.py, -x                              40
 #   memcheck    compute-sanitizer over benchmarks/sanitize_kernels.py     40
 #   racecheck     (our kernels only, references on the CPU, every        30
 #   synccheck     launch branch)                                         30
-#   bench       Large + Small, batch 1 and 256, fp16: eager, eager_cl,    70
-#               compile, fused-native, fused-native-graph
+#   bench       Large + Small, batch 1 and 256, fp16: eager, eager_cl,    80
+#               compile, fused-native, fused-native-graph, plan-native-graph
 #   triton      tests/test_triton.py on the GPU        while time remains
 #   bench_more  the rest of the bench grid             while time remains
 #
@@ -156,7 +156,7 @@ bench_step() {
   step "$name" "$kind" "$budget" "$PY" -m mnv3_kernels.bench "$@" --out "$LOGS/$name"
 }
 
-step build required 150 "$PY" setup.py build_ext --inplace
+step build required 140 "$PY" setup.py build_ext --inplace
 step info required 10 "$PY" -m mnv3_kernels.info
 step cuda_ops required 50 "${PYTEST[@]}" tests/test_cuda_ops.py -k "not emulated"
 step cuda_model required 40 "${PYTEST[@]}" tests/test_cuda_model.py
@@ -167,8 +167,8 @@ if command -v compute-sanitizer >/dev/null 2>&1 || [ $DRY = 1 ]; then
 else
   printf '%-11s %-30s %6s %6s\n' sanitizer "not supported (no compute-sanitizer)" 0 0 >>"$SUMMARY"
 fi
-bench_step bench required 70 "${BENCH_ARGS[@]}" --batch 1 256 --dtype fp16 \
-  --variants eager eager_cl compile fused-native fused-native-graph
+bench_step bench required 80 "${BENCH_ARGS[@]}" --batch 1 256 --dtype fp16 \
+  --variants eager eager_cl compile fused-native fused-native-graph plan-native-graph
 for f in results.json speedup.png; do
   [ -f "$LOGS/bench/$f" ] && cp "$LOGS/bench/$f" "$OUT/$f"
 done

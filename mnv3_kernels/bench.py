@@ -74,12 +74,14 @@ VARIANTS = {
     "fused-native-graph": "mk.fuse(model) on the CUDA kernels, replayed as a CUDA graph (CUDA)",
     "fused-triton": "mk.fuse(model) on the Triton kernels (CUDA)",
     "fused-triton-graph": "mk.fuse(model) on the Triton kernels, replayed as a CUDA graph (CUDA)",
+    "plan-native-graph": "the model compiled for the CUDA kernels (plan.compiler.CUDA: folded once in fp32, "
+                         "the pw, dw and SE steps on mnv3's CUDA kernels), replayed as a CUDA graph (CUDA)",
 }
 # What a run times without --variants, per device type.
 DEFAULT_VARIANTS = {
     "cpu": ["eager", "eager_cl", "compile", "onnxruntime", "fused-native", "fused-native-frozen"],
     "cuda": ["eager", "eager_cl", "compile", "fused-native", "fused-native-graph", "fused-triton",
-             "fused-triton-graph"],
+             "fused-triton-graph", "plan-native-graph"],
 }
 
 
@@ -101,7 +103,7 @@ def unavailable_reason(variant: str, device: torch.device, dtype: torch.dtype) -
     if variant == "fused-native-frozen":
         if device.type != "cpu" or dtype != torch.float32:
             return "mk.freeze is the fp32 CPU fast path (on CUDA the graph variants are its counterpart)"
-    if variant.startswith("fused-"):
+    if variant.startswith(("fused-", "plan-")):
         ok, why = backends.availability(backends.Backend(variant.split("-")[1]), device.type)
         return None if ok else why
     return None
@@ -169,6 +171,21 @@ def _cuda_graph_runner(fn, x: torch.Tensor):
     return run
 
 
+def _cuda_plan(model: torch.nn.Module) -> torch.nn.Module:
+    """model (on its device, in its dtype) compiled for the CUDA kernels: BatchNorm folded
+    on an fp32 copy, the plan's weights and the parts it leaves to the model's code
+    then converted back to model's dtype.  Its segments run on mnv3's CUDA kernels
+    (plan.compiler.Target.execute)."""
+    from .plan.compiler import CUDA, compile_model
+
+    dtype = next(model.parameters()).dtype
+    with torch.no_grad():
+        plan = compile_model(copy.deepcopy(model).float(), CUDA)
+    for seg in plan.segments:
+        seg.tensors = [t.to(dtype) for t in seg.tensors]
+    return plan.graph_module.to(dtype)
+
+
 def _runner(variant: str, model: torch.nn.Module, device: torch.device, x: torch.Tensor,
             notes: list[str] | None = None):
     """A callable x -> the model's output for one variant (models already on
@@ -191,6 +208,8 @@ def _runner(variant: str, model: torch.nn.Module, device: torch.device, x: torch
         return torch.compile(copy.deepcopy(model))
     if variant == "onnxruntime":
         return _onnxruntime_runner(model, x)
+    if variant == "plan-native-graph":
+        return _cuda_graph_runner(_cuda_plan(model), x)
     if not variant.startswith("fused-"):
         raise ValueError(variant)
     fused = mk.fuse(model)  # on a copy

@@ -301,3 +301,30 @@ def test_bench_frozen_variant_freeze_refuses_is_unavailable_with_its_message(tmp
     r = _rows(tmp_path)["mobilenet_v2", 1, "fused-native-frozen"]
     assert r["status"] == "unavailable" and r["notes"] == ["TypeError: freeze(model): not this one"], r
     assert len(seen) == 1 and hasattr(seen[0], "mnv3_fuse_report")  # freeze got the fused model
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_the_cuda_plan_variant_folds_in_fp32_and_runs_in_the_models_dtype(dtype):
+    """plan-native-graph's model (bench._cuda_plan) off the GPU: its segments then run the
+    reference interpreter, so this checks the folding on an fp32 copy and the conversion
+    back (LR-ASPP: plan weights and the modules left to the model's code)."""
+    from mnv3_kernels.testing import calibrate_batchnorm
+    from tolerances import assert_lowp_close, assert_model_close
+
+    model = zoo.build("lraspp", seed=0)
+    calibrate_batchnorm(model, torch.randn(2, 3, 64, 64))
+    model.eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        expected = zoo.output_tensor(model(x))
+        low = model.to(dtype)
+        plan = bench._cuda_plan(low)
+        segments = [m for name, m in plan.named_children() if name.startswith("plan_segment_")]
+        assert len(segments) == 2 and all(t.dtype == dtype for seg in segments for t in seg.tensors)
+        out = zoo.output_tensor(plan(x.to(dtype)))
+        own = zoo.output_tensor(low(x.to(dtype)))
+    assert out.dtype == dtype
+    if dtype == torch.float32:
+        assert_model_close(out, expected)
+    else:
+        assert_lowp_close(out, expected, own, dtype)
