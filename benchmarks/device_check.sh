@@ -6,7 +6,7 @@
 #   build       in place, CUDA arch 9.0 only, MAX_JOBS = cores           140
 #   info        python -m mnv3_kernels.info                               10
 #   cuda_ops    tests/test_cuda_ops.py on the GPU, -x                     50
-#   cuda_model  tests/test_cuda_model.py, -x                              40
+#   cuda_model  tests/test_cuda_model.py + test_cuda_plan.py, -x          40
 #   memcheck    compute-sanitizer over benchmarks/sanitize_kernels.py     40
 #   racecheck     (our kernels only, references on the CPU, every        30
 #   synccheck     launch branch)                                         30
@@ -159,7 +159,7 @@ bench_step() {
 step build required 140 "$PY" setup.py build_ext --inplace
 step info required 10 "$PY" -m mnv3_kernels.info
 step cuda_ops required 50 "${PYTEST[@]}" tests/test_cuda_ops.py -k "not emulated"
-step cuda_model required 40 "${PYTEST[@]}" tests/test_cuda_model.py
+step cuda_model required 40 "${PYTEST[@]}" tests/test_cuda_model.py tests/test_cuda_plan.py -k "not emulated"
 if command -v compute-sanitizer >/dev/null 2>&1 || [ $DRY = 1 ]; then
   step memcheck sanitizer 40 "${SANITIZE[@]}" --tool memcheck "$PY" benchmarks/sanitize_kernels.py
   step racecheck sanitizer 30 "${SANITIZE[@]}" --tool racecheck "$PY" benchmarks/sanitize_kernels.py

@@ -4,9 +4,10 @@ A model compiled for plan.compiler.CUDA (plain weights, no pwdw step) is run
 by the plan's interpreter on the handwritten CUDA kernels (interpreter.KernelOps):
 `emulated`, the kernels under the CUDA emulator on CPU tensors (CI), and
 `cuda` on a GPU when one is visible.  Its output is checked against the eager
-model (fp32: the model tolerance; fp16: the LOWP rule against the same plan
-on PyTorch's own fp16 ops), and the kernel launches of a Large forward are
-counted from the emulator's launch log.
+model (fp32: the model tolerance; fp16: the LOWP rule of the eager model run
+in fp16), the kernel launches of a Large forward are
+counted from the emulator's launch log, and on a GPU the plan replays in a
+CUDA graph (the device check runs this file's GPU tests).
 """
 
 from __future__ import annotations
@@ -38,6 +39,16 @@ def target(request):
 
 
 SIZE = (65, 71)  # odd: every stride-2 layer rounds
+
+
+@pytest.fixture(autouse=True)
+def no_tf32():
+    """fp32 comparisons mean fp32: on a GPU the stem conv runs cuDNN, TF32 by default."""
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
 def _model(name: str):
@@ -94,6 +105,36 @@ def test_fp16_plan_on_the_cuda_kernels(compiled, target):
                                     interpreter.KernelOps(namespace))[0]
     assert out.dtype == torch.float16
     assert_lowp_close(out.cpu(), expected, own, torch.float16)
+
+
+@pytest.mark.cuda
+@requires_gpu
+def test_the_plan_replays_in_a_cuda_graph(compiled):
+    """The plan's steps on the CUDA kernels, captured once and replayed on new inputs
+    written into the captured input: the same outputs as running the steps again."""
+    _, plan = compiled
+    segment = plan.segments[0]
+    tensors = [t.half().cuda() for t in segment.tensors]
+    ops = interpreter.KernelOps(torch.ops.mnv3)
+    x = torch.randn(2, 3, *SIZE, device="cuda", dtype=torch.float16)
+
+    def step():
+        return interpreter.interpret([x], tensors, segment.program, ops)[0]
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.no_grad(), torch.cuda.stream(side):
+        step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.no_grad(), torch.cuda.graph(graph):
+        out = step()
+    for seed in (1, 2):
+        x.copy_(torch.randn(x.shape, generator=torch.Generator().manual_seed(seed)).to(x))
+        graph.replay()
+        torch.cuda.synchronize()
+        with torch.no_grad():
+            assert torch.equal(out, step())
 
 
 KERNEL_LAUNCHES = interpreter.KernelOps.LAUNCHES
