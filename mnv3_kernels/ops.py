@@ -221,6 +221,18 @@ def _kernel_for(t, kernel: str | None) -> str:
     return "cuda" if isinstance(t, torch.Tensor) and t.device.type == "cuda" else "cpu"
 
 
+def _check_kernel_input(name: str, t, kernel: str) -> None:
+    """The first operand of a call reaching `kernel`: a float tensor; for the CPU kernel
+    float32 on the CPU (float16 and bfloat16 run on the CUDA kernel)."""
+    _check_float_tensor(name, t)
+    if kernel == "cpu":
+        if t.dtype != torch.float32:
+            raise TypeError(f"{name} must be float32 for the CPU kernel (float16 and bfloat16 run on CUDA), "
+                            f"got {t.dtype}")
+        if t.device.type != "cpu":
+            raise ValueError(f"{name} must be a CPU tensor for the CPU kernel, got {t.device}")
+
+
 def check_pointwise_args(x, weight, bias, activation, scale, residual, kernel: str | None = None) -> tuple:
     """Raises a clear error for bad arguments of mnv3::pointwise_bias_act; returns y's shape.
 
@@ -229,12 +241,7 @@ def check_pointwise_args(x, weight, bias, activation, scale, residual, kernel: s
     only; also the emulated CUDA kernel, on CPU tensors); by default the one of
     x's device."""
     kernel = _kernel_for(x, kernel)
-    _check_float_tensor("x", x)
-    if kernel == "cpu":
-        if x.dtype != torch.float32:
-            raise TypeError(f"x must be float32 for the CPU kernel (float16 and bfloat16 run on CUDA), got {x.dtype}")
-        if x.device.type != "cpu":
-            raise ValueError(f"x must be a CPU tensor for the CPU kernel, got {x.device}")
+    _check_kernel_input("x", x, kernel)
     if x.dim() == 4:
         if not layout.is_nhwc_dense(x):
             raise ValueError("x must be channels-last dense (x.contiguous(memory_format=torch.channels_last))")
@@ -310,12 +317,8 @@ def check_se_gate_args(pooled, w1, b1, w2, b2, gate, kernel: str | None = None) 
     weights plain or panels) or "cuda" (weights float32, float16 or bfloat16,
     pooled float32 or their dtype, plain weights); by default pooled's device's."""
     kernel = _kernel_for(pooled, kernel)
-    _check_float_tensor("pooled", pooled)
+    _check_kernel_input("pooled", pooled, kernel)
     if kernel == "cpu":
-        if pooled.dtype != torch.float32:
-            raise TypeError(f"pooled must be float32 for the CPU kernel, got {pooled.dtype}")
-        if pooled.device.type != "cpu":
-            raise ValueError(f"pooled must be a CPU tensor for the CPU kernel, got {pooled.device}")
         if pooled.dim() != 2 or not pooled.is_contiguous():
             raise ValueError(f"pooled must be a contiguous [N, C] matrix, got shape {_shape(pooled)}")
         dtype = torch.float32

@@ -21,6 +21,17 @@ def _seed():
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
+@pytest.fixture
+def no_tf32():
+    """fp32 comparisons on a GPU mean fp32: TF32 convolutions and matmuls (cuDNN's default
+    for convolutions) would dominate the error."""
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
 def cpu_plan_marks() -> list:
     """pytestmark of the tests of MobileNetV3's CPU fast plan (and freeze, which runs it)."""
     from mnv3_kernels import backends

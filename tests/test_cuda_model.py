@@ -14,20 +14,11 @@ tv_models = pytest.importorskip("torchvision.models", reason="torchvision is not
 
 pytestmark = [
     pytest.mark.cuda,
+    pytest.mark.usefixtures("no_tf32"),  # fp32 comparisons mean fp32 (conftest.py)
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none visible)"),
 ]
 DEV = "cuda"
 ARCHS = ["mobilenet_v3_large", "mobilenet_v3_small"]
-
-
-@pytest.fixture(autouse=True)
-def no_tf32():
-    """fp32 comparisons mean fp32: TF32 convolutions and matmuls would dominate the error."""
-    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
-    yield
-    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
 def torchvision_model(arch: str, seed: int = 0) -> torch.nn.Module:

@@ -24,6 +24,7 @@ from mnv3_kernels.plan import compiler, interpreter
 from mnv3_kernels.testing import calibrate_batchnorm
 
 requires_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none visible)")
+pytestmark = pytest.mark.usefixtures("no_tf32")  # on a GPU the stem conv runs cuDNN (conftest.py)
 
 
 @pytest.fixture(params=[
@@ -39,16 +40,6 @@ def target(request):
 
 
 SIZE = (65, 71)  # odd: every stride-2 layer rounds
-
-
-@pytest.fixture(autouse=True)
-def no_tf32():
-    """fp32 comparisons mean fp32: on a GPU the stem conv runs cuDNN, TF32 by default."""
-    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
-    yield
-    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
 def _model(name: str):
