@@ -48,7 +48,7 @@ class _EagerOps(TorchDispatchMode):
 class _PlanOps:
     """The reference ops (shapes on meta), recording per step (step, launches, operand
     bytes): launches from KernelOps.LAUNCHES where a CUDA kernel runs the step, else
-    the aten ops the reference runs (KernelOps runs those steps on the reference)."""
+    the aten ops the reference runs (a step KernelOps.LAUNCHES does not list)."""
 
     def __init__(self):
         self.steps: list[tuple[str, int, int]] = []

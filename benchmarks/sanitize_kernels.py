@@ -24,8 +24,8 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
 
 import mnv3_kernels  # noqa: E402,F401
-from op_cases import (check_dwconv, check_pointwise, check_se, check_se_gate, dwconv_params, make_x,  # noqa: E402
-                      missed_launch_branches, pointwise_params, se_params)
+from op_cases import (check_conv, check_dwconv, check_pointwise, check_se, check_se_gate, dwconv_params,  # noqa: E402
+                      make_x, missed_launch_branches, pointwise_params, se_params)
 
 DWCONV = [  # shape, dtype, layout, k, stride, dilation: launch branch
     ((2, 16, 9, 11), torch.float16, "channels_last", 3, 1, 1),     # NHWC 16-byte vectors, 3x3/1
@@ -57,8 +57,8 @@ POINTWISE = [  # x shape, Cout, dtype, layout, SE scale, residual: launch branch
 
 
 def run(device: str, ops) -> int:
-    """Every call of DWCONV, SE (se_excite_scale and se_gate) and POINTWISE on `device` through `ops`;
-    returns the call count."""
+    """Every call of DWCONV, SE (se_excite_scale and se_gate), the stem conv and POINTWISE on
+    `device` through `ops`; returns the call count."""
     g = torch.Generator().manual_seed(0)
     calls = 0
     for shape, dtype, layout, k, stride, dilation in DWCONV:
@@ -75,6 +75,11 @@ def run(device: str, ops) -> int:
         check_se(x, pooled, *weights, "sigmoid", ops=ops, reference_on_cpu=True)
         check_se_gate(pooled, *weights, "hardsigmoid", ops=ops, reference_on_cpu=True)
         calls += 2
+    x = make_x((2, 3, 19, 17), torch.float16, device, "nchw", g)  # the stem: NCHW in, 13 channels (a partial group)
+    w = (torch.randn(13, 3, 3, 3, generator=g) / 5).to(device, torch.float16)
+    check_conv(x, w, torch.randn(13, generator=g).to(device, torch.float16), 2, 1, 1, "hardswish", ops=ops,
+               reference_on_cpu=True)
+    calls += 1
     for shape, cout, dtype, layout, with_scale, with_residual in POINTWISE:
         x = make_x(shape, dtype, device, layout, g)
         w, b = pointwise_params(shape[1], cout, dtype, device, g)

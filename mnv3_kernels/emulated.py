@@ -10,6 +10,7 @@ then serve
     torch.ops.mnv3_emulated.se_excite_scale(x, ...)
     torch.ops.mnv3_emulated.pointwise_bias_act(x, ...)
     torch.ops.mnv3_emulated.se_gate(pooled, ...)
+    torch.ops.mnv3_emulated.conv_bias_act(x, ...)
 
 exactly as torch.ops.mnv3.* on a GPU: the same kernels, launch configurations
 and shared-memory layout, every thread of every block run by the emulator,
@@ -37,11 +38,16 @@ def _se_gate_fake(pooled, w1, b1, w2, b2, gate):
     return ops._se_gate_fake(pooled, w1, b1, w2, b2, gate, kernel="cuda")
 
 
+def _conv_bias_act_fake(x, weight, bias, stride, padding, dilation, activation):
+    return ops._conv_bias_act_fake(x, weight, bias, stride, padding, dilation, activation, kernel="cuda")
+
+
 CUDA_OPS = {
     "dwconv_bias_act": (ops.DWCONV_SCHEMA, ops._dwconv_bias_act_fake),
     "se_excite_scale": (ops.SE_SCHEMA, ops._se_excite_scale_fake),
     "pointwise_bias_act": (ops.POINTWISE_SCHEMA, _pointwise_bias_act_fake),  # the CUDA kernel's dtypes
     "se_gate": (ops.SE_GATE_SCHEMA, _se_gate_fake),
+    "conv_bias_act": (ops.CONV_SCHEMA, _conv_bias_act_fake),
 }
 
 _lib = torch.library.Library(NAMESPACE, "DEF")  # noqa: TOR901 - kept alive for the process

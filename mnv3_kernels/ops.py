@@ -40,7 +40,8 @@ built; the C++ extensions only register implementations for them.
       [Cout, Cin, kh, kw]: the fast path's 3x3 stem.  x in any layout (the model's
       NCHW input is read in place); y is always channels-last, the layout every
       later op of the fast path reads (the one exception to layout.py's rule).
-      fp32, CPU only, outside backends.OPS.
+      CPU: fp32.  CUDA: fp32, fp16 or bf16, a direct convolution (the stem's
+      few taps).  Outside backends.OPS.
     mnv3::se_gate(pooled, w1, b1, w2, b2, gate) -> g
       g = gate(relu(pooled @ w1.T + b1) @ w2.T + b2): an SE block's [N, C] gate
       from its [N, C] squeeze, the fast path's input scale for the projection
@@ -166,15 +167,15 @@ def _conv_out_hw(x, weight, stride, padding, dilation, activation) -> tuple:
     return oh, ow
 
 
-def check_conv_args(x, weight, bias, stride, padding, dilation, activation) -> tuple:
-    """Raises a clear error for bad arguments of mnv3::conv_bias_act; returns y's shape."""
-    _check_float_tensor("x", x, torch.float32)
-    if x.device.type != "cpu":
-        raise ValueError(f"x must be a CPU tensor (conv_bias_act is the CPU fast path's stem), got {x.device}")
+def check_conv_args(x, weight, bias, stride, padding, dilation, activation, kernel: str | None = None) -> tuple:
+    """Raises a clear error for bad arguments of mnv3::conv_bias_act; returns y's shape.
+    `kernel` as for check_pointwise_args: "cpu" (float32) or "cuda" (float32,
+    float16 or bfloat16); by default x's device's."""
+    _check_kernel_input("x", x, _kernel_for(x, kernel))
     if x.dim() != 4:
         raise ValueError(f"x must be a 4-d tensor [N, C, H, W], got shape {_shape(x)}")
-    _check_float_tensor("weight", weight, torch.float32)
-    _check_float_tensor("bias", bias, torch.float32)
+    _check_float_tensor("weight", weight, x.dtype)
+    _check_float_tensor("bias", bias, x.dtype)
     _check_device("weight", weight, x)
     _check_device("bias", bias, x)
     if weight.dim() != 4 or weight.shape[1] != x.shape[1]:
@@ -214,7 +215,7 @@ def check_se_args(x, pooled, w1, b1, w2, b2, gate) -> None:
 
 def _kernel_for(t, kernel: str | None) -> str:
     """The kernel a call of the ops with a CPU and a CUDA kernel of their own (pointwise_bias_act,
-    se_gate) reaches: `kernel` when given (the emulated CUDA kernels run on CPU tensors), else
+    se_gate, conv_bias_act) reaches: `kernel` when given (the emulated CUDA kernels run on CPU tensors), else
     the one of t's device."""
     if kernel is not None:
         return kernel
@@ -377,8 +378,8 @@ def _se_gate_fake(pooled, w1, b1, w2, b2, gate, *, kernel=None):
 
 
 @torch.library.register_fake("mnv3::conv_bias_act")
-def _conv_bias_act_fake(x, weight, bias, stride, padding, dilation, activation):
-    out_shape = check_conv_args(x, weight, bias, stride, padding, dilation, activation)
+def _conv_bias_act_fake(x, weight, bias, stride, padding, dilation, activation, *, kernel=None):
+    out_shape = check_conv_args(x, weight, bias, stride, padding, dilation, activation, kernel)
     return torch.empty(out_shape, dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
 
 

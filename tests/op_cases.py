@@ -144,6 +144,21 @@ def check_se_gate(pooled, w1, b1, w2, b2, gate, ops=None, reference_on_cpu=False
     return g
 
 
+def check_conv(x, w, b, stride, padding, dilation, activation, ops=None, reference_on_cpu=False):
+    """Runs `ops`.conv_bias_act (as check_dwconv) and checks y (channels-last always)."""
+    args = ([stride] * 2, [padding] * 2, [dilation] * 2, activation)
+    y = (ops or torch.ops.mnv3).conv_bias_act(x, w, b, *args)
+    assert y.device == x.device and y.dtype == x.dtype and y.is_contiguous(memory_format=torch.channels_last)
+    if reference_on_cpu:
+        x, w, b, y = (t.cpu() for t in (x, w, b, y))
+    ref = reference.conv_bias_act(x.float(), w.float(), b.float(), *args)
+    if x.dtype == torch.float32:
+        assert_op_close(y, ref)
+    else:
+        assert_lowp_close(y, ref, reference.conv_bias_act(x, w, b, *args), x.dtype)
+    return y
+
+
 # ------------------------------------------------------------------ launch branches of the CUDA kernels
 # A launch log is [(kernel, grid, block, dynamic smem bytes)] as the CUDA emulator
 # records it (mnv3_kernels.emulated.module().launch_log()); the kernel names
@@ -182,6 +197,7 @@ LAUNCH_BRANCHES = {
     "se scale NHWC, scalar": lambda L: any(k == "scale_nhwc_kernel (scalar)" for k, *_ in L),
     "se scale NCHW planes, 16-byte vectors": lambda L: any(k == "scale_planes_kernel" for k, *_ in L),
     "se scale, any strides": lambda L: any(k == "scale_strided_kernel" for k, *_ in L),
+    "dense conv (the stem)": lambda L: any(k == "conv_direct_kernel" for k, *_ in L),
     "pointwise GEMM, 16-byte vectors": lambda L: any(k == "pw_gemm_kernel (16-byte vectors)" for k, *_ in L),
     "pointwise GEMM, scalar": lambda L: any(k == "pw_gemm_kernel (scalar)" for k, *_ in L),
     "pointwise GEMM, many row and channel tiles": lambda L: any(

@@ -17,8 +17,8 @@ import pytest
 import torch
 
 from mnv3_kernels import emulated, ops, reference
-from op_cases import (LAYOUTS, check_dwconv, check_pointwise, check_se, check_se_gate, dwconv_params, make_x,
-                      missed_launch_branches, pointwise_params, se_params)
+from op_cases import (LAYOUTS, check_conv, check_dwconv, check_pointwise, check_se, check_se_gate, dwconv_params,
+                      make_x, missed_launch_branches, pointwise_params, se_params)
 from tolerances import assert_op_close
 
 requires_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none visible)")
@@ -267,6 +267,40 @@ def test_pointwise_refuses_bad_input(target):
         target.ops.pointwise_bias_act(x, w, b, "relu", None, torch.zeros(1, 16, 3, 3, device=x.device))
     with pytest.raises(RuntimeError, match="activation must be one of"):
         target.ops.pointwise_bias_act(x, w, b, "gelu")
+
+
+# ------------------------------------------------------------------ conv_bias_act (the stem)
+# (x shape, Cout, k, stride, dilation, x layout): the stem, Cout not a multiple of
+# the 8 channels a thread computes, odd sizes, any x layout, N = 0.
+CONV_CASES = [
+    ((1, 3, 17, 19), 16, 3, 2, 1, "nchw"),
+    ((2, 3, 9, 8), 13, 3, 1, 2, "channels_last"),
+    ((1, 5, 7, 7), 24, 5, 2, 1, "strided_view"),
+    ((0, 3, 8, 8), 16, 3, 2, 1, "nchw"),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32] + LOWP, ids=str)
+@pytest.mark.parametrize("shape,cout,k,stride,dilation,layout", CONV_CASES,
+                         ids=["x".join(map(str, c[0])) + f"-{c[1]}-k{c[2]}s{c[3]}d{c[4]}-{c[5]}" for c in CONV_CASES])
+def test_conv_bias_act(shape, cout, k, stride, dilation, layout, dtype, target):
+    g = _gen("conv", shape, cout, k, str(dtype))
+    x = make_x(shape, dtype, target.device, layout, g)
+    w = (torch.randn(cout, shape[1], k, k, generator=g) / (shape[1] * k * k) ** 0.5).to(target.device, dtype)
+    b = torch.randn(cout, generator=g).to(target.device, dtype)
+    activation = ops.ACTIVATIONS[(cout + k) % len(ops.ACTIVATIONS)]
+    check_conv(x, w, b, stride, k // 2 * dilation, dilation, activation, ops=target.ops)
+
+
+def test_conv_bias_act_refuses_bad_input(target):
+    x = torch.randn(1, 3, 8, 8, device=target.device, dtype=torch.float16)
+    w, b = torch.randn(16, 3, 3, 3, device=target.device), torch.randn(16, device=target.device)
+    with pytest.raises(RuntimeError, match="weight must be a \\[Cout, Cin, kh, kw\\] tensor of x's dtype"):
+        target.ops.conv_bias_act(x, w, b.half(), [2, 2], [1, 1], [1, 1], "relu")
+    with pytest.raises(RuntimeError, match="the output would be empty"):
+        target.ops.conv_bias_act(x, w.half(), b.half(), [1, 1], [0, 0], [5, 5], "relu")
+    with pytest.raises(RuntimeError, match="activation must be one of"):
+        target.ops.conv_bias_act(x, w.half(), b.half(), [1, 1], [1, 1], [1, 1], "gelu")
 
 
 # ------------------------------------------------------------------ opcheck

@@ -150,16 +150,17 @@ def large_launches():
 
 def test_large_forward_launches_one_kernel_per_step(large_launches):
     """Each step launches what KernelOps.LAUNCHES says and nothing more (at 224 x 224,
-    batch 1: the depthwise squeezes over many blocks finish in the same launch)."""
+    batch 1: the depthwise squeezes over many blocks finish in the same launch; the
+    stem is conv_direct_kernel)."""
     steps, log = large_launches
     counts = collections.Counter(steps)
     assert len(log) == sum(KERNEL_LAUNCHES.get(s, 0) * n for s, n in counts.items()), (counts, len(log))
 
 
-@pytest.mark.xfail(strict=True, reason="not yet: 63 kernel launches + the stem conv's and the pool's PyTorch ops "
-                                       "(benchmarks/cuda_plan_traffic.py: 67); no CUDA kernel fuses the expand "
+@pytest.mark.xfail(strict=True, reason="not yet: 64 kernel launches + the pool's mean "
+                                       "(benchmarks/cuda_plan_traffic.py: 65); no CUDA kernel fuses the expand "
                                        "into the depthwise conv yet")
 def test_large_forward_within_the_launch_budget(large_launches):
     steps, log = large_launches
-    others = sum(1 for s in steps if s not in KERNEL_LAUNCHES)  # at least one launch each
+    others = sum(1 for s in steps if s not in KERNEL_LAUNCHES)  # pool: PyTorch's mean, one launch at least
     assert len(log) + others <= LAUNCH_TARGET

@@ -44,6 +44,21 @@ MNV3_HD F activate(F v) {
   }
 }
 
+// activate<A> for a runtime activation: a branch per value (for epilogues that
+// run once per output, where a kernel per activation would not pay).
+MNV3_HD float activate(Activation act, float v) {
+  switch (act) {
+    case Activation::ReLU:
+      return activate<Activation::ReLU>(v);
+    case Activation::ReLU6:
+      return activate<Activation::ReLU6>(v);
+    case Activation::HardSwish:
+      return activate<Activation::HardSwish>(v);
+    default:
+      return v;
+  }
+}
+
 template <Gate G>
 MNV3_HD float apply_gate(float v) {
   if constexpr (G == Gate::Sigmoid) {

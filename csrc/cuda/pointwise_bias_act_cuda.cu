@@ -86,19 +86,6 @@ __device__ __forceinline__ void stage_tile(const T* __restrict__ src, int64_t ro
   }
 }
 
-__device__ __forceinline__ float activate_runtime(Activation act, float v) {
-  switch (act) {
-    case Activation::ReLU:
-      return activate<Activation::ReLU>(v);
-    case Activation::ReLU6:
-      return activate<Activation::ReLU6>(v);
-    case Activation::HardSwish:
-      return activate<Activation::HardSwish>(v);
-    default:
-      return v;
-  }
-}
-
 // blockIdx.x: the 64-row tile of y, blockIdx.y: the 64-channel tile.
 // x [M, K], w [Nc, K], y and residual [M, Nc], all row-major; scale [N, K]
 // fp32 or null; residual null when there is none.
@@ -145,7 +132,7 @@ pw_gemm_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __rest
     for (int i = 0; i < kPerThread; ++i) {
       const int64_t m = row0 + ty + 16 * i;
       if (m >= a.M) continue;
-      float v = activate_runtime(a.act, acc[i][j] + b);
+      float v = activate(a.act, acc[i][j] + b);
       if (residual != nullptr) v += static_cast<float>(residual[m * a.Nc + co]);
       y[m * a.Nc + co] = static_cast<T>(v);
     }

@@ -583,8 +583,8 @@ class Target:
 
 # The fp32 CPU fast path: every step, mnv3::run_plan in one op call.
 CPU = Target("cpu", frozenset(BY_NAME), for_cpu)
-# The CUDA kernels (interpreter.KernelOps): no pwdw (no CUDA kernel fuses the
-# expand into the depthwise conv yet), plain weights in the model's dtype.
+# The CUDA kernels (interpreter.KernelOps): every step but pwdw (no CUDA kernel
+# fuses the expand into the depthwise conv yet), plain weights.
 CUDA = Target("cuda", frozenset(BY_NAME) - {"pwdw"}, for_cuda)
 
 

@@ -164,22 +164,20 @@ class MnvOps:
 class KernelOps:
     """A plan's ops on the handwritten CUDA kernels of `namespace`: torch.ops.mnv3 on
     CUDA tensors, or torch.ops.mnv3_emulated (the same kernels under the CUDA
-    emulator) on CPU tensors.  dw, pw, gate and se run those kernels; conv (the
-    stem) has no CUDA kernel yet and runs the reference (cuDNN on a GPU); pwdw has
-    none either, and the CUDA target (compiler.CUDA) does not emit it."""
+    emulator) on CPU tensors.  conv, dw, pw, gate and se run those kernels; pwdw
+    has no CUDA kernel, and the CUDA target (compiler.CUDA) does not emit it."""
 
-    REFERENCE_STEPS_OPS = ("conv_bias_act",)
-    # Kernel launches per step on the CUDA kernels: pw and dw one each (the squeeze
-    # over many blocks finishes in the same launch), the SE gate two (hidden layer,
-    # gate), se three (those and the scale).  conv and pool run PyTorch's ops.
-    LAUNCHES = {"pw": 1, "dw": 1, "gate": 2, "se": 3}
+    # Kernel launches per step on the CUDA kernels: conv, pw and dw one each (the
+    # squeeze over many blocks finishes in the same launch), the SE gate two (hidden
+    # layer, gate), se three (those and the scale).  pool runs PyTorch's mean.
+    LAUNCHES = {"conv": 1, "pw": 1, "dw": 1, "gate": 2, "se": 3}
 
     def __init__(self, namespace):
         self.namespace = namespace
 
     def __getattr__(self, name):
-        if name in self.REFERENCE_STEPS_OPS:
-            return getattr(reference, name)
+        if name.startswith("__") or name == "namespace":  # copy / pickle before __init__
+            raise AttributeError(name)
         return getattr(self.namespace, name).default
 
 
