@@ -313,7 +313,7 @@ def _conv_args(**overrides):
 
 CONV_BAD = [
     ({"x": torch.randn(1, 3, 8, 8).half()}, "x must be a float32 4-d tensor",
-     "x must have the dtype of x \\(torch.float32\\)"),
+     "x must be float32 for the CPU kernel"),
     ({"x": torch.randn(3, 8, 8)}, "x must be a float32 4-d tensor", "x must be a 4-d tensor"),
     ({"weight": torch.randn(16, 4, 3, 3)}, "weight must be a float32 \\[Cout, Cin, kh, kw\\] tensor with Cin = 3",
      "weight must have shape \\[Cout, Cin, kh, kw\\] with Cin = 3"),
