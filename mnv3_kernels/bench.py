@@ -75,7 +75,7 @@ VARIANTS = {
     "fused-triton": "mk.fuse(model) on the Triton kernels (CUDA)",
     "fused-triton-graph": "mk.fuse(model) on the Triton kernels, replayed as a CUDA graph (CUDA)",
     "plan-native-graph": "the model compiled for the CUDA kernels (plan.compiler.CUDA: folded once in fp32, "
-                         "the pw, dw and SE steps on mnv3's CUDA kernels), replayed as a CUDA graph (CUDA)",
+                         "every step but the pool's mean on mnv3's CUDA kernels), replayed as a CUDA graph (CUDA)",
 }
 # What a run times without --variants, per device type.
 DEFAULT_VARIANTS = {
