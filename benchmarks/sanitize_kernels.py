@@ -47,6 +47,7 @@ SE = [  # shape, Cr, dtype, layout: launch branch
     ((1, 13, 4, 4), 8, torch.float32, "channels_last"),   # NHWC scalar
     ((2, 8, 4, 4), 4, torch.bfloat16, "nchw"),            # plane vectors
     ((1, 6, 3, 5), 4, torch.float32, "strided_view"),     # strided
+    ((2, 96, 3, 3), 72, torch.float16, "channels_last"),  # excite over 3 groups, gate by the last block
 ]
 
 POINTWISE = [  # x shape, Cout, dtype, layout, SE scale, residual: launch branch

@@ -187,12 +187,12 @@ LAUNCH_BRANCHES = {
         k == "dwconv_planes_kernel" and _threads(b) == 256 for k, _g, b, _s in L),
     "dwconv planes (any strides), partial block": lambda L: any(
         k == "dwconv_planes_kernel" and _threads(b) < 256 for k, _g, b, _s in L),
-    "se hidden, 16-byte weight rows": lambda L: any(k == "se_fc_kernel, hidden layer (16-byte rows)" for k, *_ in L),
-    "se hidden, scalar weight rows": lambda L: any(k == "se_fc_kernel, hidden layer (scalar rows)" for k, *_ in L),
-    "se gate, 16-byte weight rows": lambda L: any(k == "se_fc_kernel, gate (16-byte rows)" for k, *_ in L),
-    "se gate, scalar weight rows": lambda L: any(k == "se_fc_kernel, gate (scalar rows)" for k, *_ in L),
-    "se excite over many blocks (grid.y > 1)": lambda L: any(
-        k.startswith("se_fc_kernel, gate") and g[1] > 1 for k, g, _b, _s in L),
+    "se excite, 16-byte weight rows": lambda L: any(k.startswith("se_gate_kernel (16-byte rows") for k, *_ in L),
+    "se excite, scalar weight rows": lambda L: any(k.startswith("se_gate_kernel (scalar rows") for k, *_ in L),
+    "se excite, one group of hidden units": lambda L: any(
+        k.startswith("se_gate_kernel") and k.endswith("one group)") and g[1] == 1 for k, g, _b, _s in L),
+    "se excite over many blocks, gate by the last block": lambda L: any(
+        k.startswith("se_gate_kernel") and k.endswith("by the last block)") and g[1] > 1 for k, g, _b, _s in L),
     "se scale NHWC, 16-byte vectors": lambda L: any(k == "scale_nhwc_kernel (16-byte vectors)" for k, *_ in L),
     "se scale NHWC, scalar": lambda L: any(k == "scale_nhwc_kernel (scalar)" for k, *_ in L),
     "se scale NCHW planes, 16-byte vectors": lambda L: any(k == "scale_planes_kernel" for k, *_ in L),

@@ -1,16 +1,15 @@
-// CUDA kernels of mnv3::se_excite_scale, three launches (mnv3::se_gate: the
-// first two):
-//  1. se_fc_kernel for the hidden layer: hidden[N, Cr] fp32, a block per
-//     (sample, 8 hidden units): pooled[n] staged in shared memory as fp32,
-//     then a warp per unit, its lanes reading the weight row in 16-byte
-//     vectors (or elements where the row is not 16-byte aligned) and a
-//     shuffle sum;
-//  2. se_fc_kernel for the gate: gates[N, C] fp32 the same way over w2 rows,
-//     a block per (sample, 8 channels), hidden[n] staged.  The arithmetic is
+// CUDA kernels of mnv3::se_excite_scale, two launches (mnv3::se_gate: the
+// first):
+//  1. se_gate_kernel, the excite: gates[N, C] fp32 over N x ceil(Cr / 32)
+//     blocks, each computing 32 hidden units of one sample (a warp a unit,
+//     its lanes reading the w1 row in 16-byte vectors, or elements where the
+//     row is not 16-byte aligned, and a shuffle sum) and their share of every
+//     gate's dot product; the last block of a sample to finish adds the
+//     shares in a fixed order and applies the gate.  The arithmetic is
 //     csrc/common/se.h.  (One block per sample ran both layers on 1 SM at
-//     batch 1, ~80 us for the 960/240 layer, estimated; these spread over
-//     N * (Cr + C) / 8 blocks.)  hidden and gates are torch-allocated buffers;
-//  3. scale_*: y = x * gate, 16-byte vectors of x (8 fp16/bf16 or 4 fp32):
+//     batch 1, ~80 us for the 960/240 layer, estimated; two launches over
+//     N * (Cr + C) / 8 blocks came next; this is one launch over N * Cr / 32.)
+//  2. scale_*: y = x * gate, 16-byte vectors of x (8 fp16/bf16 or 4 fp32):
 //     along C for channels-last x, along H*W for contiguous NCHW x; one
 //     element per thread for any other strides.
 // On torch's current stream, no host sync, no allocation outside torch.
@@ -63,38 +62,79 @@ __device__ __forceinline__ float warp_row_dot(const T* __restrict__ row, const f
   return warp_sum(acc);
 }
 
-// n = blockIdx.x; stages `count` values of src[n] as fp32 in dynamic shared memory.
-template <typename S>
-__device__ __forceinline__ float* stage_sample(const S* __restrict__ src, int64_t count) {
-  MNV3_DYNAMIC_SHARED(float, staged);
-  const int64_t n = blockIdx.x;
-  for (int64_t k = threadIdx.x; k < count; k += kThreads) staged[k] = static_cast<float>(src[n * count + k]);
-  __syncthreads();
-  return staged;
-}
+// Hidden units a block of se_gate_kernel computes: 4 a warp.
+constexpr int kUnits = 4 * kWarps;
 
-// The two units of csrc/common/se.h as kernel parameters.
-struct HiddenUnit {
-  __device__ __forceinline__ float operator()(float dot, float b) const { return se_hidden_unit(dot, b); }
-};
-template <Gate G>
-struct GateUnit {
-  __device__ __forceinline__ float operator()(float dot, float b) const { return se_gate_unit<G>(dot, b); }
-};
-
-// One SE fc layer: out[n, r] = unit(w[r, :] . in[n, :], b[r]) for n = blockIdx.x
-// and this block's kWarps rows r, a warp a row (hidden: w1 [Cr, C] over pooled;
-// gate: w2 [C, Cr] over hidden).  Dynamic shared memory: K floats (in[n]
-// staged).  in [N, K] and w [rows, K] contiguous.
-template <typename T, typename S, typename Unit, bool Rows16>
+// The SE excite in one launch, gates [N, C] fp32 = gate(w2 @ relu(w1 @ pooled + b1) + b2),
+// over a grid of N x groups blocks, groups = ceil(Cr / kUnits).  Block (n, g):
+//  1. stages pooled[n] (C floats) in dynamic shared memory, then computes the
+//     hidden units r0 = g * kUnits .. r0 + kUnits (a warp a unit, 4 units a
+//     warp, its lanes over w1's row: warp_row_dot);
+//  2. the gate's pre-activation split along Cr: part[c] = w2[c, r0:r0 + units]
+//     . hidden[r0:r0 + units] for every c (a thread a channel at a time,
+//     16-byte vectors of w2's row slice where Rows16);
+//  3. one group: the gate itself.  Many: part goes to partial[n, g, :], the
+//     block counts its arrival on arrived[n] (an atomic add after a
+//     __threadfence, the CUDA programming guide's "last block" pattern, as the
+//     depthwise squeeze), and the block that arrives last adds the groups'
+//     parts in group order (whichever block that is: the same fp32 sum every
+//     run), adds b2 and applies the gate.
+// No block recomputes another's hidden units: over the grid, each weight is
+// read once a sample.  in [N, C] (fp32 or T), w1 [Cr, C], w2 [C, Cr]
+// contiguous.  Rows16: C and Cr multiples of the vector, w1 and w2 16-byte
+// aligned.
+template <typename T, typename S, Gate G, bool Rows16>
 __global__ void __launch_bounds__(kThreads)
-se_fc_kernel(const S* __restrict__ in, const T* __restrict__ w, const T* __restrict__ b, float* __restrict__ out,
-             int64_t K, int64_t rows) {
-  const float* in_s = stage_sample(in, K);
-  const int64_t r = static_cast<int64_t>(blockIdx.y) * kWarps + threadIdx.x / 32;
-  if (r >= rows) return;  // a whole warp: r is the same for its lanes
-  const float dot = warp_row_dot<T, Rows16>(w + r * K, in_s, threadIdx.x % 32, K);
-  if (threadIdx.x % 32 == 0) out[blockIdx.x * rows + r] = Unit{}(dot, static_cast<float>(b[r]));
+se_gate_kernel(const S* __restrict__ in, const T* __restrict__ w1, const T* __restrict__ b1,
+               const T* __restrict__ w2, const T* __restrict__ b2, float* __restrict__ partial,
+               unsigned* __restrict__ arrived, float* __restrict__ gates, int64_t C, int64_t Cr) {
+  MNV3_DYNAMIC_SHARED(float, in_s);
+  __shared__ float hidden_s[kUnits];
+  const int64_t n = blockIdx.x, groups = gridDim.y, r0 = static_cast<int64_t>(blockIdx.y) * kUnits;
+  const int units = static_cast<int>(std::min<int64_t>(kUnits, Cr - r0));
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  for (int64_t k = threadIdx.x; k < C; k += kThreads) in_s[k] = static_cast<float>(in[n * C + k]);
+  __syncthreads();
+  for (int u = warp; u < units; u += kWarps) {  // the same u for a warp's lanes: whole warps
+    const float dot = warp_row_dot<T, Rows16>(w1 + (r0 + u) * C, in_s, lane, C);
+    if (lane == 0) hidden_s[u] = se_hidden_unit(dot, static_cast<float>(b1[r0 + u]));
+  }
+  __syncthreads();
+
+  float* part = groups == 1 ? nullptr : partial + (n * groups + blockIdx.y) * C;
+  for (int64_t c = threadIdx.x; c < C; c += kThreads) {
+    const T* row = w2 + c * Cr + r0;
+    float acc = 0.f;
+    if constexpr (Rows16) {
+      constexpr int V = Vec16<T>::kSize;
+      for (int u = 0; u < units; u += V) {  // units is a multiple of V here
+        const Vec16<T> v = load_vector(reinterpret_cast<const Vec16<T>*>(row + u));
+#pragma unroll
+        for (int e = 0; e < V; ++e) acc += static_cast<float>(v.e[e]) * hidden_s[u + e];
+      }
+    } else {
+      acc = dot_strided(hidden_s, row, 0, units, 1);
+    }
+    if (part != nullptr) {
+      part[c] = acc;
+    } else {
+      gates[n * C + c] = se_gate_unit<G>(acc, static_cast<float>(b2[c]));
+    }
+  }
+  if (part == nullptr) return;  // uniform over the grid
+
+  __shared__ bool last;
+  __threadfence();  // this block's part is visible device-wide before it counts
+  __syncthreads();
+  if (threadIdx.x == 0) last = atomicAdd(&arrived[n], 1u) == groups - 1;
+  __syncthreads();
+  if (!last) return;  // uniform over the block
+  __threadfence();
+  for (int64_t c = threadIdx.x; c < C; c += kThreads) {
+    float s = 0.f;
+    for (int64_t k = 0; k < groups; ++k) s += __ldcg(&partial[(n * groups + k) * C + c]);  // group order
+    gates[n * C + c] = se_gate_unit<G>(s, static_cast<float>(b2[c]));
+  }
 }
 
 // Channels-last dense x: a thread scales V channels of one pixel, one 16-byte
@@ -158,8 +198,10 @@ bool is_nchw_contiguous(const Tensor& t) {
 }
 
 // The SE excite: gates [N, C] fp32 = gate(w2 @ relu(w1 @ pooled + b1) + b2),
-// two se_fc_kernel launches (hidden [N, Cr] fp32 between them), weights of
-// type T, pooled fp32 or T.  Arguments checked by the caller.
+// one se_gate_kernel launch (weights of type T, pooled fp32 or T); with many
+// groups, the parts and the arrival counters in one torch allocation, the
+// counters zeroed by a cudaMemsetAsync (a memset node in a CUDA graph, not a
+// kernel).  Arguments checked by the caller.
 template <typename T>
 Tensor se_excite(const Tensor& pooled, const Tensor& w1, const Tensor& b1, const Tensor& w2, const Tensor& b2,
                  Gate gate_kind, cudaStream_t stream) {
@@ -167,47 +209,50 @@ Tensor se_excite(const Tensor& pooled, const Tensor& w1, const Tensor& b1, const
   const int64_t N = pooled.size(0), C = pooled.size(1), Cr = w1.size(0);
   Tensor gates = empty_2d(N, C, ScalarType::Float, pooled);
   if (N == 0 || C == 0) return gates;
-  STD_TORCH_CHECK(std::max(C, Cr) * static_cast<int64_t>(sizeof(float)) <= kMaxSharedBytes,
-                  "mnv3 SE (CUDA): C = ", C, " or Cr = ", Cr, " is too large (at most ", kMaxSharedBytes / 4, ")");
+  STD_TORCH_CHECK(C * static_cast<int64_t>(sizeof(float)) <= kMaxSharedBytes, "mnv3 SE (CUDA): C = ", C,
+                  " is too large (at most ", kMaxSharedBytes / 4, ")");
   STD_TORCH_CHECK(N <= 0x7fffffffLL, "mnv3 SE (CUDA): N = ", N, " is too large");
+  const int64_t groups = std::max<int64_t>(1, (Cr + kUnits - 1) / kUnits);
+  STD_TORCH_CHECK(groups <= 65535, "mnv3 SE (CUDA): Cr = ", Cr, " is too large");
   // No copies when already contiguous (the usual case); else torch copies on this stream.
   const Tensor p = torch::stable::contiguous(pooled);
   const Tensor w1c = torch::stable::contiguous(w1), b1c = torch::stable::contiguous(b1);
   const Tensor w2c = torch::stable::contiguous(w2), b2c = torch::stable::contiguous(b2);
-  Tensor hidden = empty_2d(N, Cr, ScalarType::Float, pooled);
-  float* hidden_p = static_cast<float*>(hidden.mutable_data_ptr());
-  float* gates_p = static_cast<float*>(gates.mutable_data_ptr());
   const T* w1p = static_cast<const T*>(w1c.const_data_ptr());
   const T* w2p = static_cast<const T*>(w2c.const_data_ptr());
-  const T* b1p = static_cast<const T*>(b1c.const_data_ptr());
-  const T* b2p = static_cast<const T*>(b2c.const_data_ptr());
-  // One fc layer: out [N, rows] from in [N, K], its weight rows in 16-byte
-  // vectors where every row starts 16-byte aligned.
-  const auto fc = [&](const auto* in, const T* wp, const T* bp, float* out, int64_t K, int64_t rows, auto unit,
-                      const char* name_vectors, const char* name_scalar) {
-    using S = std::remove_cv_t<std::remove_pointer_t<decltype(in)>>;
-    using Unit = decltype(unit);
-    const dim3 grid(static_cast<unsigned>(N), static_cast<unsigned>((rows + kWarps - 1) / kWarps));
-    const bool rows16 = K % V == 0 && aligned16(wp);
-    if (rows16) {
-      launch(se_fc_kernel<T, S, Unit, true>, grid, kThreads, K * sizeof(float), stream, in, wp, bp, out, K, rows);
-    } else {
-      launch(se_fc_kernel<T, S, Unit, false>, grid, kThreads, K * sizeof(float), stream, in, wp, bp, out, K, rows);
-    }
-    check_launch(rows16 ? name_vectors : name_scalar);
-  };
-  constexpr const char* kHidden16 = "se_fc_kernel, hidden layer (16-byte rows)";
-  constexpr const char* kHiddenScalar = "se_fc_kernel, hidden layer (scalar rows)";
-  if (p.scalar_type() == ScalarType::Float) {
-    fc(static_cast<const float*>(p.const_data_ptr()), w1p, b1p, hidden_p, C, Cr, HiddenUnit{}, kHidden16,
-       kHiddenScalar);
-  } else {
-    fc(static_cast<const T*>(p.const_data_ptr()), w1p, b1p, hidden_p, C, Cr, HiddenUnit{}, kHidden16, kHiddenScalar);
+  float* partial = nullptr;
+  unsigned* arrived = nullptr;
+  Tensor partial_buf;
+  if (groups > 1) {
+    partial_buf = empty_2d(N * groups * C + N, 1, ScalarType::Float, pooled);
+    partial = static_cast<float*>(partial_buf.mutable_data_ptr());
+    arrived = reinterpret_cast<unsigned*>(partial + N * groups * C);
+    const cudaError_t err = cudaMemsetAsync(arrived, 0, sizeof(unsigned) * N, stream);
+    STD_TORCH_CHECK(err == cudaSuccess, "mnv3 SE (CUDA): zeroing the gate's arrival counters failed: ",
+                    cudaGetErrorString(err));
   }
-  dispatch_gate(gate_kind, [&](auto gate_tag) {
-    fc(static_cast<const float*>(hidden_p), w2p, b2p, gates_p, Cr, C, GateUnit<decltype(gate_tag)::value>{},
-       "se_fc_kernel, gate (16-byte rows)", "se_fc_kernel, gate (scalar rows)");
-  });
+  const bool rows16 = C % V == 0 && Cr % V == 0 && aligned16(w1p) && aligned16(w2p);
+  const dim3 grid(static_cast<unsigned>(N), static_cast<unsigned>(groups));
+  const auto run = [&](const auto* in) {
+    using S = std::remove_cv_t<std::remove_pointer_t<decltype(in)>>;
+    dispatch_gate(gate_kind, [&](auto gate_tag) {
+      constexpr Gate G = decltype(gate_tag)::value;
+      const auto kernel = rows16 ? se_gate_kernel<T, S, G, true> : se_gate_kernel<T, S, G, false>;
+      launch(kernel, grid, kThreads, C * sizeof(float), stream, in, w1p,
+             static_cast<const T*>(b1c.const_data_ptr()), w2p, static_cast<const T*>(b2c.const_data_ptr()),
+             partial, arrived, static_cast<float*>(gates.mutable_data_ptr()), C, Cr);
+    });
+  };
+  if (p.scalar_type() == ScalarType::Float) {
+    run(static_cast<const float*>(p.const_data_ptr()));
+  } else {
+    run(static_cast<const T*>(p.const_data_ptr()));
+  }
+  // The name says which launch branch ran (the emulated sweep checks it reached each).
+  static constexpr const char* kNames[2][2] = {
+      {"se_gate_kernel (scalar rows, one group)", "se_gate_kernel (scalar rows, groups, gate by the last block)"},
+      {"se_gate_kernel (16-byte rows, one group)", "se_gate_kernel (16-byte rows, groups, gate by the last block)"}};
+  check_launch(kNames[rows16][groups > 1]);
   return gates;
 }
 
