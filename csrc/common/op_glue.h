@@ -178,6 +178,22 @@ inline void check_pointwise_residual(const Tensor& x, const Tensor& y, const Ten
   check_same_device(x, "x", residual, "residual");
 }
 
+// The plain [Cout, Cin] weight and [Cout] bias of a CUDA 1x1 conv over x's
+// Cin channels (pointwise_bias_act, pointwise_dwconv's expand), of x's dtype
+// and device: the CUDA kernels read no panels.  Returns Cout.
+inline int64_t check_plain_pointwise_weights(const Tensor& x, const Tensor& weight, const Tensor& bias) {
+  const int64_t K = x.size(1);
+  STD_TORCH_CHECK(weight.dim() == 2 && weight.size(1) == K && weight.scalar_type() == x.scalar_type(),
+                  "weight must be a [Cout, Cin] matrix with Cin = ", K,
+                  " and x's dtype (the CUDA kernel reads no panels: pass the plain weight)");
+  const int64_t Nc = weight.size(0);
+  STD_TORCH_CHECK(bias.dim() == 1 && bias.size(0) == Nc && bias.scalar_type() == x.scalar_type(),
+                  "bias must be a [Cout] vector with Cout = ", Nc, " and x's dtype");
+  check_same_device(x, "x", weight, "weight");
+  check_same_device(x, "x", bias, "bias");
+  return Nc;
+}
+
 // The geometry of a convolution (kernel kh x kw) on an N x C x H x W input,
 // checked: positive kernel, stride and dilation, non-negative padding, a
 // non-empty output.

@@ -125,6 +125,22 @@ inline void check_launch(const char* kernel) {
                   " failed: ", cudaGetErrorString(err));
 }
 
+// The CUDA programming guide's "last block" pattern: once the block has written
+// what another block will read, counts its arrival on *counter and returns (the
+// same in every thread of the block) whether it arrived last of `expected`
+// blocks; that block then reads the others' writes with __ldcg (past L1).
+// Every thread of the block calls it, once a launch.
+__device__ __forceinline__ bool block_arrives_last(unsigned* counter, unsigned expected) {
+  __shared__ bool last;
+  __threadfence();  // this block's writes are visible device-wide before it counts
+  __syncthreads();
+  if (threadIdx.x == 0 && threadIdx.y == 0) last = atomicAdd(counter, 1u) == expected - 1;
+  __syncthreads();
+  const bool result = last;
+  __threadfence();
+  return result;
+}
+
 inline unsigned int blocks_for(int64_t work, int threads) {
   const int64_t b = (work + threads - 1) / threads;
   STD_TORCH_CHECK(b <= 0x7fffffffLL, "mnv3: problem too large for a 1-d grid (", work, " items)");

@@ -174,13 +174,7 @@ dwconv_nhwc_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __
   if (arrived == nullptr) return;  // one chunk: partial is the mean (uniform over the block)
 
   // Many chunks: the last block of (n, channel group) to arrive finishes the mean.
-  __shared__ bool last;
-  __threadfence();  // this block's partials are visible device-wide before it counts
-  __syncthreads();
-  if (tid == 0) last = atomicAdd(&arrived[n * gridDim.y + blockIdx.y], 1u) == chunks - 1;
-  __syncthreads();
-  if (!last) return;  // uniform over the block
-  __threadfence();
+  if (!block_arrives_last(&arrived[n * gridDim.y + blockIdx.y], static_cast<unsigned>(chunks))) return;
   if (threadIdx.y == 0 && active) {
     const float inv_plane = 1.f / static_cast<float>(g.OH * g.OW);
 #pragma unroll

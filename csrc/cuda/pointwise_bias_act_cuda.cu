@@ -21,7 +21,7 @@
 // The weight is the plain [Cout, Cin] matrix (made contiguous if it is not);
 // the CPU kernel's panels (layout.pack_pointwise_weight) are refused.
 // On torch's current stream, no host sync, no allocation outside torch.
-#include "cuda_utils.cuh"
+#include "stage_tile.cuh"
 
 #include <optional>
 
@@ -39,52 +39,6 @@ struct PwArgs {
   int64_t rows_per_sample;   // H * W (1 for a 2-d x): the row's SE scale is scale[m / rows_per_sample]
   Activation act;
 };
-
-// Stages src[row0 .. row0+63, k0 .. k0+31] (rows of length K, `rows` rows in
-// all) into dst[k][r] as fp32, zero outside; each element times
-// scale[(row0 + r) / rows_per_sample, k] when scale is given.
-template <typename T, bool Vectors>
-__device__ __forceinline__ void stage_tile(const T* __restrict__ src, int64_t rows, int64_t K, int64_t row0,
-                                           int64_t k0, const float* __restrict__ scale, int64_t rows_per_sample,
-                                           float (*dst)[kLd]) {
-  const int tid = threadIdx.x;
-  if constexpr (Vectors) {
-    constexpr int V = Vec16<T>::kSize, per_row = kStepK / V;
-#pragma unroll
-    for (int i = tid; i < kTile * per_row; i += kThreads) {
-      const int r = i / per_row, kk = (i % per_row) * V;
-      const int64_t row = row0 + r, k = k0 + kk;
-      float v[V];
-      if (row < rows && k < K) {  // K % V == 0: the vector is all in or all out
-        const Vec16<T> raw = load_vector(reinterpret_cast<const Vec16<T>*>(src + row * K + k));
-#pragma unroll
-        for (int e = 0; e < V; ++e) v[e] = static_cast<float>(raw.e[e]);
-        if (scale != nullptr) {
-          const float* s = scale + (row / rows_per_sample) * K + k;
-#pragma unroll
-          for (int e = 0; e < V; ++e) v[e] *= s[e];
-        }
-      } else {
-#pragma unroll
-        for (int e = 0; e < V; ++e) v[e] = 0.f;
-      }
-#pragma unroll
-      for (int e = 0; e < V; ++e) dst[kk + e][r] = v[e];
-    }
-  } else {
-#pragma unroll 4
-    for (int i = tid; i < kTile * kStepK; i += kThreads) {
-      const int r = i / kStepK, kk = i % kStepK;
-      const int64_t row = row0 + r, k = k0 + kk;
-      float v = 0.f;
-      if (row < rows && k < K) {
-        v = static_cast<float>(src[row * K + k]);
-        if (scale != nullptr) v *= scale[(row / rows_per_sample) * K + k];
-      }
-      dst[kk][r] = v;
-    }
-  }
-}
 
 // blockIdx.x: the 64-row tile of y, blockIdx.y: the 64-channel tile.
 // x [M, K], w [Nc, K], y and residual [M, Nc], all row-major; scale [N, K]
@@ -105,8 +59,8 @@ pw_gemm_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __rest
     for (int j = 0; j < kPerThread; ++j) acc[i][j] = 0.f;
 
   for (int64_t k0 = 0; k0 < a.K; k0 += kStepK) {
-    stage_tile<T, Vectors>(x, a.M, a.K, row0, k0, scale, a.rows_per_sample, xs);
-    stage_tile<T, Vectors>(w, a.Nc, a.K, col0, k0, nullptr, 1, ws);
+    stage_tile<T, Vectors, kTile, kStepK, kLd>(x, a.M, a.K, row0, k0, scale, a.rows_per_sample, xs);
+    stage_tile<T, Vectors, kTile, kStepK, kLd>(w, a.Nc, a.K, col0, k0, nullptr, 1, ws);
     __syncthreads();
 #pragma unroll 8
     for (int kk = 0; kk < kStepK; ++kk) {
@@ -148,14 +102,7 @@ Tensor pointwise_bias_act_cuda(const Tensor& x, const Tensor& weight, const Tens
   check_pointwise_x(x);
   const Activation act = parse_activation(activation);
   const int64_t K = x.size(1);
-  STD_TORCH_CHECK(weight.dim() == 2 && weight.size(1) == K && weight.scalar_type() == x.scalar_type(),
-                  "weight must be a [Cout, Cin] matrix with Cin = ", K,
-                  " and x's dtype (the CUDA kernel reads no panels: pass the plain weight)");
-  const int64_t Nc = weight.size(0);
-  STD_TORCH_CHECK(bias.dim() == 1 && bias.size(0) == Nc && bias.scalar_type() == x.scalar_type(),
-                  "bias must be a [Cout] vector with Cout = ", Nc, " and x's dtype");
-  check_same_device(x, "x", weight, "weight");
-  check_same_device(x, "x", bias, "bias");
+  const int64_t Nc = check_plain_pointwise_weights(x, weight, bias);
   if (scale.has_value()) check_pointwise_scale(x, *scale);
   KernelDeviceGuard guard(x);
   const int64_t samples = x.size(0);

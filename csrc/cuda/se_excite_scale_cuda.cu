@@ -123,13 +123,7 @@ se_gate_kernel(const S* __restrict__ in, const T* __restrict__ w1, const T* __re
   }
   if (part == nullptr) return;  // uniform over the grid
 
-  __shared__ bool last;
-  __threadfence();  // this block's part is visible device-wide before it counts
-  __syncthreads();
-  if (threadIdx.x == 0) last = atomicAdd(&arrived[n], 1u) == groups - 1;
-  __syncthreads();
-  if (!last) return;  // uniform over the block
-  __threadfence();
+  if (!block_arrives_last(&arrived[n], static_cast<unsigned>(groups))) return;
   for (int64_t c = threadIdx.x; c < C; c += kThreads) {
     float s = 0.f;
     for (int64_t k = 0; k < groups; ++k) s += __ldcg(&partial[(n * groups + k) * C + c]);  // group order
