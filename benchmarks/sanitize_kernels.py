@@ -24,8 +24,8 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
 
 import mnv3_kernels  # noqa: E402,F401
-from op_cases import (check_conv, check_dwconv, check_pointwise, check_se, check_se_gate, dwconv_params,  # noqa: E402
-                      make_x, missed_launch_branches, pointwise_params, se_params)
+from op_cases import (check_conv, check_dwconv, check_pointwise, check_pointwise_dwconv, check_se,  # noqa: E402
+                      check_se_gate, dwconv_params, make_x, missed_launch_branches, pointwise_params, se_params)
 
 DWCONV = [  # shape, dtype, layout, k, stride, dilation: launch branch
     ((2, 16, 9, 11), torch.float16, "channels_last", 3, 1, 1),     # NHWC 16-byte vectors, 3x3/1
@@ -56,9 +56,14 @@ POINTWISE = [  # x shape, Cout, dtype, layout, SE scale, residual: launch branch
     ((2, 24, 3, 3), 16, torch.float32, "channels_last_offset", True, False),  # scalar (unaligned)
 ]
 
+PWDW = [  # x shape, expanded C, k, stride, dtype: launch branch
+    ((2, 16, 10, 9), 72, 3, 1, torch.float16),   # 16-byte vectors, many tiles (last block), 3 channel groups
+    ((1, 13, 7, 7), 40, 5, 2, torch.float32),    # scalar (Cin % 4 != 0), one tile a sample
+]
+
 
 def run(device: str, ops) -> int:
-    """Every call of DWCONV, SE (se_excite_scale and se_gate), the stem conv and POINTWISE on
+    """Every call of DWCONV, SE (se_excite_scale and se_gate), the stem conv, POINTWISE and PWDW on
     `device` through `ops`; returns the call count."""
     g = torch.Generator().manual_seed(0)
     calls = 0
@@ -88,6 +93,13 @@ def run(device: str, ops) -> int:
         residual = (make_x((shape[0], cout, *shape[2:]), dtype, device, "channels_last", g)
                     if with_residual else None)
         check_pointwise(x, w, b, "hardswish", scale, residual, ops=ops, reference_on_cpu=True)
+        calls += 1
+    for shape, c, k, stride, dtype in PWDW:
+        x = make_x(shape, dtype, device, "channels_last", g)
+        w, b = pointwise_params(shape[1], c, dtype, device, g)
+        dw_w, dw_b = dwconv_params(c, k, dtype, device, g)
+        check_pointwise_dwconv(x, w, b, "hardswish", dw_w, dw_b, stride, k // 2, 1, "relu", ops=ops,
+                               reference_on_cpu=True)
         calls += 1
     return calls
 

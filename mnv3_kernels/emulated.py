@@ -9,6 +9,7 @@ then serve
     torch.ops.mnv3_emulated.dwconv_bias_act(x, ...)   (x a CPU tensor)
     torch.ops.mnv3_emulated.se_excite_scale(x, ...)
     torch.ops.mnv3_emulated.pointwise_bias_act(x, ...)
+    torch.ops.mnv3_emulated.pointwise_dwconv(x, ...)
     torch.ops.mnv3_emulated.se_gate(pooled, ...)
     torch.ops.mnv3_emulated.conv_bias_act(x, ...)
 
@@ -23,6 +24,8 @@ and for debugging a kernel without a GPU; slow, never a fast path.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from . import ops
@@ -30,24 +33,15 @@ from ._extension import _load, build_info
 
 NAMESPACE = "mnv3_emulated"
 # The CUDA ops (one entry per op csrc/cuda/ implements), with ops.py's schemas.
-def _pointwise_bias_act_fake(x, weight, bias, activation, scale=None, residual=None):
-    return ops._pointwise_bias_act_fake(x, weight, bias, activation, scale, residual, kernel="cuda")
-
-
-def _se_gate_fake(pooled, w1, b1, w2, b2, gate):
-    return ops._se_gate_fake(pooled, w1, b1, w2, b2, gate, kernel="cuda")
-
-
-def _conv_bias_act_fake(x, weight, bias, stride, padding, dilation, activation):
-    return ops._conv_bias_act_fake(x, weight, bias, stride, padding, dilation, activation, kernel="cuda")
-
-
+# The fake kernels of ops.py for the ops with a CPU and a CUDA kernel check the
+# call against the kernel it reaches: here the CUDA one, on CPU tensors.
 CUDA_OPS = {
     "dwconv_bias_act": (ops.DWCONV_SCHEMA, ops._dwconv_bias_act_fake),
     "se_excite_scale": (ops.SE_SCHEMA, ops._se_excite_scale_fake),
-    "pointwise_bias_act": (ops.POINTWISE_SCHEMA, _pointwise_bias_act_fake),  # the CUDA kernel's dtypes
-    "se_gate": (ops.SE_GATE_SCHEMA, _se_gate_fake),
-    "conv_bias_act": (ops.CONV_SCHEMA, _conv_bias_act_fake),
+    "pointwise_bias_act": (ops.POINTWISE_SCHEMA, functools.partial(ops._pointwise_bias_act_fake, kernel="cuda")),
+    "pointwise_dwconv": (ops.POINTWISE_DW_SCHEMA, functools.partial(ops._pointwise_dwconv_fake, kernel="cuda")),
+    "se_gate": (ops.SE_GATE_SCHEMA, functools.partial(ops._se_gate_fake, kernel="cuda")),
+    "conv_bias_act": (ops.CONV_SCHEMA, functools.partial(ops._conv_bias_act_fake, kernel="cuda")),
 }
 
 _lib = torch.library.Library(NAMESPACE, "DEF")  # noqa: TOR901 - kept alive for the process

@@ -33,8 +33,10 @@ built; the C++ extensions only register implementations for them.
       = dwconv_bias_act(pointwise_bias_act(x, weight, bias, activation), dw_weight, dw_bias,
                         stride, padding, dilation, dw_activation, with_mean)
       in one pass: an inverted residual block's expand and depthwise convs, without
-      writing the expanded activation.  fp32, channels-last, CPU only, like
-      pointwise_bias_act (and likewise outside backends.OPS).
+      writing the expanded activation; x channels-last, plain or panel weight as
+      pointwise_bias_act's.  CPU: fp32.  CUDA (csrc/cuda/pointwise_dwconv_cuda.cu):
+      fp32, fp16 or bf16, plain weight, dilated span up to PWDW_MAX_SPAN["cuda"].
+      Outside backends.OPS.
     mnv3::conv_bias_act(x, weight, bias, stride, padding, dilation, activation) -> y
       y = act(conv2d(x, weight, bias, stride, padding, dilation)), groups 1, weight
       [Cout, Cin, kh, kw]: the fast path's 3x3 stem.  x in any layout (the model's
@@ -294,18 +296,30 @@ def _pointwise_bias_act_fake(x, weight, bias, activation, scale=None, residual=N
     return x.new_empty(out_shape)
 
 
+# The largest dilated span ((k - 1) * dilation + 1) of pointwise_dwconv's depthwise
+# kernel, per kernel: the CPU kernel keeps a ring of that many expanded rows
+# (kMaxDwSpan, csrc/cpu/kernels/kernels.h); the CUDA kernel's window and filter
+# must fit shared memory (kMaxSpan, csrc/cuda/pointwise_dwconv_cuda.cu).  The plan
+# compiler fuses no larger one for either target.
+PWDW_MAX_SPAN = {"cpu": 16, "cuda": 10}
+
+
 def check_pointwise_dwconv_args(x, weight, bias, activation, dw_weight, dw_bias, stride, padding, dilation,
-                                dw_activation) -> tuple:
-    """Raises a clear error for bad arguments of mnv3::pointwise_dwconv; returns y's shape."""
-    hidden = check_pointwise_args(x, weight, bias, activation, None, None, kernel="cpu")
+                                dw_activation, kernel: str | None = None) -> tuple:
+    """Raises a clear error for bad arguments of mnv3::pointwise_dwconv; returns y's shape.
+    `kernel` as for check_pointwise_args: "cpu" (float32) or "cuda" (float32,
+    float16 or bfloat16, plain weight); by default x's device's."""
+    kernel = _kernel_for(x, kernel)
+    hidden = check_pointwise_args(x, weight, bias, activation, None, None, kernel=kernel)
     if x.dim() != 4:
         raise ValueError(f"x must be a 4-d tensor [N, C, H, W], got shape {_shape(x)}")
     if not isinstance(dw_weight, torch.Tensor) or dw_weight.dim() != 4 or dw_weight.shape[2] != dw_weight.shape[3]:
         raise ValueError(f"dw_weight must have shape [Chid, 1, k, k], got "
                          f"{_shape(dw_weight) if isinstance(dw_weight, torch.Tensor) else dw_weight!r}")
-    if (dw_weight.shape[2] - 1) * dilation[0] + 1 > 16:
-        raise ValueError(f"the dilated kernel may span at most 16 rows, got k={dw_weight.shape[2]} "
-                         f"dilation={dilation[0]}")
+    span = (dw_weight.shape[2] - 1) * dilation[0] + 1
+    if span > PWDW_MAX_SPAN[kernel]:
+        raise ValueError(f"the dilated kernel may span at most {PWDW_MAX_SPAN[kernel]} rows on the {kernel.upper()} "
+                         f"kernel, got k={dw_weight.shape[2]} dilation={dilation[0]}")
     # The depthwise half on an input of the expanded shape (meta: no data).
     return check_dwconv_args(torch.empty(hidden, dtype=x.dtype, device="meta"), dw_weight.to("meta"),
                              dw_bias.to("meta") if isinstance(dw_bias, torch.Tensor) else dw_bias,
@@ -385,9 +399,9 @@ def _conv_bias_act_fake(x, weight, bias, stride, padding, dilation, activation, 
 
 @torch.library.register_fake("mnv3::pointwise_dwconv")
 def _pointwise_dwconv_fake(x, weight, bias, activation, dw_weight, dw_bias, stride, padding, dilation,
-                           dw_activation, with_mean):
+                           dw_activation, with_mean, *, kernel=None):
     out_shape = check_pointwise_dwconv_args(x, weight, bias, activation, dw_weight, dw_bias, stride, padding,
-                                            dilation, dw_activation)
+                                            dilation, dw_activation, kernel)
     y = torch.empty(out_shape, dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
     return y, x.new_empty((x.shape[0], out_shape[1]) if with_mean else (0,), dtype=torch.float32)
 

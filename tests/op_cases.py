@@ -130,6 +130,30 @@ def check_pointwise(x, w, b, activation, scale=None, residual=None, ops=None, re
     return y
 
 
+def check_pointwise_dwconv(x, w, b, activation, dw_w, dw_b, stride, padding, dilation, dw_activation,
+                           with_mean=True, ops=None, reference_on_cpu=False):
+    """Runs `ops`.pointwise_dwconv (as check_dwconv) and checks y and mean: the fp32
+    reference on fp32 copies, and for fp16 / bf16 the LOWP rule against PyTorch's
+    own run of the two halves in that dtype (the expanded tensor rounded to it)."""
+    args = ([stride] * 2, [padding] * 2, [dilation] * 2, dw_activation, with_mean)
+    y, mean = (ops or torch.ops.mnv3).pointwise_dwconv(x, w, b, activation, dw_w, dw_b, *args)
+    assert y.device == x.device and y.dtype == x.dtype and y.is_contiguous(memory_format=torch.channels_last)
+    if reference_on_cpu:
+        x, w, b, dw_w, dw_b, y, mean = (t.cpu() for t in (x, w, b, dw_w, dw_b, y, mean))
+    ref_y, ref_mean = reference.pointwise_dwconv(x.float(), w.float(), b.float(), activation, dw_w.float(),
+                                                 dw_b.float(), *args)
+    assert y.shape == ref_y.shape and mean.dtype == torch.float32
+    assert mean.shape == ((x.shape[0], w.shape[0]) if with_mean else (0,))
+    if x.dtype == torch.float32:
+        assert_op_close(y, ref_y)
+        assert_op_close(mean, ref_mean)
+    else:
+        own_y, own_mean = reference.pointwise_dwconv(x, w, b, activation, dw_w, dw_b, *args)
+        assert_lowp_close(y, ref_y, own_y, x.dtype)
+        assert_lowp_close(mean, ref_mean, own_mean, x.dtype)
+    return y, mean
+
+
 def check_se_gate(pooled, w1, b1, w2, b2, gate, ops=None, reference_on_cpu=False):
     """Runs `ops`.se_gate (as check_dwconv) and checks g, fp32 always."""
     g = (ops or torch.ops.mnv3).se_gate(pooled, w1, b1, w2, b2, gate)
@@ -202,6 +226,14 @@ LAUNCH_BRANCHES = {
     "pointwise GEMM, scalar": lambda L: any(k == "pw_gemm_kernel (scalar)" for k, *_ in L),
     "pointwise GEMM, many row and channel tiles": lambda L: any(
         k.startswith("pw_gemm_kernel") and g[0] > 1 and g[1] > 1 for k, g, _b, _s in L),
+    "expand + depthwise, 16-byte vectors": lambda L: any(k.startswith("pwdw_kernel (16-byte vectors") for k, *_ in L),
+    "expand + depthwise, scalar": lambda L: any(k.startswith("pwdw_kernel (scalar") for k, *_ in L),
+    "expand + depthwise, one tile a sample": lambda L: any(
+        k.startswith("pwdw_kernel") and k.endswith("one tile a sample)") for k, *_ in L),
+    "expand + depthwise, many tiles, squeeze by the last block": lambda L: any(
+        k.startswith("pwdw_kernel") and k.endswith("by the last block)") for k, *_ in L),
+    "expand + depthwise, many channel groups (grid.y > 1)": lambda L: any(
+        k.startswith("pwdw_kernel") and g[1] > 1 for k, g, _b, _s in L),
 }
 
 

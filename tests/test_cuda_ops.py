@@ -17,8 +17,8 @@ import pytest
 import torch
 
 from mnv3_kernels import emulated, ops, reference
-from op_cases import (LAYOUTS, check_conv, check_dwconv, check_pointwise, check_se, check_se_gate, dwconv_params,
-                      make_x, missed_launch_branches, pointwise_params, se_params)
+from op_cases import (LAYOUTS, check_conv, check_dwconv, check_pointwise, check_pointwise_dwconv, check_se,
+                      check_se_gate, dwconv_params, make_x, missed_launch_branches, pointwise_params, se_params)
 from tolerances import assert_op_close
 
 requires_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none visible)")
@@ -269,6 +269,64 @@ def test_pointwise_refuses_bad_input(target):
         target.ops.pointwise_bias_act(x, w, b, "gelu")
 
 
+# ------------------------------------------------------------------ pointwise_dwconv (expand + depthwise)
+# (x shape, expanded C, k, stride, dilation, dtype): Large's own geometries (3x3 and
+# 5x5, strides 1 and 2, 16 -> 64 at 56x56 over many tiles, 160 -> 960 at 7x7: one
+# tile a sample, 30 channel groups, Cin over several 32-wide steps), a dilated 5x5
+# and a 4x4 of span 10 (the any-geometry path), Cin = 13 (scalar staging), C not a
+# multiple of the 32-channel group, a 1x2 image (a 1x1 one has no channels-last
+# strides of its own), N = 0.
+PWDW_CASES = [
+    ((2, 16, 9, 11), 40, 3, 1, 1, torch.float32),
+    ((1, 16, 56, 56), 64, 3, 1, 1, torch.float16),
+    ((1, 24, 14, 14), 72, 5, 2, 1, torch.float16),
+    ((1, 160, 7, 7), 960, 5, 1, 1, torch.bfloat16),
+    ((3, 13, 7, 7), 33, 3, 2, 1, torch.bfloat16),
+    ((1, 16, 9, 9), 24, 5, 1, 2, torch.float32),
+    ((2, 8, 12, 10), 16, 4, 1, 3, torch.float16),
+    ((2, 8, 1, 2), 16, 3, 2, 1, torch.float32),
+    ((0, 8, 4, 4), 16, 3, 1, 1, torch.float32),
+]
+
+
+@pytest.mark.parametrize("with_mean", [True, False], ids=["mean", "nomean"])
+@pytest.mark.parametrize("shape,c,k,stride,dilation,dtype", PWDW_CASES,
+                         ids=["x".join(map(str, p[0])) + f"-{p[1]}-k{p[2]}s{p[3]}d{p[4]}-{str(p[5])[6:]}"
+                              for p in PWDW_CASES])
+def test_pointwise_dwconv(shape, c, k, stride, dilation, dtype, with_mean, target):
+    g = _gen("pwdw", shape, c, k, stride, dilation, str(dtype))
+    x = make_x(shape, dtype, target.device, "channels_last", g)
+    w, b = pointwise_params(shape[1], c, dtype, target.device, g)
+    dw_w, dw_b = dwconv_params(c, k, dtype, target.device, g)
+    act, dw_act = ops.ACTIVATIONS[(c + k) % len(ops.ACTIVATIONS)], ops.ACTIVATIONS[(c + stride) % len(ops.ACTIVATIONS)]
+    padding = (k - 1) * dilation // 2
+    check_pointwise_dwconv(x, w, b, act, dw_w, dw_b, stride, padding, dilation, dw_act, with_mean, ops=target.ops)
+
+
+def test_pointwise_dwconv_refuses_bad_input(target):
+    x = make_x((1, 8, 12, 12), torch.float16, target.device, "channels_last")
+    w, b = pointwise_params(8, 16, torch.float16, target.device)
+    dw_w, dw_b = dwconv_params(16, 3, torch.float16, target.device)
+    args = ([1, 1], [1, 1], [1, 1], "relu", True)
+    with pytest.raises(RuntimeError, match="x must be a float32, float16 or bfloat16 channels-last dense 4-d"):
+        target.ops.pointwise_dwconv(x.contiguous(), w, b, "relu", dw_w, dw_b, *args)
+    with pytest.raises(RuntimeError, match="the CUDA kernel reads no panels"):
+        target.ops.pointwise_dwconv(x, w.float(), b, "relu", dw_w, dw_b, *args)
+    with pytest.raises(RuntimeError, match="dw_weight and dw_bias must have x's dtype"):
+        target.ops.pointwise_dwconv(x, w, b, "relu", dw_w.float(), dw_b, *args)
+    with pytest.raises(RuntimeError, match="dw_weight must have shape \\[C, 1, kh, kw\\] with C = 16"):
+        target.ops.pointwise_dwconv(x, w, b, "relu", dw_w[:8], dw_b, *args)
+    # The span bound ops.PWDW_MAX_SPAN["cuda"] is the kernel's: the span itself runs
+    # (test_pointwise_dwconv, 4x4 with dilation 3), one more is refused by both checks.
+    span = ops.PWDW_MAX_SPAN["cuda"]
+    big_w, _ = dwconv_params(16, span + 1, torch.float16, target.device)
+    too_large = (x, w, b, "relu", big_w, dw_b, [1, 1], [span // 2] * 2, [1, 1], "relu", True)
+    with pytest.raises(RuntimeError, match="too large for the CUDA kernel"):
+        target.ops.pointwise_dwconv(*too_large)
+    with pytest.raises(ValueError, match=f"may span at most {span} rows on the CUDA kernel"):
+        ops.check_pointwise_dwconv_args(*too_large[:-1], kernel="cuda")
+
+
 # ------------------------------------------------------------------ conv_bias_act (the stem)
 # (x shape, Cout, k, stride, dilation, x layout): the stem, Cout not a multiple of
 # the 8 channels a thread computes, odd sizes, any x layout, N = 0.
@@ -308,8 +366,8 @@ OPCHECK_SAMPLES = [
     (op, layout, dtype, stride_act)
     for layout, dtype in [("channels_last", torch.float32), ("nchw", torch.float16), ("channels_last", torch.bfloat16)]
     for op, stride_act in [("dwconv_bias_act", (2, "hardswish", True)), ("dwconv_bias_act", (1, "relu", False)),
-                           ("se_excite_scale", None), ("pointwise_bias_act", None)]
-    if op != "pointwise_bias_act" or layout == "channels_last"  # it reads channels-last x only
+                           ("se_excite_scale", None), ("pointwise_bias_act", None), ("pointwise_dwconv", None)]
+    if not op.startswith("pointwise") or layout == "channels_last"  # they read channels-last x only
 ]
 
 
@@ -324,6 +382,10 @@ def test_opcheck(op, layout, dtype, dw_args, target):
         args = (x, w, b, [stride] * 2, [1, 1], [1, 1], activation, with_mean)
     elif op == "se_excite_scale":
         args = (x, x.float().mean(dim=(2, 3)), *se_params(16, 8, dtype, target.device, g), "hardsigmoid")
+    elif op == "pointwise_dwconv":
+        w, b = pointwise_params(16, 40, dtype, target.device, g)
+        dw_w, dw_b = dwconv_params(40, 5, dtype, target.device, g)
+        args = (x, w, b, "hardswish", dw_w, dw_b, [2, 2], [2, 2], [1, 1], "relu", True)
     else:
         w, b = pointwise_params(16, 24, dtype, target.device, g)
         residual = make_x((2, 24, 9, 9), dtype, target.device, layout, g)

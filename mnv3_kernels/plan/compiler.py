@@ -24,7 +24,7 @@ The plan is device-neutral: its steps hold the folded weights in their
 logical layout ([Cout, Cin] matrices, [C, 1, k, k] filters); the Target it is
 compiled for prepares them for its executor and says which steps that
 executor has (CPU: the packed layouts mnv3::run_plan's kernels read, every
-step; CUDA: plain layouts, the interpreter on the CUDA kernels, no pwdw).
+step; CUDA: plain layouts, the interpreter on the CUDA kernels, every step).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from .. import activations, backends, fx_fuse
+from .. import activations, backends, fx_fuse, ops
 from ..layout import pack_pointwise_weight
 from ..reference import fold_batchnorm
 from ..vocabulary import ACTIVATIONS, activation_code, gate_code
@@ -47,8 +47,6 @@ from .steps import BY_NAME, HEADER_FIXED
 # taps (Cin * kh * kw): the stem has 27.  The conv op packs its weight per call
 # and has no cache blocking over taps: wider dense convs stay as they are.
 MAX_CONV_TAPS = 64
-# pwdw keeps a ring of expanded rows: the dilated kernel may span at most this many.
-MAX_PWDW_SPAN = 16
 
 # What a value is: a 4-d map [N, C, H, W]; a pooled [N, C, 1, 1] (held as [N, C]);
 # an [N, C] matrix; a tensor of the graph the plan did not compute.
@@ -530,7 +528,7 @@ class _Lowering(fx_fuse._Rewriter):
         if (pw is None or pw.step != "pw" or x.kind != MAP or pw.ins["scale"] is not None
                 or pw.ins["residual"] is not None or self.sole_reader(x, readers) != (dw, "x") or k[0] != k[1]
                 or dw.args["stride"][0] != dw.args["stride"][1] or dw.args["dilation"][0] != dw.args["dilation"][1]
-                or (k[0] - 1) * dw.args["dilation"][0] + 1 > MAX_PWDW_SPAN):
+                or (k[0] - 1) * dw.args["dilation"][0] + 1 > ops.PWDW_MAX_SPAN[self.target.name]):
             return False
         dw.step, dw.ins = "pwdw", {"x": pw.ins["x"]}
         dw.tensors = {"weight": pw.tensors["weight"], "bias": pw.tensors["bias"], "dw_weight": dw.tensors["weight"],
@@ -583,9 +581,8 @@ class Target:
 
 # The fp32 CPU fast path: every step, mnv3::run_plan in one op call.
 CPU = Target("cpu", frozenset(BY_NAME), for_cpu)
-# The CUDA kernels (interpreter.KernelOps): every step but pwdw (no CUDA kernel
-# fuses the expand into the depthwise conv yet), plain weights.
-CUDA = Target("cuda", frozenset(BY_NAME) - {"pwdw"}, for_cuda)
+# The CUDA kernels (interpreter.KernelOps): every step, plain weights.
+CUDA = Target("cuda", frozenset(BY_NAME), for_cuda)
 
 
 def encode(instrs: list, inputs: list, outputs: list, prepare=for_cpu) -> tuple[list, list]:

@@ -164,14 +164,13 @@ class MnvOps:
 class KernelOps:
     """A plan's ops on the handwritten CUDA kernels of `namespace`: torch.ops.mnv3 on
     CUDA tensors, or torch.ops.mnv3_emulated (the same kernels under the CUDA
-    emulator) on CPU tensors.  conv, dw, pw, gate and se run those kernels; pwdw
-    has no CUDA kernel, and the CUDA target (compiler.CUDA) does not emit it."""
+    emulator) on CPU tensors.  conv, pwdw, dw, pw, gate and se run those kernels."""
 
-    # Kernel launches per step on the CUDA kernels: conv, pw and dw one each (the
-    # squeeze over many blocks finishes in the same launch), the SE gate one (its
+    # Kernel launches per step on the CUDA kernels: conv, pwdw, pw and dw one each
+    # (a squeeze over many blocks finishes in the same launch), the SE gate one (its
     # last block per sample finishes the gate), se two (the gate and the scale).
     # pool runs PyTorch's mean.
-    LAUNCHES = {"conv": 1, "pw": 1, "dw": 1, "gate": 1, "se": 2}
+    LAUNCHES = {"conv": 1, "pwdw": 1, "pw": 1, "dw": 1, "gate": 1, "se": 2}
 
     def __init__(self, namespace):
         self.namespace = namespace
