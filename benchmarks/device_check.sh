@@ -11,7 +11,7 @@
 #   racecheck     (our kernels only, references on the CPU, every        30
 #   synccheck     launch branch)                                         30
 #   bench       Large + Small, batch 1 and 256, fp16: eager, eager_cl,    80
-#               compile, fused-native, fused-native-graph, plan-native-graph
+#               compile, fused-native, fused-native-graph, fused-native-frozen
 #   triton      tests/test_triton.py on the GPU        while time remains
 #   bench_more  the rest of the bench grid             while time remains
 #
@@ -168,7 +168,7 @@ else
   printf '%-11s %-30s %6s %6s\n' sanitizer "not supported (no compute-sanitizer)" 0 0 >>"$SUMMARY"
 fi
 bench_step bench required 80 "${BENCH_ARGS[@]}" --batch 1 256 --dtype fp16 \
-  --variants eager eager_cl compile fused-native fused-native-graph plan-native-graph
+  --variants eager eager_cl compile fused-native fused-native-graph fused-native-frozen
 for f in results.json speedup.png; do
   [ -f "$LOGS/bench/$f" ] && cp "$LOGS/bench/$f" "$OUT/$f"
 done

@@ -3,7 +3,7 @@ squeeze-excitation ops (CUDA, Triton, CPU) and a drop-in MobileNetV3 that uses t
 
 from . import ops  # noqa: F401  (defines the mnv3 ops first)
 from .backends import Backend, set_backend, use_backend
-from .freeze import FrozenMobileNetV3, FrozenModel, freeze
+from .freeze import FrozenCudaModel, FrozenMobileNetV3, FrozenModel, freeze
 from .functional import dwconv_bias_act, se_excite_scale
 from .fuse import fuse
 from .fx_fuse import FuseReport
@@ -21,6 +21,7 @@ __all__ = [
     "FrozenModel",
     "FuseReport",
     "freeze",
+    "FrozenCudaModel",
     "fuse",
     "mobilenet_v3_large",
     "mobilenet_v3_small",

@@ -5,10 +5,10 @@ Side by side in one run, on the default device (CUDA if present, else CPU):
 the model in eager mode (NCHW and channels_last), torch.compile of it
 (CPU: inductor with freezing; CUDA: mode="reduce-overhead"), ONNX Runtime (CPU,
 when installed), and the fused model (mk.fuse) on every available backend (plus
-its CUDA-graph replay on CUDA; on CPU in fp32 also mnv3_kernels.freeze's frozen
-model, fused-native-frozen: weights folded once without the live model's
-per-forward check for changed weights, as compile's freezing and ONNX Runtime
-take them).  The models (mnv3_kernels/zoo.py): random weights with randomized
+its CUDA-graph replay on CUDA; and mnv3_kernels.freeze's frozen model,
+fused-native-frozen: weights folded once without the live model's per-forward
+check for changed weights, as compile's freezing and ONNX Runtime take them;
+fp32 on CPU, on CUDA the plan on the CUDA kernels replayed as a CUDA graph).  The models (mnv3_kernels/zoo.py): random weights with randomized
 BatchNorm statistics, nothing downloaded; each variant's output (a segmentation
 model's "out" map) is checked against eager before it is timed
 (tolerances: mnv3_kernels/tolerances.py).  Timing: torch.utils.benchmark's
@@ -70,18 +70,18 @@ VARIANTS = {
     "compile": "torch.compile of the model (CPU: inductor with freezing; CUDA: mode='reduce-overhead')",
     "onnxruntime": "ONNX Runtime's CPU session of the exported model (CPU, fp32; needs onnxruntime, onnx, onnxscript)",
     "fused-native": "mk.fuse(model) on mnv3's C++/CUDA kernels",
-    "fused-native-frozen": "mk.freeze(mk.fuse(model)): fused, weights frozen once (CPU, fp32)",
+    "fused-native-frozen": "mk.freeze(mk.fuse(model)): fused, weights frozen once (CPU: fp32, one run_plan call; "
+                           "CUDA: the plan on mnv3's CUDA kernels, every step but the pool's mean, replayed as a "
+                           "CUDA graph)",
     "fused-native-graph": "mk.fuse(model) on the CUDA kernels, replayed as a CUDA graph (CUDA)",
     "fused-triton": "mk.fuse(model) on the Triton kernels (CUDA)",
     "fused-triton-graph": "mk.fuse(model) on the Triton kernels, replayed as a CUDA graph (CUDA)",
-    "plan-native-graph": "the model compiled for the CUDA kernels (plan.compiler.CUDA: folded once in fp32, "
-                         "every step but the pool's mean on mnv3's CUDA kernels), replayed as a CUDA graph (CUDA)",
 }
 # What a run times without --variants, per device type.
 DEFAULT_VARIANTS = {
     "cpu": ["eager", "eager_cl", "compile", "onnxruntime", "fused-native", "fused-native-frozen"],
     "cuda": ["eager", "eager_cl", "compile", "fused-native", "fused-native-graph", "fused-triton",
-             "fused-triton-graph", "plan-native-graph"],
+             "fused-triton-graph", "fused-native-frozen"],
 }
 
 
@@ -100,9 +100,8 @@ def unavailable_reason(variant: str, device: torch.device, dtype: torch.dtype) -
         return None
     if variant.endswith("-graph") and device.type != "cuda":
         return "CUDA graphs need a CUDA device"
-    if variant == "fused-native-frozen":
-        if device.type != "cpu" or dtype != torch.float32:
-            return "mk.freeze is the fp32 CPU fast path (on CUDA the graph variants are its counterpart)"
+    if variant == "fused-native-frozen" and device.type == "cpu" and dtype != torch.float32:
+        return "mk.freeze on CPU is the fp32 fast path"
     if variant.startswith(("fused-", "plan-")):
         ok, why = backends.availability(backends.Backend(variant.split("-")[1]), device.type)
         return None if ok else why
@@ -171,21 +170,6 @@ def _cuda_graph_runner(fn, x: torch.Tensor):
     return run
 
 
-def _cuda_plan(model: torch.nn.Module) -> torch.nn.Module:
-    """model (on its device, in its dtype) compiled for the CUDA kernels: BatchNorm folded
-    on an fp32 copy, the plan's weights and the parts it leaves to the model's code
-    then converted back to model's dtype.  Its segments run on mnv3's CUDA kernels
-    (plan.compiler.Target.execute)."""
-    from .plan.compiler import CUDA, compile_model
-
-    dtype = next(model.parameters()).dtype
-    with torch.no_grad():
-        plan = compile_model(copy.deepcopy(model).float(), CUDA)
-    for seg in plan.segments:
-        seg.tensors = [t.to(dtype) for t in seg.tensors]
-    return plan.graph_module.to(dtype)
-
-
 def _runner(variant: str, model: torch.nn.Module, device: torch.device, x: torch.Tensor,
             notes: list[str] | None = None):
     """A callable x -> the model's output for one variant (models already on
@@ -208,8 +192,6 @@ def _runner(variant: str, model: torch.nn.Module, device: torch.device, x: torch
         return torch.compile(copy.deepcopy(model))
     if variant == "onnxruntime":
         return _onnxruntime_runner(model, x)
-    if variant == "plan-native-graph":
-        return _cuda_graph_runner(_cuda_plan(model), x)
     if not variant.startswith("fused-"):
         raise ValueError(variant)
     fused = mk.fuse(model)  # on a copy

@@ -303,11 +303,15 @@ def test_bench_frozen_variant_freeze_refuses_is_unavailable_with_its_message(tmp
     assert len(seen) == 1 and hasattr(seen[0], "mnv3_fuse_report")  # freeze got the fused model
 
 
+@pytest.mark.parametrize("fused", [False, True], ids=["model", "fused"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-def test_the_cuda_plan_variant_folds_in_fp32_and_runs_in_the_models_dtype(dtype):
-    """plan-native-graph's model (bench._cuda_plan) off the GPU: its segments then run the
-    reference interpreter, so this checks the folding on an fp32 copy and the conversion
-    back (LR-ASPP: plan weights and the modules left to the model's code)."""
+def test_the_cuda_plan_folds_in_fp32_and_runs_in_the_models_dtype(dtype, fused):
+    """The plan of freeze()'s CUDA model (freeze.cuda_plan; the bench's fused-native-frozen on
+    CUDA freezes mk.fuse(model)) off the GPU: its segments then run the reference
+    interpreter, so this checks the folding on an fp32 copy and the conversion back
+    (LR-ASPP: plan weights and the modules left to the model's code)."""
+    import mnv3_kernels as mk
+    from mnv3_kernels.freeze import cuda_plan
     from mnv3_kernels.testing import calibrate_batchnorm
     from tolerances import assert_lowp_close, assert_model_close
 
@@ -318,10 +322,9 @@ def test_the_cuda_plan_variant_folds_in_fp32_and_runs_in_the_models_dtype(dtype)
     with torch.no_grad():
         expected = zoo.output_tensor(model(x))
         low = model.to(dtype)
-        plan = bench._cuda_plan(low)
-        segments = [m for name, m in plan.named_children() if name.startswith("plan_segment_")]
-        assert len(segments) == 2 and all(t.dtype == dtype for seg in segments for t in seg.tensors)
-        out = zoo.output_tensor(plan(x.to(dtype)))
+        plan = cuda_plan(mk.fuse(low) if fused else low)
+        assert len(plan.segments) == 2 and all(t.dtype == dtype for seg in plan.segments for t in seg.tensors)
+        out = zoo.output_tensor(plan.graph_module(x.to(dtype)))
         own = zoo.output_tensor(low(x.to(dtype)))
     assert out.dtype == dtype
     if dtype == torch.float32:

@@ -7,7 +7,9 @@ by the plan's interpreter on the handwritten CUDA kernels (interpreter.KernelOps
 model (fp32: the model tolerance; fp16: the LOWP rule of the eager model run
 in fp16), the kernel launches of a Large forward are
 counted from the emulator's launch log, and on a GPU the plan replays in a
-CUDA graph (the device check runs this file's GPU tests).
+CUDA graph and mk.freeze of a model on the GPU (FrozenCudaModel: this plan,
+a CUDA graph per input shape) matches eager (the device check runs this
+file's GPU tests).
 """
 
 from __future__ import annotations
@@ -164,3 +166,49 @@ def test_large_forward_within_the_launch_budget(large_launches):
     steps, log = large_launches
     others = sum(1 for s in steps if s not in KERNEL_LAUNCHES)  # pool: PyTorch's mean, one launch at least
     assert len(log) + others <= LAUNCH_TARGET
+
+
+# ------------------------------------------------------------------ freeze() on CUDA
+@pytest.mark.cuda
+@requires_gpu
+@pytest.mark.parametrize("name", ["large", "small"])
+def test_freeze_on_cuda_matches_eager_and_replays_per_shape(name):
+    """mk.freeze of an fp16 model on the GPU: a FrozenCudaModel whose forward (a CUDA graph
+    per input shape) matches the eager fp32 model within the LOWP rule of eager fp16,
+    on two shapes and again on new values of the first; each call returns fresh tensors."""
+    import mnv3_kernels as mk
+    from mnv3_kernels.freeze import FrozenCudaModel
+
+    model = _model(name)
+    half = copy.deepcopy(model).half().cuda()
+    frozen = mk.freeze(half)
+    assert isinstance(frozen, FrozenCudaModel)
+    for batch, size, seed in ((1, (224, 224), 0), (3, SIZE, 1), (1, (224, 224), 2)):
+        x = torch.randn(batch, 3, *size, generator=torch.Generator().manual_seed(seed))
+        with torch.no_grad():
+            expected, own = model(x), half(x.half().cuda()).cpu()
+        first = frozen(x.half().cuda())
+        second = frozen(x.half().cuda())
+        assert first.data_ptr() != second.data_ptr() and torch.equal(first, second)
+        assert_lowp_close(first.cpu(), expected, own, torch.float16)
+    assert len(frozen._graphs) == 2 and all(g is not None for g in frozen._graphs.values())
+
+
+@pytest.mark.cuda
+@requires_gpu
+def test_freeze_on_cuda_refuses_what_it_cannot_run():
+    import mnv3_kernels as mk
+
+    frozen = mk.freeze(_model("small").half().cuda())
+    with pytest.raises(ValueError, match="must be a torch.float16 tensor on cuda"):
+        frozen(torch.randn(1, 3, 64, 64, device="cuda"))
+    with pytest.raises(ValueError, match="must be a torch.float16 tensor on cuda"):
+        frozen(torch.randn(1, 3, 64, 64).half())
+    with pytest.raises(RuntimeError, match="cannot be converted or moved"):
+        frozen.float()
+    with pytest.raises(RuntimeError, match="cannot be put in train mode"):
+        frozen.train()
+    mixed = _model("small").cuda()
+    mixed.classifier.half()
+    with pytest.raises(ValueError, match="on one device in one dtype"):
+        mk.freeze(mixed)

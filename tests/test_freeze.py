@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 from conftest import cpu_plan_marks, plan_inputs, randomize_batchnorm, randomize_classifier
-from tolerances import assert_model_close
+from tolerances import assert_lowp_close, assert_model_close
 from torch import nn
 
 import mnv3_kernels as mk
@@ -148,3 +148,28 @@ def test_unsupported_uses_raise(small):
         frozen(X)
     with torch.inference_mode():  # still usable after each
         assert frozen(X).shape == (2, 1000)
+
+
+def test_the_cuda_frozen_models_forward_off_the_gpu(small, monkeypatch):
+    """FrozenCudaModel's own code (its input checks, the per-shape cache, fresh outputs)
+    on the CPU, where no CUDA graph can be captured: built here on a CPU device with the
+    capture stubbed out to "cannot capture", so every call runs the plan's graph module
+    (the reference interpreter off the GPU).  On a GPU tests/test_cuda_plan.py runs it
+    whole, graphs included."""
+    from mnv3_kernels.freeze import FrozenCudaModel, cuda_plan
+
+    captured = []
+    monkeypatch.setattr(FrozenCudaModel, "_capture", lambda self, x: captured.append(tuple(x.shape)))
+    model = copy.deepcopy(small).to(torch.bfloat16)
+    frozen = FrozenCudaModel(cuda_plan(model), 3, "test", torch.device("cpu"), torch.bfloat16)
+    x = X.to(torch.bfloat16)
+    with torch.no_grad():
+        expected, own = small(X), model(x)
+    first, second = frozen(x), frozen(x)
+    assert captured == [tuple(x.shape)]  # one capture attempt per shape
+    assert first.data_ptr() != second.data_ptr() and torch.equal(first, second) and not first.is_inference()
+    assert_lowp_close(first, expected, own, torch.bfloat16)
+    with pytest.raises(ValueError, match="must be a torch.bfloat16 tensor on cpu"):
+        frozen(X)
+    with pytest.raises(RuntimeError, match="cannot be converted or moved"):
+        frozen.to(torch.float32)
