@@ -201,7 +201,9 @@ def test_se_weight_views(target):
 # several 64-wide tiles and partial ones, samples straddling a row tile (the
 # scale's sample index), K not a multiple of the 32-wide step; K % 8 == 0
 # stages 16-byte vectors in every dtype, K = 12 in fp32 only, K = 13 and the
-# odd storage offset never; 2-d x is a Linear.  Dtypes and activations rotate.
+# odd storage offset never; 2-d x is a Linear; K = 480 and 300 on one or two
+# tiles split K over 3 and 2 blocks (300: the last split ends mid-step).  Dtypes
+# and activations rotate.
 PW_SHAPES = [
     ((2, 40, 9, 9), 72, "channels_last", True, False),
     ((3, 72, 5, 5), 100, "channels_last", True, True),
@@ -211,6 +213,8 @@ PW_SHAPES = [
     ((5, 96), 130, "2d", True, False),
     ((1, 12), 7, "2d", False, True),
     ((0, 16, 4, 4), 8, "channels_last", True, True),
+    ((1, 480, 3, 5), 40, "channels_last", True, True),
+    ((3, 300), 70, "2d", False, True),
 ]
 PW_CASES = [
     pytest.param(shape, cout, lay, sc, res, dtype, ops.ACTIVATIONS[(i + j) % len(ops.ACTIVATIONS)],

@@ -3,7 +3,9 @@
 //   y[m, co] = act(sum_k x[m, k] * scale[n(m), k] * w[co, k] + bias[co]) (+ residual[m, co]),
 // n(m) = m / (H * W) the row's sample: the SE gate scales the input rows as
 // they are staged (the scaled tensor is never written, as on the CPU), the
-// bias, activation and residual add run in the epilogue.  One launch.
+// bias, activation and residual add run in the epilogue.  One launch; where the
+// output has few tiles (batch 1, late layers) K is split over blocks and the
+// last block of a tile adds the splits in a fixed order before the epilogue.
 //
 // pw_gemm_kernel: a block computes a 64-row x 64-channel tile of y with 256
 // threads, 4 x 4 outputs each (rows ty + 16 i, channels tx + 16 j), over K in
@@ -23,6 +25,7 @@
 // On torch's current stream, no host sync, no allocation outside torch.
 #include "stage_tile.cuh"
 
+#include <algorithm>
 #include <optional>
 
 namespace mnv3 {
@@ -34,23 +37,38 @@ constexpr int kStepK = 32;                 // K staged per step
 constexpr int kLd = kTile + 1;             // shared-memory row stride in floats
 constexpr int kPerThread = kTile / 16;     // 4 x 4 outputs a thread
 
+// Split K where the output has fewer tiles than this: blocks enough for two an
+// SM of an H100 / H200 (132 SMs), each split at least kMinStepsPerSplit K steps.
+// (At batch 1 the 7x7 projections are 3 tiles with K = 960 and the 14x14 ones
+// 8 tiles: 3 or 8 SMs of 132 busy for the whole K loop without a split.
+// Chosen by reading; unmeasured.)
+constexpr int64_t kTargetBlocks = 2 * 132;
+constexpr int64_t kMinStepsPerSplit = 4;
+
 struct PwArgs {
   int64_t M, K, Nc;          // y is [M, Nc], x [M, K], w [Nc, K]
   int64_t rows_per_sample;   // H * W (1 for a 2-d x): the row's SE scale is scale[m / rows_per_sample]
+  int64_t k_per_split;       // K of a blockIdx.z (a multiple of kStepK; K when gridDim.z == 1)
   Activation act;
 };
 
-// blockIdx.x: the 64-row tile of y, blockIdx.y: the 64-channel tile.
-// x [M, K], w [Nc, K], y and residual [M, Nc], all row-major; scale [N, K]
-// fp32 or null; residual null when there is none.
+// blockIdx.x: the 64-row tile of y, blockIdx.y: the 64-channel tile, blockIdx.z:
+// the split of K (K / k_per_split of them).  x [M, K], w [Nc, K], y and residual
+// [M, Nc], all row-major; scale [N, K] fp32 or null; residual null when there is
+// none.  Many splits: each writes its sums to partial[z, M, Nc] and the last of a
+// tile's splits to arrive (block_arrives_last on arrived[tile]) adds them in split
+// order (deterministic) and runs the epilogue.
 template <typename T, bool Vectors>
 __global__ void __launch_bounds__(kThreads)
 pw_gemm_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias,
-               const float* __restrict__ scale, const T* __restrict__ residual, T* __restrict__ y, PwArgs a) {
+               const float* __restrict__ scale, const T* __restrict__ residual, T* __restrict__ y,
+               float* __restrict__ partial, unsigned* __restrict__ arrived, PwArgs a) {
   __shared__ float xs[kStepK][kLd];
   __shared__ float ws[kStepK][kLd];
   const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
   const int64_t row0 = static_cast<int64_t>(blockIdx.x) * kTile, col0 = static_cast<int64_t>(blockIdx.y) * kTile;
+  const int64_t k_begin = static_cast<int64_t>(blockIdx.z) * a.k_per_split;
+  const int64_t k_end = std::min(a.K, k_begin + a.k_per_split);
 
   float acc[kPerThread][kPerThread];
 #pragma unroll
@@ -58,7 +76,7 @@ pw_gemm_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __rest
 #pragma unroll
     for (int j = 0; j < kPerThread; ++j) acc[i][j] = 0.f;
 
-  for (int64_t k0 = 0; k0 < a.K; k0 += kStepK) {
+  for (int64_t k0 = k_begin; k0 < k_end; k0 += kStepK) {  // staging zero-fills k >= K
     stage_tile<T, Vectors, kTile, kStepK, kLd>(x, a.M, a.K, row0, k0, scale, a.rows_per_sample, xs);
     stage_tile<T, Vectors, kTile, kStepK, kLd>(w, a.Nc, a.K, col0, k0, nullptr, 1, ws);
     __syncthreads();
@@ -75,6 +93,34 @@ pw_gemm_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __rest
         for (int j = 0; j < kPerThread; ++j) acc[i][j] += xv[i] * wv[j];
     }
     __syncthreads();  // the next step overwrites the tiles
+  }
+
+  if (gridDim.z > 1) {  // uniform over the grid
+#pragma unroll
+    for (int i = 0; i < kPerThread; ++i) {
+      const int64_t m = row0 + ty + 16 * i;
+#pragma unroll
+      for (int j = 0; j < kPerThread; ++j) {
+        const int64_t co = col0 + tx + 16 * j;
+        if (m < a.M && co < a.Nc) partial[(blockIdx.z * a.M + m) * a.Nc + co] = acc[i][j];
+      }
+    }
+    if (!block_arrives_last(&arrived[blockIdx.x * gridDim.y + blockIdx.y], gridDim.z)) return;
+#pragma unroll
+    for (int i = 0; i < kPerThread; ++i) {
+      const int64_t m = row0 + ty + 16 * i;
+#pragma unroll
+      for (int j = 0; j < kPerThread; ++j) {
+        const int64_t co = col0 + tx + 16 * j;
+        if (m >= a.M || co >= a.Nc) continue;
+        const float* p = partial + m * a.Nc + co;
+        const int64_t split_stride = a.M * a.Nc;
+        float v = 0.f;
+#pragma unroll 1
+        for (unsigned z = 0; z < gridDim.z; ++z) v += __ldcg(p + z * split_stride);  // split order
+        acc[i][j] = v;
+      }
+    }
   }
 
 #pragma unroll
@@ -118,9 +164,27 @@ Tensor pointwise_bias_act_cuda(const Tensor& x, const Tensor& weight, const Tens
 
   // No copies when already contiguous (the usual case); else torch copies on this stream.
   const Tensor wc = torch::stable::contiguous(weight), bc = torch::stable::contiguous(bias);
-  const PwArgs args{M, K, Nc, rows_per_sample, act};
-  const dim3 grid(static_cast<unsigned>(row_tiles), static_cast<unsigned>(col_tiles));
   const cudaStream_t stream = current_stream(x);
+  // Split K when the tiles alone would leave most SMs idle (batch 1, late layers).
+  const int64_t tiles = row_tiles * col_tiles, steps = (K + kStepK - 1) / kStepK;
+  int64_t splits = std::min(steps / kMinStepsPerSplit, (kTargetBlocks + tiles - 1) / tiles);
+  splits = std::max<int64_t>(1, std::min<int64_t>(splits, 65535));
+  const int64_t k_per_split = (steps + splits - 1) / splits * kStepK;
+  splits = (K + k_per_split - 1) / k_per_split;
+  float* partial = nullptr;
+  unsigned* arrived = nullptr;
+  Tensor partial_buf;
+  if (splits > 1) {
+    // One allocation: the splits' sums, then a 4-byte arrival counter per tile.
+    partial_buf = empty_2d(splits * M * Nc + tiles, 1, ScalarType::Float, x);
+    partial = static_cast<float*>(partial_buf.mutable_data_ptr());
+    arrived = reinterpret_cast<unsigned*>(partial + splits * M * Nc);
+    const cudaError_t err = cudaMemsetAsync(arrived, 0, sizeof(unsigned) * tiles, stream);
+    STD_TORCH_CHECK(err == cudaSuccess, "mnv3::pointwise_bias_act (CUDA): zeroing the split-K counters failed: ",
+                    cudaGetErrorString(err));
+  }
+  const PwArgs args{M, K, Nc, rows_per_sample, k_per_split, act};
+  const dim3 grid(static_cast<unsigned>(row_tiles), static_cast<unsigned>(col_tiles), static_cast<unsigned>(splits));
   dispatch_float_types(x.scalar_type(), [&](auto tag) {
     using T = decltype(tag);
     const T* xp = static_cast<const T*>(x.const_data_ptr());
@@ -130,12 +194,13 @@ Tensor pointwise_bias_act_cuda(const Tensor& x, const Tensor& weight, const Tens
     const T* rp = residual.has_value() ? static_cast<const T*>(residual->const_data_ptr()) : nullptr;
     T* yp = static_cast<T*>(y.mutable_data_ptr());
     const bool vectors = K % Vec16<T>::kSize == 0 && aligned16(xp) && aligned16(wp);
-    if (vectors) {
-      launch(pw_gemm_kernel<T, true>, grid, kThreads, 0, stream, xp, wp, bp, sp, rp, yp, args);
-    } else {
-      launch(pw_gemm_kernel<T, false>, grid, kThreads, 0, stream, xp, wp, bp, sp, rp, yp, args);
-    }
-    check_launch(vectors ? "pw_gemm_kernel (16-byte vectors)" : "pw_gemm_kernel (scalar)");
+    const auto kernel = vectors ? pw_gemm_kernel<T, true> : pw_gemm_kernel<T, false>;
+    launch(kernel, grid, kThreads, 0, stream, xp, wp, bp, sp, rp, yp, partial, arrived, args);
+    // The name says which launch branch ran (the emulated sweep checks it reached each).
+    static constexpr const char* kNames[2][2] = {
+        {"pw_gemm_kernel (scalar)", "pw_gemm_kernel (scalar, split K, epilogue by the last block)"},
+        {"pw_gemm_kernel (16-byte vectors)", "pw_gemm_kernel (16-byte vectors, split K, epilogue by the last block)"}};
+    check_launch(kNames[vectors][splits > 1]);
   });
   return y;
 }
