@@ -99,9 +99,10 @@ def run(device: str, ops) -> int:
         x = make_x(shape, dtype, device, "channels_last", g)
         w, b = pointwise_params(shape[1], c, dtype, device, g)
         dw_w, dw_b = dwconv_params(c, k, dtype, device, g)
-        check_pointwise_dwconv(x, w, b, "hardswish", dw_w, dw_b, stride, k // 2, 1, "relu", ops=ops,
-                               reference_on_cpu=True)
-        calls += 1
+        for with_mean in (True, False):
+            check_pointwise_dwconv(x, w, b, "hardswish", dw_w, dw_b, stride, k // 2, 1, "relu", with_mean, ops=ops,
+                                   reference_on_cpu=True)
+            calls += 1
     return calls
 
 

@@ -234,6 +234,8 @@ LAUNCH_BRANCHES = {
     "expand + depthwise, scalar": lambda L: any(k.startswith("pwdw_kernel (scalar") for k, *_ in L),
     "expand + depthwise, one tile a sample": lambda L: any(
         k.startswith("pwdw_kernel") and k.endswith("one tile a sample)") for k, *_ in L),
+    "expand + depthwise, many tiles, no squeeze": lambda L: any(
+        k.startswith("pwdw_kernel") and k.endswith(", tiles)") for k, *_ in L),
     "expand + depthwise, many tiles, squeeze by the last block": lambda L: any(
         k.startswith("pwdw_kernel") and k.endswith("by the last block)") for k, *_ in L),
     "expand + depthwise, many channel groups (grid.y > 1)": lambda L: any(

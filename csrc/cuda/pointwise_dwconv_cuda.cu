@@ -311,11 +311,12 @@ std::tuple<Tensor, Tensor> pointwise_dwconv_cuda(const Tensor& x, const Tensor& 
     });
   });
   // The name says which launch branch ran (the emulated sweep checks it reached each).
-  static constexpr const char* kNames[2][2] = {
-      {"pwdw_kernel (scalar, one tile a sample)", "pwdw_kernel (scalar, tiles, squeeze by the last block)"},
-      {"pwdw_kernel (16-byte vectors, one tile a sample)",
+  static constexpr const char* kNames[2][3] = {
+      {"pwdw_kernel (scalar, one tile a sample)", "pwdw_kernel (scalar, tiles)",
+       "pwdw_kernel (scalar, tiles, squeeze by the last block)"},
+      {"pwdw_kernel (16-byte vectors, one tile a sample)", "pwdw_kernel (16-byte vectors, tiles)",
        "pwdw_kernel (16-byte vectors, tiles, squeeze by the last block)"}};
-  check_launch(kNames[vectors][arrived != nullptr]);
+  check_launch(kNames[vectors][a.tiles == 1 ? 0 : arrived == nullptr ? 1 : 2]);
   return {y, mean};
 }
 
