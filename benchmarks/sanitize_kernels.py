@@ -51,10 +51,11 @@ SE = [  # shape, Cr, dtype, layout: launch branch
 ]
 
 POINTWISE = [  # x shape, Cout, dtype, layout, SE scale, residual: launch branch
-    ((2, 40, 9, 9), 72, torch.float16, "channels_last", True, True),      # 16-byte vectors, 3 x 2 tiles
+    ((2, 40, 9, 9), 72, torch.float16, "channels_last", True, True),      # tensor cores, 16-byte vectors, 3 x 2 tiles
+    ((1, 320, 3, 3), 24, torch.float32, "channels_last", True, False),    # SIMT fp32, 16-byte vectors, split K
     ((1, 13, 5, 5), 24, torch.bfloat16, "channels_last", False, True),    # scalar (Cin % 8 != 0)
     ((2, 24, 3, 3), 16, torch.float32, "channels_last_offset", True, False),  # scalar (unaligned)
-    ((1, 480, 3, 5), 40, torch.float16, "channels_last", True, True),    # split K over 3 blocks, last block
+    ((1, 480, 3, 5), 40, torch.float16, "channels_last", True, True),    # tensor cores, split K over 3 blocks
 ]
 
 PWDW = [  # x shape, expanded C, k, stride, dtype: launch branch

@@ -8,7 +8,8 @@ when installed), and the fused model (mk.fuse) on every available backend (plus
 its CUDA-graph replay on CUDA; and mnv3_kernels.freeze's frozen model,
 fused-native-frozen: weights folded once without the live model's per-forward
 check for changed weights, as compile's freezing and ONNX Runtime take them;
-fp32 on CPU, on CUDA the plan on the CUDA kernels replayed as a CUDA graph).  The models (mnv3_kernels/zoo.py): random weights with randomized
+fp32 on CPU, on CUDA the plan on the CUDA kernels replayed as a CUDA graph).
+The models (mnv3_kernels/zoo.py): random weights with randomized
 BatchNorm statistics, nothing downloaded; each variant's output (a segmentation
 model's "out" map) is checked against eager before it is timed
 (tolerances: mnv3_kernels/tolerances.py).  Timing: torch.utils.benchmark's

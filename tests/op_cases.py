@@ -222,14 +222,21 @@ LAUNCH_BRANCHES = {
     "se scale NCHW planes, 16-byte vectors": lambda L: any(k == "scale_planes_kernel" for k, *_ in L),
     "se scale, any strides": lambda L: any(k == "scale_strided_kernel" for k, *_ in L),
     "dense conv (the stem)": lambda L: any(k == "conv_direct_kernel" for k, *_ in L),
-    "pointwise GEMM, 16-byte vectors": lambda L: any(k.startswith("pw_gemm_kernel (16-byte vectors") for k, *_ in L),
-    "pointwise GEMM, scalar": lambda L: any(k.startswith("pw_gemm_kernel (scalar") for k, *_ in L),
+    "pointwise GEMM (fp32), 16-byte vectors": lambda L: any(
+        k.startswith("pw_gemm_kernel (16-byte vectors") for k, *_ in L),
+    "pointwise GEMM (fp32), scalar": lambda L: any(k.startswith("pw_gemm_kernel (scalar") for k, *_ in L),
     "pointwise GEMM, K whole in a block": lambda L: any(
-        k.startswith("pw_gemm_kernel") and "split K" not in k and g[2] == 1 for k, g, _b, _s in L),
-    "pointwise GEMM, split K, epilogue by the last block": lambda L: any(
+        k.startswith(("pw_gemm_kernel", "pw_mma_kernel")) and "split K" not in k and g[2] == 1 for k, g, _b, _s in L),
+    "pointwise GEMM (fp32), split K, epilogue by the last block": lambda L: any(
         k.startswith("pw_gemm_kernel") and "split K" in k and g[2] > 1 for k, g, _b, _s in L),
+    "pointwise tensor-core GEMM (fp16 / bf16), 16-byte vectors": lambda L: any(
+        k.startswith("pw_mma_kernel (16-byte vectors") for k, *_ in L),
+    "pointwise tensor-core GEMM (fp16 / bf16), scalar": lambda L: any(
+        k.startswith("pw_mma_kernel (scalar") for k, *_ in L),
+    "pointwise tensor-core GEMM (fp16 / bf16), split K": lambda L: any(
+        k.startswith("pw_mma_kernel") and "split K" in k and g[2] > 1 for k, g, _b, _s in L),
     "pointwise GEMM, many row and channel tiles": lambda L: any(
-        k.startswith("pw_gemm_kernel") and g[0] > 1 and g[1] > 1 for k, g, _b, _s in L),
+        k.startswith(("pw_gemm_kernel", "pw_mma_kernel")) and g[0] > 1 and g[1] > 1 for k, g, _b, _s in L),
     "expand + depthwise, 16-byte vectors": lambda L: any(k.startswith("pwdw_kernel (16-byte vectors") for k, *_ in L),
     "expand + depthwise, scalar": lambda L: any(k.startswith("pwdw_kernel (scalar") for k, *_ in L),
     "expand + depthwise, one tile a sample": lambda L: any(
