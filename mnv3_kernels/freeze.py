@@ -52,16 +52,22 @@ class FrozenModel(nn.Module):
         self._run_plan = torch.ops.mnv3.run_plan.default
         super().train(False)
 
-    def forward(self, x: torch.Tensor):
+    def _check_input(self, x, ok, wanted: str) -> str:
+        """Raises for an x forward cannot take: not a tensor, not `ok(x)` (named as
+        `wanted`), not [N, in_channels, H, W], requiring grad.  Returns the class name."""
         name = type(self).__name__
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"{name}: x must be a torch.Tensor, got {type(x).__name__}")
-        if x.device.type != "cpu" or x.dtype != torch.float32 or x.dim() != 4 or x.size(1) != self.in_channels:
-            raise ValueError(f"{name}: x must be a float32 CPU tensor [N, {self.in_channels}, H, W]; "
+        if not ok(x) or x.dim() != 4 or x.size(1) != self.in_channels:
+            raise ValueError(f"{name}: x must be a {wanted} tensor [N, {self.in_channels}, H, W]; "
                              f"got {x.dtype} on {x.device} with shape {list(x.shape)}")
         if x.requires_grad:
             raise RuntimeError(f"{name}: x requires grad, but a frozen model has no backward; "
                                "take gradients through the unfrozen model")
+        return name
+
+    def forward(self, x: torch.Tensor):
+        name = self._check_input(x, lambda t: t.device.type == "cpu" and t.dtype == torch.float32, "float32 CPU")
         if torch.is_autocast_enabled("cpu"):
             raise RuntimeError(f"{name} runs in float32; call it outside torch.autocast('cpu'), "
                                "or run the unfrozen model under autocast")
@@ -141,15 +147,8 @@ class FrozenCudaModel(FrozenModel):
         self._graphs: dict = {}  # x.shape -> (graph, static input, static output), or None: no graph
 
     def forward(self, x: torch.Tensor):
-        name = type(self).__name__
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"{name}: x must be a torch.Tensor, got {type(x).__name__}")
-        if x.device != self.device or x.dtype != self.dtype or x.dim() != 4 or x.size(1) != self.in_channels:
-            raise ValueError(f"{name}: x must be a {self.dtype} tensor on {self.device} [N, {self.in_channels}, H, W];"
-                             f" got {x.dtype} on {x.device} with shape {list(x.shape)}")
-        if x.requires_grad:
-            raise RuntimeError(f"{name}: x requires grad, but a frozen model has no backward; "
-                               "take gradients through the unfrozen model")
+        name = self._check_input(x, lambda t: t.device == self.device and t.dtype == self.dtype,
+                                 f"{self.dtype} {self.device}")
         if torch.is_autocast_enabled("cuda"):
             raise RuntimeError(f"{name} runs in {self.dtype}; call it outside torch.autocast('cuda'), "
                                "or run the unfrozen model under autocast")

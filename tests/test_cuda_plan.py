@@ -200,9 +200,9 @@ def test_freeze_on_cuda_refuses_what_it_cannot_run():
     import mnv3_kernels as mk
 
     frozen = mk.freeze(_model("small").half().cuda())
-    with pytest.raises(ValueError, match="must be a torch.float16 tensor on cuda"):
+    with pytest.raises(ValueError, match="must be a torch.float16 cuda:0 tensor"):
         frozen(torch.randn(1, 3, 64, 64, device="cuda"))
-    with pytest.raises(ValueError, match="must be a torch.float16 tensor on cuda"):
+    with pytest.raises(ValueError, match="must be a torch.float16 cuda:0 tensor"):
         frozen(torch.randn(1, 3, 64, 64).half())
     with pytest.raises(RuntimeError, match="cannot be converted or moved"):
         frozen.float()

@@ -169,7 +169,7 @@ def test_the_cuda_frozen_models_forward_off_the_gpu(small, monkeypatch):
     assert captured == [tuple(x.shape)]  # one capture attempt per shape
     assert first.data_ptr() != second.data_ptr() and torch.equal(first, second) and not first.is_inference()
     assert_lowp_close(first, expected, own, torch.bfloat16)
-    with pytest.raises(ValueError, match="must be a torch.bfloat16 tensor on cpu"):
+    with pytest.raises(ValueError, match="must be a torch.bfloat16 cpu tensor"):
         frozen(X)
     with pytest.raises(RuntimeError, match="cannot be converted or moved"):
         frozen.to(torch.float32)

@@ -141,6 +141,31 @@ __device__ __forceinline__ bool block_arrives_last(unsigned* counter, unsigned e
   return result;
 }
 
+// The memory of a last-block reduction (block_arrives_last): `floats` fp32
+// partial results, then `counters` arrival counters, in one torch allocation
+// (the caching allocator), the counters zeroed by a cudaMemsetAsync on
+// `stream` (a memset node, not a kernel, in a CUDA graph).  Keep `buffer`
+// alive until the launch is queued.  (In an unnamed namespace: a Tensor member
+// gives the struct the hidden visibility of torch's stable Tensor.)
+namespace {
+struct LastBlockScratch {
+  Tensor buffer;
+  float* partial = nullptr;
+  unsigned* arrived = nullptr;
+};
+
+inline LastBlockScratch last_block_scratch(int64_t floats, int64_t counters, const Tensor& like, cudaStream_t stream,
+                                           const char* op) {
+  LastBlockScratch s;
+  s.buffer = empty_2d(floats + counters, 1, ScalarType::Float, like);
+  s.partial = static_cast<float*>(s.buffer.mutable_data_ptr());
+  s.arrived = reinterpret_cast<unsigned*>(s.partial + floats);
+  const cudaError_t err = cudaMemsetAsync(s.arrived, 0, sizeof(unsigned) * counters, stream);
+  STD_TORCH_CHECK(err == cudaSuccess, op, " (CUDA): zeroing the arrival counters failed: ", cudaGetErrorString(err));
+  return s;
+}
+}  // namespace
+
 inline unsigned int blocks_for(int64_t work, int threads) {
   const int64_t b = (work + threads - 1) / threads;
   STD_TORCH_CHECK(b <= 0x7fffffffLL, "mnv3: problem too large for a 1-d grid (", work, " items)");

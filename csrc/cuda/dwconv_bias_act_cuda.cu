@@ -283,19 +283,14 @@ void launch_nhwc(const Tensor& x, const Tensor& weight, const Tensor& bias, Tens
   float* partial = nullptr;
   float partial_scale = 1.f;
   unsigned* arrived = nullptr;
-  Tensor partial_buf;
+  LastBlockScratch scratch;
   if (with_mean && chunks == 1) {
     partial = static_cast<float*>(mean.mutable_data_ptr());
     partial_scale = 1.f / static_cast<float>(g.OH * g.OW);
-  } else if (with_mean) {
-    // One allocation (torch's caching allocator): the partials, then a 4-byte
-    // arrival counter per (n, channel group).
-    partial_buf = empty_2d(g.N * chunks * g.C + g.N * groups, 1, ScalarType::Float, x);
-    partial = static_cast<float*>(partial_buf.mutable_data_ptr());
-    arrived = reinterpret_cast<unsigned*>(partial + g.N * chunks * g.C);
-    const cudaError_t err = cudaMemsetAsync(arrived, 0, sizeof(unsigned) * g.N * groups, stream);
-    STD_TORCH_CHECK(err == cudaSuccess, "mnv3::dwconv_bias_act (CUDA): zeroing the squeeze counters failed: ",
-                    cudaGetErrorString(err));
+  } else if (with_mean) {  // the chunks' partials, a counter per (n, channel group)
+    scratch = last_block_scratch(g.N * chunks * g.C, g.N * groups, x, stream, "mnv3::dwconv_bias_act");
+    partial = scratch.partial;
+    arrived = scratch.arrived;
   }
 
   const WeightView wv{weight.stride(0), weight.stride(2), weight.stride(3), bias.stride(0)};

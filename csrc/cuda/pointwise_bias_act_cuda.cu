@@ -274,18 +274,10 @@ Tensor pointwise_bias_act_cuda(const Tensor& x, const Tensor& weight, const Tens
   splits = std::max<int64_t>(1, std::min<int64_t>(splits, 65535));
   const int64_t k_per_split = (steps + splits - 1) / splits * kStepK;
   splits = (K + k_per_split - 1) / k_per_split;
-  float* partial = nullptr;
-  unsigned* arrived = nullptr;
-  Tensor partial_buf;
-  if (splits > 1) {
-    // One allocation: the splits' sums, then a 4-byte arrival counter per tile.
-    partial_buf = empty_2d(splits * M * Nc + tiles, 1, ScalarType::Float, x);
-    partial = static_cast<float*>(partial_buf.mutable_data_ptr());
-    arrived = reinterpret_cast<unsigned*>(partial + splits * M * Nc);
-    const cudaError_t err = cudaMemsetAsync(arrived, 0, sizeof(unsigned) * tiles, stream);
-    STD_TORCH_CHECK(err == cudaSuccess, "mnv3::pointwise_bias_act (CUDA): zeroing the split-K counters failed: ",
-                    cudaGetErrorString(err));
-  }
+  LastBlockScratch scratch;  // the splits' sums, a counter per tile
+  if (splits > 1) scratch = last_block_scratch(splits * M * Nc, tiles, x, stream, "mnv3::pointwise_bias_act");
+  float* partial = scratch.partial;
+  unsigned* arrived = scratch.arrived;
   const PwArgs args{M, K, Nc, rows_per_sample, k_per_split, act};
   const dim3 grid(static_cast<unsigned>(row_tiles), static_cast<unsigned>(col_tiles), static_cast<unsigned>(splits));
   dispatch_float_types(x.scalar_type(), [&](auto tag) {

@@ -281,18 +281,12 @@ std::tuple<Tensor, Tensor> pointwise_dwconv_cuda(const Tensor& x, const Tensor& 
   const int64_t groups = (C + kGroup - 1) / kGroup;
   STD_TORCH_CHECK(groups <= 65535 && g.N * a.tiles <= 0x7fffffffLL, "mnv3::pointwise_dwconv (CUDA): the problem "
                   "is too large for one launch");
-  float* partial = nullptr;
-  unsigned* arrived = nullptr;
-  Tensor partial_buf;
+  LastBlockScratch scratch;  // the tiles' sums, a counter per (n, channel group)
   if (with_mean && a.tiles > 1) {
-    // One allocation: the tiles' sums, then a 4-byte arrival counter per (n, channel group).
-    partial_buf = empty_2d(g.N * a.tiles * C + g.N * groups, 1, ScalarType::Float, x);
-    partial = static_cast<float*>(partial_buf.mutable_data_ptr());
-    arrived = reinterpret_cast<unsigned*>(partial + g.N * a.tiles * C);
-    const cudaError_t err = cudaMemsetAsync(arrived, 0, sizeof(unsigned) * g.N * groups, stream);
-    STD_TORCH_CHECK(err == cudaSuccess, "mnv3::pointwise_dwconv (CUDA): zeroing the squeeze counters failed: ",
-                    cudaGetErrorString(err));
+    scratch = last_block_scratch(g.N * a.tiles * C, g.N * groups, x, stream, "mnv3::pointwise_dwconv");
   }
+  float* partial = scratch.partial;
+  unsigned* arrived = scratch.arrived;
   const int64_t smem = smem_floats(a.hr * a.hc, a.x_ld, g.kh * g.kw) * 4;
   const dim3 grid(static_cast<unsigned>(g.N * a.tiles), static_cast<unsigned>(groups));
   bool vectors = false;

@@ -214,17 +214,8 @@ Tensor se_excite(const Tensor& pooled, const Tensor& w1, const Tensor& b1, const
   const Tensor w2c = torch::stable::contiguous(w2), b2c = torch::stable::contiguous(b2);
   const T* w1p = static_cast<const T*>(w1c.const_data_ptr());
   const T* w2p = static_cast<const T*>(w2c.const_data_ptr());
-  float* partial = nullptr;
-  unsigned* arrived = nullptr;
-  Tensor partial_buf;
-  if (groups > 1) {
-    partial_buf = empty_2d(N * groups * C + N, 1, ScalarType::Float, pooled);
-    partial = static_cast<float*>(partial_buf.mutable_data_ptr());
-    arrived = reinterpret_cast<unsigned*>(partial + N * groups * C);
-    const cudaError_t err = cudaMemsetAsync(arrived, 0, sizeof(unsigned) * N, stream);
-    STD_TORCH_CHECK(err == cudaSuccess, "mnv3 SE (CUDA): zeroing the gate's arrival counters failed: ",
-                    cudaGetErrorString(err));
-  }
+  LastBlockScratch scratch;  // the groups' shares, a counter per sample
+  if (groups > 1) scratch = last_block_scratch(N * groups * C, N, pooled, stream, "mnv3::se_gate");
   const bool rows16 = C % V == 0 && Cr % V == 0 && aligned16(w1p) && aligned16(w2p);
   const dim3 grid(static_cast<unsigned>(N), static_cast<unsigned>(groups));
   const auto run = [&](const auto* in) {
@@ -234,7 +225,7 @@ Tensor se_excite(const Tensor& pooled, const Tensor& w1, const Tensor& b1, const
       const auto kernel = rows16 ? se_gate_kernel<T, S, G, true> : se_gate_kernel<T, S, G, false>;
       launch(kernel, grid, kThreads, C * sizeof(float), stream, in, w1p,
              static_cast<const T*>(b1c.const_data_ptr()), w2p, static_cast<const T*>(b2c.const_data_ptr()),
-             partial, arrived, static_cast<float*>(gates.mutable_data_ptr()), C, Cr);
+             scratch.partial, scratch.arrived, static_cast<float*>(gates.mutable_data_ptr()), C, Cr);
     });
   };
   if (p.scalar_type() == ScalarType::Float) {
