@@ -18,6 +18,7 @@ import torch
 from conftest import calibrate_batchnorm, cpu_plan_marks
 from tolerances import assert_model_close
 from torch import nn
+from torch.nn import functional as F
 
 import mnv3_kernels as mk
 from mnv3_kernels import zoo
@@ -36,9 +37,8 @@ EXPECTED = {
     "lcnet": (1, set()),
     "mobilenet_v2": (1, set()),
     "mnasnet": (1, set()),
-    # its head: sigmoid(conv(pool(high))) * cbr(high), two bilinear interpolations
-    "lraspp": (2, {"sigmoid outside a squeeze-excitation block", "mul has no plan step",
-                   "interpolate has no plan step"}),
+    # its head: sigmoid(conv(pool(high))) * cbr(high) (its two bilinear interpolations lowered)
+    "lraspp": (2, {"sigmoid outside a squeeze-excitation block", "mul has no plan step"}),
     "seed_large": (1, {"squeeze has no plan step"}),  # then Softmax, replaced by Identity below
 }
 
@@ -145,6 +145,43 @@ def test_a_custom_module_in_the_middle_splits_the_plan():
     x = torch.randn(3, 3, 41, 39)
     with torch.inference_mode():
         assert_model_close(frozen(x), model(x))
+
+
+class Resizes(nn.Module):
+    """A segmentation-style head: bilinear interpolations to another tensor's size,
+    to a fixed size, and by a scale factor (the last one not lowered)."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1, bias=False), nn.BatchNorm2d(8), nn.ReLU())
+        self.down = nn.Sequential(nn.Conv2d(8, 8, 3, 2, 1, groups=8, bias=False), nn.BatchNorm2d(8), nn.ReLU6())
+        self.head = nn.Conv2d(8, 5, 1)
+
+    def forward(self, x):
+        low = self.stem(x)
+        high = F.interpolate(self.down(low), size=low.shape[-2:], mode="bilinear", align_corners=False)
+        y = self.head(low + high)
+        fixed = F.interpolate(y, size=(11, 6), mode="bilinear", align_corners=True)
+        return F.interpolate(y, size=x.size()[2:], mode="bilinear"), fixed, F.interpolate(y, scale_factor=2.0, mode="bilinear")
+
+
+def test_bilinear_interpolations_lower_to_resize_steps():
+    model = Resizes()
+    calibrate_batchnorm(model, torch.randn(4, 3, 40, 40))
+    model.eval()
+    plan = compile_model(model)
+    assert [s.steps for s in plan.segments] == [["conv", "dw", "resize", "add", "pw", "resize", "resize"]], \
+        plan.describe()
+    assert [p.why for p in plan.left_alone] == [
+        "interpolate by scale_factor (the resize step takes a size, or another tensor's size)"]
+    frozen = mk.freeze(model)
+    for shape in [(1, 3, 41, 39), (3, 3, 17, 30)]:
+        x = torch.randn(*shape)
+        with torch.inference_mode():
+            out, expected = frozen(x), model(x)
+        assert out[0].shape[2:] == x.shape[2:] and out[1].shape[2:] == (11, 6)
+        for a, e in zip(out, expected):
+            assert_model_close(a, e)
 
 
 def test_frozen_model_does_not_see_later_changes_and_a_new_freeze_does():

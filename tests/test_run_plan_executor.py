@@ -213,6 +213,42 @@ def test_add_and_act_match_the_interpreter(activation):
     assert torch.equal(c, c_before)  # rewriting slot 2 leaves the input tensor alone
 
 
+@pytest.mark.parametrize("align_corners", [False, True])
+def test_resize_matches_the_interpreter(align_corners):
+    """resize up to another slot's size (an NCHW input, copied), down and up to a
+    size pair (incl. 1 x 1 and a single input row), odd sizes; output channels-last."""
+    x, like, row = torch.randn(2, 21, 7, 9), nhwc(1, 3, 29, 17), nhwc(2, 5, 1, 6)
+    plan = (Plan(n_slots=9, n_inputs=3, outputs=[3, 4, 5, 6, 7, 8])
+            .step("resize", y=3, x=0, like=1, size=[0, 0], align_corners=align_corners)
+            .step("resize", y=4, x=3, size=[5, 4], align_corners=align_corners)
+            .step("resize", y=5, x=3, size=[1, 1], align_corners=align_corners)
+            .step("resize", y=6, x=2, size=[4, 13], align_corners=align_corners)
+            .step("resize", y=7, x=0, size=[7, 9], align_corners=align_corners)
+            .step("resize", y=8, x=4, size=[64, 3], align_corners=align_corners))
+    out = assert_runs_as_reference([x, like, row], plan)
+    assert [list(o.shape[2:]) for o in out] == [[29, 17], [5, 4], [1, 1], [4, 13], [7, 9], [64, 3]]
+    assert all(o.is_contiguous(memory_format=torch.channels_last) for o in out)
+    assert torch.equal(out[4], x)  # the same size: every weight 0 or 1
+
+
+def test_resize_refuses_bad_operands_as_the_interpreter_does():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    plan = Plan(n_slots=2, n_inputs=1, outputs=[1]).step("resize", y=1, x=0, size=[4, 4], align_corners=False)
+    program = plan.program
+    program[plan.operand_at(0, "align_corners")] = 2
+    with pytest.raises(RuntimeError, match=r"mnv3::run_plan: step 0 \(resize\): bad flag code 2"):
+        run_plan([torch.randn(1, 2, 3, 3)], [], program)
+    with FakeTensorMode() as mode, pytest.raises(ValueError, match=r"step 0 \(resize\): bad flag code 2"):
+        run_plan([mode.from_tensor(torch.randn(1, 2, 3, 3))], [], program)
+    program = plan.program
+    program[plan.operand_at(0, "size") + 1] = 0
+    with pytest.raises(RuntimeError, match="resize step's output size must be at least 1 x 1, got 4 x 0"):
+        run_plan([torch.randn(1, 2, 3, 3)], [], program)
+    with pytest.raises(RuntimeError, match="the resize step needs a float32 4-d x"):
+        run_plan([torch.randn(2, 3)], [], plan.program)
+
+
 # ---- malformed programs ----
 
 def small_plan() -> tuple[list[torch.Tensor], Plan]:

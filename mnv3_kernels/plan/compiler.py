@@ -15,8 +15,10 @@ forward_native, the ordinary-module math) and lowers what the steps
     -> a gate step (its gate then scales the next projection's input), or the
     se step where no projection reads the scaled tensor
   * global average pool, flatten, Linear (+ activation), Dropout and Identity in
-    eval, the add of two values, an activation (ReLU, ReLU6, Hardswish) of a value.
-Everything else (a SiLU, an interpolation, a custom module) stays in the
+    eval, the add of two values, an activation (ReLU, ReLU6, Hardswish) of a value
+  * F.interpolate(x, size=..., mode="bilinear"), size two ints or another
+    tensor's t.shape[-2:] (a segmentation head's upsampling) -> resize
+Everything else (a SiLU, a nearest or scale-factor interpolation, a custom module) stays in the
 graph and runs as the original code between the plan's segments;
 Plan.left_alone names each such node and why.
 
@@ -338,6 +340,8 @@ class _Lowering(fx_fuse._Rewriter):
                 return None
         if (node.op == "call_function" and node.target in _ADDS) or (node.op == "call_method" and node.target == "add"):
             return self.lower_add(node)
+        if node.op == "call_function" and node.target is F.interpolate:
+            return self.lower_resize(node)
         act = self.activation_of(node, first) if known is not None and known.kind != GRAPH else None
         if act in ACTIVATIONS:
             return self.lower_activation(node, known, act)
@@ -373,6 +377,51 @@ class _Lowering(fx_fuse._Rewriter):
             raise _Skip(f"an add of a {a.kind} and a {b.kind} value")
         y = self.value[node] = Value(kinds.pop(), node)
         self.emit("add", node, {"y": y}, {"a": a, "b": b}, {}, {})
+
+    def lower_resize(self, node: fx.Node) -> None:
+        """F.interpolate(x, size=..., mode="bilinear") as a resize step: size a pair of
+        ints, or another tensor's spatial size (t.shape[-2:], t.shape[2:], t.size()[2:])."""
+        names = ("input", "size", "scale_factor", "mode", "align_corners", "recompute_scale_factor", "antialias")
+        a = dict(zip(names, node.args)) | dict(node.kwargs)
+        mode = a.get("mode", "nearest")
+        if mode != "bilinear" or a.get("antialias", False):
+            raise _Skip(f"interpolate mode {mode!r}{' with antialias' if a.get('antialias') else ''} "
+                        "(the resize step is bilinear, antialias off)")
+        if a.get("scale_factor") is not None or a.get("size") is None:
+            raise _Skip("interpolate by scale_factor (the resize step takes a size, or another tensor's size)")
+        x = a.get("input")
+        if not isinstance(x, fx.Node) or (x in self.value and self.value[x].kind not in (MAP, GRAPH)):
+            raise _Skip("interpolate of a value that is not a 4-d map")
+        like, size = self.size_source(a["size"]), [0, 0]
+        if like is None:
+            size = a["size"]
+            size = [size, size] if isinstance(size, int) else list(size) if isinstance(size, (tuple, list)) else None
+            if size is None or len(size) != 2 or not all(isinstance(v, int) and v >= 1 for v in size):
+                raise _Skip(f"interpolate size {a['size']} (the resize step takes two ints, or t.shape[-2:])")
+        ins = {"x": self.read(x), "like": None if like is None else self.read(like)}
+        if ins["like"] is not None and ins["like"].kind not in (MAP, GRAPH):
+            raise _Skip("interpolate to the size of a value that is not a 4-d map")
+        y = self.value[node] = Value(MAP, node)
+        self.emit("resize", node, {"y": y}, ins, {}, {"size": size, "align_corners": bool(a.get("align_corners"))})
+        if like is not None:  # the size arithmetic read only here: not a graph reader of like, no segment split
+            size_node = a["size"]
+            if len(size_node.users) == 1 and len(size_node.args[0].users) == 1:
+                self.absorbed.update((size_node, size_node.args[0]))
+
+    @staticmethod
+    def size_source(size) -> fx.Node | None:
+        """The tensor node t of a size t.shape[-2:] / t.shape[2:] / t.size()[-2:] / t.size()[2:], else None."""
+        if not (isinstance(size, fx.Node) and size.op == "call_function" and size.target is operator.getitem
+                and size.args[1] in (slice(-2, None), slice(2, None))):
+            return None
+        base = size.args[0]
+        if not isinstance(base, fx.Node):
+            return None
+        if base.op == "call_function" and base.target is getattr and base.args[1] == "shape":
+            return base.args[0]
+        if base.op == "call_method" and base.target == "size" and len(base.args) == 1 and not base.kwargs:
+            return base.args[0]
+        return None
 
     def lower_activation(self, node: fx.Node, x: Value, act: str) -> None:
         p = x.producer
@@ -628,6 +677,8 @@ def encode(instrs: list, inputs: list, outputs: list, prepare=for_cpu) -> tuple[
                 body += [int(e) for e in ins.args[name]]
             elif kind == "act":
                 body.append(activation_code(ins.args[name]))
+            elif kind == "flag":
+                body.append(int(bool(ins.args[name])))
             else:
                 body.append(gate_code(ins.args[name]))
         free += unread

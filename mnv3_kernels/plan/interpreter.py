@@ -62,7 +62,8 @@ def decode(program) -> tuple[int, int, list[int], list[tuple]]:
             if kind in ("out", "in") and not 0 <= v < n_slots or kind in ("opt_out", "opt_in") and not -1 <= v < n_slots:
                 raise ProgramError(f"mnv3::run_plan: step {len(decoded)} ({step.name}): slot {v} is out of range "
                                    f"(n_slots {n_slots})")
-            if kind == "act" and not 0 <= v < len(ACTIVATIONS) or kind == "gate" and not 0 <= v < len(GATES):
+            if (kind == "act" and not 0 <= v < len(ACTIVATIONS) or kind == "gate" and not 0 <= v < len(GATES)
+                    or kind == "flag" and v not in (0, 1)):
                 raise ProgramError(f"mnv3::run_plan: step {len(decoded)} ({step.name}): bad {kind} code {v}")
             args[name] = v
         decoded.append((step, args))
@@ -142,6 +143,16 @@ def interpret(inputs, tensors, program, ops) -> list[torch.Tensor]:
             out = {"y": _new_like_executor(_nhwc(read("a")) + _nhwc(read("b")))}
         elif name == "act":
             out = {"y": _new_like_executor(ACTIVATION_FNS[act("activation")](_nhwc(read("x"))))}
+        elif name == "resize":
+            like = read("like", True)
+            size = list(like.shape[-2:]) if like is not None else a["size"]
+            x = read("x")
+            if x.dim() != 4 or min(size) < 1 or (like is not None and like.dim() != 4):
+                raise ProgramError(f"mnv3::run_plan: step {i} (resize) needs a 4-d x and an output size of at "
+                                   f"least 1 x 1, got x {list(x.shape)} and size {size}")
+            y = torch.nn.functional.interpolate(_nhwc(x), size=size, mode="bilinear",
+                                                align_corners=bool(a["align_corners"]))
+            out = {"y": _new_like_executor(y)}
         else:  # a step added to the table without its semantics here
             raise NotImplementedError(f"plan step {name!r} has no interpreter case")
         for key, value in out.items():

@@ -20,6 +20,7 @@ Operand kinds (how many ints each takes):
     pair      2  two ints (stride, padding, dilation: [h, w])
     act       1  an activation code (vocabulary.ACTIVATIONS)
     gate      1  a gate code (vocabulary.GATES)
+    flag      1  0 or 1
 
 Everything that knows step codes or operand counts reads this table: the
 Python interpreter (interpreter.py: reference and fake kernel), the compiler,
@@ -31,7 +32,7 @@ This file imports nothing (setup.py loads it by path).
 
 from typing import NamedTuple
 
-INT_COUNT = {"out": 1, "opt_out": 1, "in": 1, "opt_in": 1, "tensor": 1, "pair": 2, "act": 1, "gate": 1}
+INT_COUNT = {"out": 1, "opt_out": 1, "in": 1, "opt_in": 1, "tensor": 1, "pair": 2, "act": 1, "gate": 1, "flag": 1}
 HEADER_FIXED = 3  # n_slots, n_inputs, n_outputs (then the output slots)
 
 
@@ -78,6 +79,9 @@ STEPS = (
     _step(6, "pool", None, "y:out x:in", "y = x's fp32 spatial mean [N, C] (global average pool + flatten)"),
     _step(7, "add", None, "y:out a:in b:in", "y = a + b"),
     _step(8, "act", None, "y:out x:in activation:act", "y = act(x)"),
+    _step(9, "resize", None, "y:out x:in like:opt_in size:pair align_corners:flag",
+          "y = bilinear interpolation of x (F.interpolate, antialias off) to like's H x W, or to size when like "
+          "is -1"),
 )
 BY_NAME = {s.name: s for s in STEPS}
 assert [s.code for s in STEPS] == list(range(len(STEPS)))
