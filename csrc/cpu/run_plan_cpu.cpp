@@ -8,6 +8,7 @@
 // act and resize, computes here.  Per step this saves the Python step, the dispatcher
 // and the boxing of a custom op call (~5 us each, measured for a tiny
 // pointwise_bias_act; MobileNetV3-Small runs ~45 steps).
+#include "cpu_isa.h"
 #include "cpu_ops.h"
 #include "cpu_utils.h"
 #include "pointwise_common.h"
@@ -129,10 +130,11 @@ struct LinearAxis {
 
 // y = bilinear interpolation of x to OH x OW (resize; F.interpolate's
 // mode="bilinear", antialias off), x float32 4-d in any layout, y
-// channels-last: a row of output pixels at a time, each a blend of four input
-// pixels' channel rows (vectorized over the channels).  Why not aten's kernel:
-// on the channels-last 21-channel maps of LR-ASPP's head it measured ~750 us
-// for the 224x224 output at batch 1, 2 threads (Zen 4).
+// channels-last: rows of output pixels in parallel on the level's kernel
+// (kernels/resize.cpp).  Why not aten's kernel: on the channels-last
+// 21-channel maps of LR-ASPP's head it measured 725 us for the 224x224 output
+// at batch 1, 2 threads (Zen 4), this one 190-290 us at each of the three
+// levels (bound by the output's 4.2 MB of stores, not by the vector width).
 Tensor resize_bilinear(const Tensor& x_in, int64_t OH, int64_t OW, bool align_corners) {
   STD_TORCH_CHECK(x_in.dim() == 4 && x_in.scalar_type() == ScalarType::Float,
                   "mnv3::run_plan: the resize step needs a float32 4-d x");
@@ -144,24 +146,12 @@ Tensor resize_bilinear(const Tensor& x_in, int64_t OH, int64_t OW, bool align_co
   Tensor y = empty_4d(N, C, OH, OW, true, ScalarType::Float, x);
   if (N == 0 || C == 0) return y;
   const LinearAxis rows(H, OH, align_corners), cols(W, OW, align_corners);
-  const float* xp = static_cast<const float*>(x.const_data_ptr());
-  float* yp = static_cast<float*>(y.mutable_data_ptr());
-  torch::stable::parallel_for(0, N * OH, grain_for(OW * C * 4), [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) {
-      const int64_t n = r / OH, oh = r % OH;
-      const float h1l = rows.l[oh], h0l = 1.f - h1l;
-      const float* r0 = xp + (n * H + rows.i0[oh]) * W * C;
-      const float* r1 = r0 + rows.step[oh] * W * C;
-      float* out = yp + r * OW * C;
-      for (int64_t ow = 0; ow < OW; ++ow, out += C) {
-        const float w1l = cols.l[ow], w0l = 1.f - w1l;
-        const int64_t c0 = cols.i0[ow] * C, c1 = c0 + cols.step[ow] * C;
-        const float *p00 = r0 + c0, *p01 = r0 + c1, *p10 = r1 + c0, *p11 = r1 + c1;
-        for (int64_t c = 0; c < C; ++c)
-          out[c] = h0l * (w0l * p00[c] + w1l * p01[c]) + h1l * (w0l * p10[c] + w1l * p11[c]);
-      }
-    }
-  });
+  const ResizeProblem p{static_cast<const float*>(x.const_data_ptr()), static_cast<float*>(y.mutable_data_ptr()),
+                        N, C, H, W, OH, OW, rows.i0.data(), rows.step.data(), cols.i0.data(), cols.step.data(),
+                        rows.l.data(), cols.l.data()};
+  const CpuKernels& k = cpu_kernels();
+  torch::stable::parallel_for(0, N * OH, grain_for(OW * C * 4),
+                              [&](int64_t begin, int64_t end) { k.resize_rows(p, begin, end); });
   return y;
 }
 

@@ -172,6 +172,18 @@ struct DwTileProblem {
   float* row_sums;       // [N*OH, C] or nullptr
 };
 
+// Bilinear resize of a channels-last x [N, H, W, C] to y [N, OH, OW, C] (the
+// plan's resize step): output index o of an axis blends input indices i0[o]
+// and i0[o] + step[o] with weights 1 - l[o] and l[o] (run_plan_cpu.cpp
+// computes the tables as aten does).
+struct ResizeProblem {
+  const float* x;
+  float* y;
+  int64_t N, C, H, W, OH, OW;
+  const int64_t *row_i0, *row_step, *col_i0, *col_step;
+  const float *row_l, *col_l;
+};
+
 // Output columns per vector of the plane walk: a level's full vector, or half
 // of one (at least 4) for planes no wider than that.
 MNV3_HD int dw_plane_lanes(int lanes, int64_t OW) { return lanes > 4 && OW <= lanes / 2 ? lanes / 2 : lanes; }
@@ -219,6 +231,8 @@ struct CpuKernels {
   // y = x * gate over pixels [begin, end) of a channels-last x (gates [N, C]).
   void (*scale_nhwc)(Storage dtype, const void* x, const float* gates, void* y, int64_t HW, int64_t C,
                      int64_t begin, int64_t end);
+  // Output rows [begin, end) of (n, oh).
+  void (*resize_rows)(const ResizeProblem& p, int64_t begin, int64_t end);
 };
 
 // The tables of the levels built (each defined by its level's table.cpp).
@@ -254,6 +268,7 @@ void se_gates(Gate gate, const float* hidden, const float* w2, const float* b2, 
               int64_t Cr, int64_t begin, int64_t end);
 void scale_nhwc(Storage dtype, const void* x, const float* gates, void* y, int64_t HW, int64_t C, int64_t begin,
                 int64_t end);
+void resize_rows(const ResizeProblem& p, int64_t begin, int64_t end);
 }  // namespace MNV3_LEVEL_NS
 #endif
 
