@@ -64,6 +64,19 @@ struct OutputAt {  // an accumulator's place in y
   int64_t m, co;
 };
 
+// fn(i, j, o) for each of a thread's accumulators whose output o = at(i, j)
+// lies inside y (M x Nc), unrolled.
+template <typename At, typename Fn>
+__device__ __forceinline__ void each_output(At at, const PwArgs& a, Fn fn) {
+#pragma unroll
+  for (int i = 0; i < kPerThread; ++i)
+#pragma unroll
+    for (int j = 0; j < kPerThread; ++j) {
+      const OutputAt o = at(i, j);
+      if (o.m < a.M && o.co < a.Nc) fn(i, j, o);
+    }
+}
+
 // The end of a block's tile: acc[i][j] is the sum of y[at(i, j)] over this
 // block's K.  One split: bias + activation + residual, stored.  Many
 // (gridDim.z > 1): each writes its sums to partial[z, M, Nc] and the last of a
@@ -75,38 +88,22 @@ __device__ __forceinline__ void finish_tile(float (&acc)[kPerThread][kPerThread]
                                             float* __restrict__ partial, unsigned* __restrict__ arrived,
                                             const PwArgs& a) {
   if (gridDim.z > 1) {  // uniform over the grid
-#pragma unroll
-    for (int i = 0; i < kPerThread; ++i)
-#pragma unroll
-      for (int j = 0; j < kPerThread; ++j) {
-        const OutputAt o = at(i, j);
-        if (o.m < a.M && o.co < a.Nc) partial[(blockIdx.z * a.M + o.m) * a.Nc + o.co] = acc[i][j];
-      }
+    each_output(at, a, [&](int i, int j, OutputAt o) { partial[(blockIdx.z * a.M + o.m) * a.Nc + o.co] = acc[i][j]; });
     if (!block_arrives_last(&arrived[blockIdx.x * gridDim.y + blockIdx.y], gridDim.z)) return;
     const int64_t split_stride = a.M * a.Nc;
-#pragma unroll
-    for (int i = 0; i < kPerThread; ++i)
-#pragma unroll
-      for (int j = 0; j < kPerThread; ++j) {
-        const OutputAt o = at(i, j);
-        if (o.m >= a.M || o.co >= a.Nc) continue;
-        const float* p = partial + o.m * a.Nc + o.co;
-        float v = 0.f;
+    each_output(at, a, [&](int i, int j, OutputAt o) {
+      const float* p = partial + o.m * a.Nc + o.co;
+      float v = 0.f;
 #pragma unroll 1
-        for (unsigned z = 0; z < gridDim.z; ++z) v += __ldcg(p + z * split_stride);  // split order
-        acc[i][j] = v;
-      }
+      for (unsigned z = 0; z < gridDim.z; ++z) v += __ldcg(p + z * split_stride);  // split order
+      acc[i][j] = v;
+    });
   }
-#pragma unroll
-  for (int i = 0; i < kPerThread; ++i)
-#pragma unroll
-    for (int j = 0; j < kPerThread; ++j) {
-      const OutputAt o = at(i, j);
-      if (o.m >= a.M || o.co >= a.Nc) continue;
-      float v = activate(a.act, acc[i][j] + static_cast<float>(bias[o.co]));
-      if (residual != nullptr) v += static_cast<float>(residual[o.m * a.Nc + o.co]);
-      y[o.m * a.Nc + o.co] = static_cast<T>(v);
-    }
+  each_output(at, a, [&](int i, int j, OutputAt o) {
+    float v = activate(a.act, acc[i][j] + static_cast<float>(bias[o.co]));
+    if (residual != nullptr) v += static_cast<float>(residual[o.m * a.Nc + o.co]);
+    y[o.m * a.Nc + o.co] = static_cast<T>(v);
+  });
 }
 
 // SIMT (fp32): blockIdx.x the 64-row tile of y, blockIdx.y the 64-channel tile,
