@@ -52,7 +52,7 @@ class _PlanOps:
 
     def __init__(self):
         self.steps: list[tuple[str, int, int]] = []
-        self.step_of = {s.op: s.name for s in interpreter.STEPS if s.op}
+        self.step_of = {s.op: s.name for s in interpreter.STEPS if isinstance(s.op, str)}
 
     def __getattr__(self, name):
         fn = getattr(reference, name)

@@ -71,4 +71,4 @@ def plan_program_ops(model) -> Counter:
     from mnv3_kernels.plan.interpreter import decode
 
     _, program = model._fast_plan().program
-    return Counter(step.op for step, _ in decode(program)[3] if step.op is not None)
+    return Counter(op for step, _ in decode(program)[3] for op in step.ops)

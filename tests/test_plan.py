@@ -184,6 +184,59 @@ def test_bilinear_interpolations_lower_to_resize_steps():
             assert_model_close(a, e)
 
 
+def _conv_bn(cin, cout, k=1, stride=1, groups=1, act=nn.ReLU6):
+    layers = [nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False), nn.BatchNorm2d(cout)]
+    return nn.Sequential(*layers, act()) if act else nn.Sequential(*layers)
+
+
+class Blocks(nn.Module):
+    """Inverted residual blocks: with a residual, strided without one, one with an SE
+    gate on the projection's input, and one whose depthwise output is also returned."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = _conv_bn(3, 16, 3, 2)
+        self.a = nn.Sequential(_conv_bn(16, 48), _conv_bn(48, 48, 3, 1, 48), _conv_bn(48, 16, act=None))
+        self.b = nn.Sequential(_conv_bn(16, 40), _conv_bn(40, 40, 5, 2, 40), _conv_bn(40, 24, act=None))
+        self.c_dw = nn.Sequential(_conv_bn(24, 72), _conv_bn(72, 72, 3, 1, 72))
+        self.c_se = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(72, 24, 1), nn.ReLU(), nn.Conv2d(24, 72, 1),
+                                  nn.Hardsigmoid())
+        self.c_proj = _conv_bn(72, 24, act=None)
+        self.d_dw = nn.Sequential(_conv_bn(24, 64), _conv_bn(64, 64, 3, 1, 64))
+        self.d_proj = _conv_bn(64, 24, act=nn.ReLU)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = x + self.a(x)
+        x = self.b(x)
+        h = self.c_dw(x)
+        x = x + self.c_proj(h * self.c_se(h))
+        h = self.d_dw(x)
+        return self.d_proj(h), h
+
+
+def test_blocks_without_se_become_one_pwdwpw_step_on_cpu():
+    """pwdw + its projection (+ the residual) -> pwdwpw where the projection alone
+    reads the depthwise output without an SE scale; the CUDA target keeps pwdw + pw."""
+    from mnv3_kernels.plan import compiler
+
+    model = Blocks()
+    calibrate_batchnorm(model, torch.randn(4, 3, 64, 64))
+    model.eval()
+    (segment,) = compile_model(model).segments
+    assert segment.steps == ["conv", "pwdwpw", "pwdwpw", "pwdw", "gate", "pw", "pwdw", "pw"], segment.steps
+    (cuda,) = compile_model(model, compiler.CUDA).segments
+    assert cuda.steps == ["conv", "pwdw", "pw", "pwdw", "pw", "pwdw", "gate", "pw", "pwdw", "pw"], cuda.steps
+    frozen = mk.freeze(model)
+    # widths 123 -> 62 (the ring walk: the projections fused) and 19 -> 10 (the two ops)
+    for shape in [(3, 3, 61, 123), (1, 3, 17, 19)]:
+        x = torch.randn(*shape)
+        with torch.inference_mode():
+            out, expected = frozen(x), model(x)
+        for a, e in zip(out, expected):
+            assert_model_close(a, e)
+
+
 def test_frozen_model_does_not_see_later_changes_and_a_new_freeze_does():
     model = _custom_middle()
     calibrate_batchnorm(model, torch.randn(4, 3, 40, 40))

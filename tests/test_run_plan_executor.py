@@ -249,6 +249,56 @@ def test_resize_refuses_bad_operands_as_the_interpreter_does():
         run_plan([torch.randn(2, 3)], [], plan.program)
 
 
+# (N, Cin, H, W, C, Cout, k, stride, dilation, residual): widths from 56 up run
+# the ring walk with the projection fused (OW 28: two output rows projected
+# together; odd row counts split between threads mid-group), narrower ones the
+# two ops; channel counts off the 16-channel panels.
+PWDWPW_CASES = [
+    (2, 8, 9, 56, 24, 8, 3, 1, 1, True),
+    (1, 5, 11, 57, 40, 20, 5, 2, 1, False),
+    (3, 16, 7, 60, 72, 24, 3, 2, 1, False),
+    (1, 8, 13, 64, 32, 17, 5, 1, 2, True),
+    (2, 8, 9, 28, 24, 8, 3, 1, 1, True),
+    (1, 12, 7, 14, 48, 24, 5, 2, 1, False),
+]
+
+
+@pytest.mark.parametrize("case", PWDWPW_CASES, ids=lambda c: "x".join(map(str, c[:5])) + f"-{c[5]}-k{c[6]}s{c[7]}d{c[8]}")
+def test_pwdwpw_matches_the_interpreter(case):
+    n, cin, h, wd, c, cout, k, stride, dilation, residual = case
+    x = nhwc(n, cin, h, wd)
+    oh, ow = [(s + 2 * (k // 2) * dilation - dilation * (k - 1) - 1) // stride + 1 for s in (h, wd)]
+    plan = Plan(n_slots=3, n_inputs=2, outputs=[2]).step(
+        "pwdwpw", y=2, x=0, residual=1 if residual else -1, weight=pack_pointwise_weight(w(c, cin)), bias=w(c),
+        activation="hardswish", dw_weight=w(c, 1, k, k), dw_bias=w(c), stride=[stride] * 2,
+        padding=[k // 2 * dilation] * 2, dilation=[dilation] * 2, dw_activation="relu6",
+        proj_weight=pack_pointwise_weight(w(cout, c)) if cout % 2 else w(cout, c), proj_bias=w(cout),
+        proj_activation="relu" if residual else "identity")
+    (y,) = assert_runs_as_reference([x, nhwc(n, cout, oh, ow)], plan)
+    assert y.shape == (n, cout, oh, ow)
+
+
+@pytest.mark.parametrize("width", [56, 14])
+def test_pwdwpw_refuses_bad_projection_operands(width):
+    """A projection over the wrong channel count, a residual of the wrong shape: clear
+    errors that name the operand, on the fused path and on the two-op one alike."""
+    x = nhwc(1, 8, 5, width)
+
+    def plan(proj_weight, with_residual=False):
+        return Plan(n_slots=3, n_inputs=2, outputs=[2]).step(
+            "pwdwpw", y=2, x=0, residual=1 if with_residual else -1, weight=w(24, 8), bias=w(24),
+            activation="relu", dw_weight=w(24, 1, 3, 3), dw_bias=w(24), stride=[1, 1], padding=[1, 1],
+            dilation=[1, 1], dw_activation="relu", proj_weight=proj_weight, proj_bias=w(16),
+            proj_activation="identity")
+
+    bad = plan(w(16, 23))
+    with pytest.raises(RuntimeError, match=r"proj_weight must be a float32 \[Cout, Cin\] matrix with Cin = 24"):
+        run_plan([x, x], bad.tensors, bad.program)
+    good = plan(w(16, 24), with_residual=True)
+    with pytest.raises(RuntimeError, match="residual must be a tensor of the output's shape"):
+        run_plan([x, nhwc(1, 16, 5, width - 1)], good.tensors, good.program)
+
+
 # ---- malformed programs ----
 
 def small_plan() -> tuple[list[torch.Tensor], Plan]:

@@ -37,6 +37,17 @@ std::tuple<Tensor, Tensor> pointwise_dwconv_cpu(const Tensor& x, const Tensor& w
                                                 const std::vector<int64_t>& dilation,
                                                 const std::string& dw_activation, bool with_mean);
 
+// pointwise_bias_act(pointwise_dwconv(x, ...).y, proj_weight, proj_bias,
+// proj_activation, residual=residual): an inverted residual block without SE
+// in one pass where the ring walk runs (the plan's pwdwpw step; no op of its
+// own).  pointwise_dwconv_cpu.cpp.
+Tensor pointwise_dwconv_project_cpu(const Tensor& x, const Tensor& weight, const Tensor& bias,
+                                    const std::string& activation, const Tensor& dw_weight, const Tensor& dw_bias,
+                                    const std::vector<int64_t>& stride, const std::vector<int64_t>& padding,
+                                    const std::vector<int64_t>& dilation, const std::string& dw_activation,
+                                    const Tensor& proj_weight, const Tensor& proj_bias,
+                                    const std::string& proj_activation, std::optional<Tensor> residual);
+
 // mnv3::se_gate (se_gate_cpu.cpp).
 Tensor se_gate_cpu(const Tensor& pooled, const Tensor& w1, const Tensor& b1, const Tensor& w2, const Tensor& b2,
                    const std::string& gate);

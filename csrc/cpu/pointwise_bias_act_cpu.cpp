@@ -38,7 +38,11 @@ void run_pointwise(const PwProblem& problem, Activation act) {
 
 int64_t check_pointwise_weights(const Tensor& x, const Tensor& weight, const Tensor& bias, const char* wname,
                                 const char* bname) {
-  const int64_t K = x.size(1);
+  return check_pointwise_weights(x, x.size(1), weight, bias, wname, bname);
+}
+
+int64_t check_pointwise_weights(const Tensor& x, int64_t K, const Tensor& weight, const Tensor& bias,
+                                const char* wname, const char* bname) {
   STD_TORCH_CHECK(weight.scalar_type() == ScalarType::Float && bias.scalar_type() == ScalarType::Float, wname,
                   " and ", bname, " must be float32");
   STD_TORCH_CHECK(bias.dim() == 1, bname, " must be a [Cout] vector");

@@ -18,6 +18,10 @@ void run_pointwise(const PwProblem& p, Activation act);
 // its [Cout] bias; returns Cout.
 int64_t check_pointwise_weights(const Tensor& x, const Tensor& weight, const Tensor& bias,
                                 const char* wname = "weight", const char* bname = "bias");
+// The same over K input channels (a weight applied to a tensor the op computes
+// itself: pointwise_dwconv_project's projection); x gives the device.
+int64_t check_pointwise_weights(const Tensor& x, int64_t K, const Tensor& weight, const Tensor& bias,
+                                const char* wname, const char* bname);
 
 // The weight's panels ([ceil(Nc/16)][K][16], zero-padded): the tensor's memory
 // when given so, else packed into `storage`.

@@ -384,7 +384,7 @@ std::vector<Tensor> run_plan_cpu(const std::vector<Tensor>& inputs, const std::v
                                  const std::vector<int64_t>& program) {
   // Two passes over the program with the same reads: the first only checks it
   // (a bad program raises before any kernel runs), the second runs it.
-  static_assert(kPlanStepCount == 10, "a step added to mnv3_kernels/plan/steps.py needs its case below");
+  static_assert(kPlanStepCount == 11, "a step added to mnv3_kernels/plan/steps.py needs its case below");
   std::vector<std::optional<Tensor>> slots;
   std::vector<int64_t> output_slots;
   std::vector<std::vector<int64_t>> dead;  // per step, from the checking pass
@@ -505,6 +505,20 @@ std::vector<Tensor> run_plan_cpu(const std::vector<Tensor>& inputs, const std::v
             set(y, like == -1 ? resize_bilinear(xv, size[0], size[1], align_corners)
                               : resize_bilinear(xv, get(like).size(2), get(like).size(3), align_corners));
           }
+          break;
+        }
+        case kStepPwdwpw: {
+          const int64_t y = d.out(), x = d.in(), residual = d.opt_in();
+          const Tensor &w = d.tensor(), &b = d.tensor();
+          const Activation a = d.act();
+          const Tensor &dw_w = d.tensor(), &dw_b = d.tensor();
+          const std::vector<int64_t> s = d.pair(), p = d.pair(), dl = d.pair();
+          const Activation dw_a = d.act();
+          const Tensor &pw_w = d.tensor(), &pw_b = d.tensor();
+          const Activation pw_a = d.act();
+          if (run)
+            set(y, pointwise_dwconv_project_cpu(channels_last_dense(get(x)), w, b, name_of(a), dw_w, dw_b, s, p, dl,
+                                                name_of(dw_a), pw_w, pw_b, name_of(pw_a), get_opt(residual)));
           break;
         }
         default:  // a step added to steps.py without its case here

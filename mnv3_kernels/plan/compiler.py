@@ -9,7 +9,8 @@ forward_native, the ordinary-module math) and lowers what the steps
   * 1x1 conv (stride 1, no padding) or Linear + BatchNorm + activation -> pw, with
     the residual add after it and an SE gate on its input fused in
   * depthwise conv + BatchNorm + activation -> dw (with its spatial mean where a
-    pool or an SE reads it); an expand pw that only this dw reads -> pwdw
+    pool or an SE reads it); an expand pw that only this dw reads -> pwdw; a
+    projection pw without SE scale that alone reads a pwdw -> pwdwpw (CPU)
   * squeeze-excitation: global average pool -> 1x1 conv or Linear -> [BatchNorm]
     -> ReLU -> 1x1 conv or Linear -> [BatchNorm] -> Hardsigmoid / Sigmoid -> x *
     -> a gate step (its gate then scales the next projection's input), or the
@@ -528,6 +529,26 @@ class _Lowering(fx_fuse._Rewriter):
                 if len(readers.get(gate.outs["g"], [])) == 1 and not self.outside.get(gate.outs["g"]):
                     gate.step = None
         self.instrs = [ins for ins in self.instrs if ins.step is not None]
+        if "pwdwpw" in self.target.steps:  # after the residuals joined their projections
+            readers = self.readers()
+            for ins in list(self.instrs):
+                self.fuse_pwdwpw(ins, readers)
+
+    def fuse_pwdwpw(self, pw: Instr, readers) -> bool:
+        """A projection (no SE scale) read from a pwdw step whose output nothing else reads
+        and whose mean no one wants: one pwdwpw step where the projection runs."""
+        if pw.step != "pw" or pw.ins["scale"] is not None:
+            return False
+        x = pw.ins["x"]
+        p = x.producer
+        if (p is None or p.step != "pwdw" or p.outs.get("mean") is not None or x.kind != MAP
+                or self.sole_reader(x, readers) != (pw, "x")):
+            return False
+        pw.step, pw.ins = "pwdwpw", {"x": p.ins["x"], "residual": pw.ins["residual"]}
+        pw.tensors = {**p.tensors, "proj_weight": pw.tensors["weight"], "proj_bias": pw.tensors["bias"]}
+        pw.args = {**p.args, "proj_activation": pw.args["activation"]}
+        self.instrs.remove(p)
+        return True
 
     def fuse_pool(self, pool: Instr, readers) -> bool:
         """A pool of a depthwise step's output: that step's mean output."""
@@ -596,9 +617,10 @@ def for_cpu(step: str, name: str, t: torch.Tensor) -> torch.Tensor:
 
     if t.dtype != torch.float32 or t.device.type != "cpu":
         return t.contiguous()
-    if (step, name) in (("pw", "weight"), ("pwdw", "weight"), ("gate", "w1"), ("gate", "w2")):
+    if (step, name) in (("pw", "weight"), ("pwdw", "weight"), ("pwdwpw", "weight"), ("pwdwpw", "proj_weight"),
+                        ("gate", "w1"), ("gate", "w2")):
         return pack_pointwise_weight(t)
-    if (step, name) in (("dw", "weight"), ("pwdw", "dw_weight")):
+    if (step, name) in (("dw", "weight"), ("pwdw", "dw_weight"), ("pwdwpw", "dw_weight")):
         return tap_major(t)
     return t.contiguous()
 
@@ -630,8 +652,9 @@ class Target:
 
 # The fp32 CPU fast path: every step, mnv3::run_plan in one op call.
 CPU = Target("cpu", frozenset(BY_NAME), for_cpu)
-# The CUDA kernels (interpreter.KernelOps): every step, plain weights.
-CUDA = Target("cuda", frozenset(BY_NAME), for_cuda)
+# The CUDA kernels (interpreter.KernelOps): every step but pwdwpw (no CUDA kernel
+# runs a block in one launch: it would be a pwdw and a pw launch), plain weights.
+CUDA = Target("cuda", frozenset(BY_NAME) - {"pwdwpw"}, for_cuda)
 
 
 def encode(instrs: list, inputs: list, outputs: list, prepare=for_cpu) -> tuple[list, list]:

@@ -7,9 +7,10 @@ arguments: with mnv3_kernels.reference it is the ground truth the C++
 executor is tested against; with the mnv3 ops under fake tensors it is
 run_plan's fake kernel (every step's own fake checks its arguments); with the
 backend-dispatched functional ops it runs a plan on CUDA or in another dtype.
-The steps without an op of their own (pool, add, act) are computed here,
-with the output layout the C++ executor gives them (channels-last dense 4-d,
-row-major 2-d).
+The steps without an op of their own (pool, add, act, resize) are computed
+here, with the output layout the C++ executor gives them (channels-last dense
+4-d, row-major 2-d); pwdwpw runs as its two ops, pointwise_dwconv then
+pointwise_bias_act.
 """
 
 from __future__ import annotations
@@ -109,7 +110,7 @@ def interpret(inputs, tensors, program, ops) -> list[torch.Tensor]:
             return tensors[k]
 
         act = (lambda name: ACTIVATIONS[a[name]])
-        op = getattr(ops, step.op) if step.op is not None else None
+        op = getattr(ops, step.op) if isinstance(step.op, str) else None
         name = step.name
         if name == "conv":
             out = {"y": op(read("x"), tensor("weight"), tensor("bias"), a["stride"], a["padding"], a["dilation"],
@@ -123,6 +124,14 @@ def interpret(inputs, tensors, program, ops) -> list[torch.Tensor]:
                          tensor("dw_bias"), a["stride"], a["padding"], a["dilation"], act("dw_activation"),
                          a["mean"] != -1)
             out = {"y": y, "mean": mean}
+        elif name == "pwdwpw":  # pwdw, then pw on its output (no op of its own)
+            mid, _ = ops.pointwise_dwconv(_nhwc(read("x")), tensor("weight"), tensor("bias"), act("activation"),
+                                          tensor("dw_weight"), tensor("dw_bias"), a["stride"], a["padding"],
+                                          a["dilation"], act("dw_activation"), False)
+            residual = read("residual", True)
+            out = {"y": ops.pointwise_bias_act(mid, tensor("proj_weight"), tensor("proj_bias"),
+                                               act("proj_activation"), None,
+                                               None if residual is None else _nhwc(residual))}
         elif name == "pw":
             residual, w = read("residual", True), tensor("weight")
             x = _nhwc(read("x"))

@@ -39,9 +39,16 @@ HEADER_FIXED = 3  # n_slots, n_inputs, n_outputs (then the output slots)
 class Step(NamedTuple):
     code: int
     name: str
-    op: str | None  # the mnv3 op the step runs (None: arithmetic of the executor itself)
+    # The mnv3 op the step runs; a tuple: the ops it computes in turn (the CPU
+    # executor may fuse them); None: arithmetic of the executor itself.
+    op: str | tuple | None
     operands: tuple  # ((name, kind), ...) in program order
     doc: str
+
+    @property
+    def ops(self) -> tuple:
+        """The mnv3 ops the step computes, in order."""
+        return (self.op,) if isinstance(self.op, str) else tuple(self.op or ())
 
     @property
     def ints(self) -> int:
@@ -82,6 +89,13 @@ STEPS = (
     _step(9, "resize", None, "y:out x:in like:opt_in size:pair align_corners:flag",
           "y = bilinear interpolation of x (F.interpolate, antialias off) to like's H x W, or to size when like "
           "is -1"),
+    _step(10, "pwdwpw", ("pointwise_dwconv", "pointwise_bias_act"),
+          "y:out x:in residual:opt_in weight:tensor bias:tensor activation:act dw_weight:tensor dw_bias:tensor "
+          "stride:pair padding:pair dilation:pair dw_activation:act proj_weight:tensor proj_bias:tensor "
+          "proj_activation:act",
+          "y = pw(pwdw(x), proj_weight, proj_bias, proj_activation) + residual: an inverted residual block "
+          "without SE (the pwdw step, then the pw step on its output; the CPU executor runs both in one pass "
+          "where the image is wide enough for pointwise_dwconv's ring walk)"),
 )
 BY_NAME = {s.name: s for s in STEPS}
 assert [s.code for s in STEPS] == list(range(len(STEPS)))

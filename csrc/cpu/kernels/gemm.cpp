@@ -402,10 +402,11 @@ void conv_range(const ConvProblem& p, float* gathered, int64_t begin, int64_t en
 // in 16-channel blocks; a row is computed (pw_rows) once per band, the first
 // rows of a band again by the neighbouring band (the halo).  The padding
 // columns and channels of the ring stay zero: pw_rows writes only the W real
-// pixels' C channels.
-template <Activation A1>
-void pointwise_dw_range(const PwProblem& pw, const DwProblem& d, float* ring, int64_t* tags, float** out,
-                        int64_t begin, int64_t end) {
+// pixels' C channels.  row(r, n, oh, rows) then computes output row r = (n, oh)
+// from its tap rows.
+template <Activation A1, typename Row>
+void ring_walk(const PwProblem& pw, const DwProblem& d, float* ring, int64_t* tags, float** out, int64_t begin,
+               int64_t end, Row&& row) {
   const int64_t R = (d.K - 1) * d.dh + 1, row_floats = d.Wp * kDwBlock;
   const int64_t panels = (pw.Nc + kPanel - 1) / kPanel;
   const float* rows[kMaxDwSpan];
@@ -428,8 +429,43 @@ void pointwise_dw_range(const PwProblem& pw, const DwProblem& d, float* ring, in
       }
       rows[kh] = buf;
     }
-    dw_ring_row(d, rows, n, oh);
+    row(r, n, oh, rows);
   }
+}
+
+template <Activation A1>
+void pointwise_dw_range(const PwProblem& pw, const DwProblem& d, float* ring, int64_t* tags, float** out,
+                        int64_t begin, int64_t end) {
+  ring_walk<A1>(pw, d, ring, tags, out, begin, end,
+                [&](int64_t, int64_t n, int64_t oh, const float* const* rows) { dw_ring_row(d, rows, n, oh); });
+}
+
+// The same walk with the block's projection behind it: the depthwise outputs
+// of `group` output rows at a time go to `mid` ([group * OW][C]) instead of
+// d.y, and proj (x, M, y, res set here) turns them into output rows there, so
+// the depthwise output never leaves the thread's cache.
+template <Activation A1>
+void pointwise_dw_project_range(const PwProblem& pw, const DwProblem& d, const PwProblem& proj, Activation act3,
+                                int64_t group, float* ring, int64_t* tags, float** out, float* mid, int64_t begin,
+                                int64_t end) {
+  const int64_t panels = (proj.Nc + kPanel - 1) / kPanel, pixels = d.OW;
+  DwProblem into = d;
+  into.row_sums = nullptr;
+  int64_t first = begin;  // the pending group's first output row
+  ring_walk<A1>(pw, d, ring, tags, out, begin, end, [&](int64_t r, int64_t, int64_t, const float* const* rows) {
+    into.y = mid + (r - first) * pixels * d.C;
+    dw_ring_row(into, rows, 0, 0);  // (n, oh) = (0, 0): the row at into.y
+    if (r + 1 - first < group && r + 1 < end) return;
+    PwProblem part = proj;
+    part.x = mid;
+    part.M = (r + 1 - first) * pixels;
+    part.y = proj.y + first * pixels * proj.ldy;
+    part.res = proj.res == nullptr ? nullptr : proj.res + first * pixels * proj.Nc;
+    dispatch_activation(act3, [&](auto a) {
+      tiles_range<decltype(a)::value>(part, nullptr, 0, RowBlocks(part.M).count * panels);
+    });
+    first = r + 1;
+  });
 }
 
 }  // namespace
@@ -449,6 +485,14 @@ void conv_rows(const ConvProblem& p, Activation act, float* gathered, int64_t be
 void pointwise_dw_rows(const PwProblem& pw, const DwProblem& d, Activation act, float* ring, int64_t* tags,
                        float** out, int64_t begin, int64_t end) {
   dispatch_activation(act, [&](auto a) { pointwise_dw_range<decltype(a)::value>(pw, d, ring, tags, out, begin, end); });
+}
+
+void pointwise_dw_project_rows(const PwProblem& pw, const DwProblem& d, Activation act, const PwProblem& proj,
+                               Activation proj_act, int64_t group, float* ring, int64_t* tags, float** out,
+                               float* mid, int64_t begin, int64_t end) {
+  dispatch_activation(act, [&](auto a) {
+    pointwise_dw_project_range<decltype(a)::value>(pw, d, proj, proj_act, group, ring, tags, out, mid, begin, end);
+  });
 }
 
 }  // namespace MNV3_LEVEL_NS

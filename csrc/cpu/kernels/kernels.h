@@ -210,6 +210,13 @@ struct CpuKernels {
   // out: room for W row addresses.
   void (*pointwise_dw_rows)(const PwProblem& pw, const DwProblem& d, Activation act, float* ring, int64_t* tags,
                             float** out, int64_t begin, int64_t end);
+  // The same rows with the block's projection behind them (the plan's pwdwpw
+  // step): each `group` output rows' depthwise outputs go to mid (room for
+  // group * OW * C floats) and proj (its w, bias, K = C, Nc, ldy = Nc, res
+  // and y of the whole output; x and M are set per group) projects them.
+  void (*pointwise_dw_project_rows)(const PwProblem& pw, const DwProblem& d, Activation act, const PwProblem& proj,
+                                    Activation proj_act, int64_t group, float* ring, int64_t* tags, float** out,
+                                    float* mid, int64_t begin, int64_t end);
   // Tasks of (channel block, output row (n, oh) from sample n_first), rows
   // inner, from whole padded images: block b of sample n's input row ih at
   // images + b * block_stride + ((n - n_first) * H + ih) * Wp * 16.
@@ -253,6 +260,9 @@ void pointwise_gemv(const PwProblem& p, Activation act, int64_t begin, int64_t e
 void conv_rows(const ConvProblem& p, Activation act, float* gathered, int64_t begin, int64_t end);
 void pointwise_dw_rows(const PwProblem& pw, const DwProblem& d, Activation act, float* ring, int64_t* tags,
                        float** out, int64_t begin, int64_t end);
+void pointwise_dw_project_rows(const PwProblem& pw, const DwProblem& d, Activation act, const PwProblem& proj,
+                               Activation proj_act, int64_t group, float* ring, int64_t* tags, float** out,
+                               float* mid, int64_t begin, int64_t end);
 // Output row (n, oh), every channel block: rows[kh] is tap row kh's input row
 // in block 0 (padded column 0 = input column -pw), block b's at
 // rows[kh] + b * block_stride; or d.zero where the tap row is outside the input.

@@ -14,8 +14,8 @@ const CpuKernels& cpu_kernels_baseline() {
   using namespace MNV3_LEVEL_NS;
   static const CpuKernels table = {
       MNV3_LEVEL_NAME, kVecLanes,      kGemvColumns,  &pointwise_tiles, &pointwise_gemv, &conv_rows,
-      &pointwise_dw_rows, &dw_image_rows, &dw_walk_rows, &dw_planes,      &dw_tile_rows,   &se_hidden,
-      &se_gates,          &scale_nhwc,      &resize_rows,
+      &pointwise_dw_rows, &pointwise_dw_project_rows, &dw_image_rows, &dw_walk_rows, &dw_planes, &dw_tile_rows,
+      &se_hidden,         &se_gates,         &scale_nhwc,   &resize_rows,
   };
   return table;
 }
