@@ -86,16 +86,18 @@ DW_CASES = [((1, 16, 112, 112), 64, 3, 2, 1, 1), ((2, 24, 9, 7), 72, 5, 1, 2, 1)
             ((2, 3, 1, 1), 5, 3, 1, 1, 1),
             # 5x5 at dilation 2 (the segmentation backbones' last stage): whole image and row walk
             ((1, 16, 14, 14), 96, 5, 1, 4, 2), ((1, 8, 9, 60), 24, 5, 1, 4, 2),
-            # the row walk (width >= 56) at 3x3 / 5x5, strides 1 and 2, with a last
-            # partial 8-pixel depthwise tile and a partial channel block
+            # the row walk (width >= 14, kRingMinWidth) at 3x3 / 5x5, strides 1 and 2,
+            # with a last partial 8-pixel depthwise tile and a partial channel block;
+            # bands of rows across samples
             ((1, 8, 57, 61), 24, 5, 1, 2, 1), ((1, 6, 60, 58), 40, 5, 2, 2, 1), ((2, 6, 9, 59), 16, 3, 1, 1, 1),
-            # the whole-image walk in sample groups (1 + 1 + 1 samples and, for an
-            # L2-sized chunk of 4 channel blocks, 2 + 1), and one sample too large
-            # for the kept scratch buffer
-            ((3, 8, 50, 50), 144, 3, 1, 1, 1), ((3, 8, 16, 26), 72, 3, 1, 1, 1), ((1, 4, 54, 54), 400, 3, 1, 1, 1),
+            ((3, 8, 28, 27), 72, 3, 1, 1, 1), ((3, 8, 15, 14), 40, 5, 1, 2, 1),
+            # the whole-image walk (width < 14) in sample groups (1 + 1 + 1 samples
+            # and, for an L2-sized chunk of 4 channel blocks, 2 + 1), and one sample
+            # too large for the kept scratch buffer
+            ((3, 8, 40, 13), 144, 3, 1, 1, 1), ((3, 8, 24, 13), 72, 3, 1, 1, 1), ((1, 4, 150, 13), 400, 3, 1, 1, 1),
             # the whole-image walk in chunks of 4 channel blocks (the L2-sized expanded
             # copy, kChunkFloats) over 25 blocks, the last one partial
-            ((1, 8, 28, 27), 392, 3, 1, 1, 1)]
+            ((1, 8, 50, 13), 392, 3, 1, 1, 1)]
 
 
 @pytest.mark.parametrize("case", DW_CASES, ids=str)
@@ -120,7 +122,7 @@ def test_pointwise_dwconv_padding_ignores_what_the_scratch_held():
     """The small-image walk reuses a kept per-thread buffer and zeroes only the padding
     pixels it reads: fill the buffer with large values through one geometry, then run
     others whose padding falls where those values were."""
-    big = nhwc(1, 8, 20, 20).abs_() + 1e3
+    big = nhwc(1, 8, 20, 13).abs_() + 1e3
     pointwise_dw(big, torch.ones(200, 8), torch.full((200,), 1e3), "relu", torch.ones(200, 1, 1, 1),
                  torch.zeros(200), [1, 1], [0, 0], [1, 1], "relu", False)
     for shape, hidden, k, s, p, d in [((1, 8, 7, 7), 48, 5, 1, 2, 1), ((2, 8, 14, 9), 40, 3, 2, 1, 1),

@@ -249,17 +249,20 @@ def test_resize_refuses_bad_operands_as_the_interpreter_does():
         run_plan([torch.randn(2, 3)], [], plan.program)
 
 
-# (N, Cin, H, W, C, Cout, k, stride, dilation, residual): widths from 56 up run
-# the ring walk with the projection fused (OW 28: two output rows projected
-# together; odd row counts split between threads mid-group), narrower ones the
-# two ops; channel counts off the 16-channel panels.
+# (N, Cin, H, W, C, Cout, k, stride, dilation, residual): widths from 14 up
+# (kRingMinWidth) run the ring walk with the projection fused (OW 28 or 7: two
+# or seven output rows projected together; odd row counts split between
+# threads mid-group), narrower ones the two ops; channel counts off the
+# 16-channel panels.
 PWDWPW_CASES = [
     (2, 8, 9, 56, 24, 8, 3, 1, 1, True),
     (1, 5, 11, 57, 40, 20, 5, 2, 1, False),
     (3, 16, 7, 60, 72, 24, 3, 2, 1, False),
     (1, 8, 13, 64, 32, 17, 5, 1, 2, True),
     (2, 8, 9, 28, 24, 8, 3, 1, 1, True),
-    (1, 12, 7, 14, 48, 24, 5, 2, 1, False),
+    (3, 12, 7, 14, 48, 24, 5, 2, 1, False),
+    (2, 8, 9, 13, 24, 8, 3, 1, 1, True),
+    (1, 12, 7, 7, 48, 24, 5, 2, 1, False),
 ]
 
 
@@ -278,7 +281,7 @@ def test_pwdwpw_matches_the_interpreter(case):
     assert y.shape == (n, cout, oh, ow)
 
 
-@pytest.mark.parametrize("width", [56, 14])
+@pytest.mark.parametrize("width", [56, 13])
 def test_pwdwpw_refuses_bad_projection_operands(width):
     """A projection over the wrong channel count, a residual of the wrong shape: clear
     errors that name the operand, on the fused path and on the two-op one alike."""

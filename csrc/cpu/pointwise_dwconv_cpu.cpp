@@ -28,14 +28,19 @@ namespace mnv3 {
 // rows go to a small buffer of its own and the projection (1x1 conv + bias +
 // activation + residual) runs on them there, so the block's depthwise output
 // (as wide as the expanded map: 14 MB at batch 8, 56x56x144 in MobileNetV2)
-// is never written to memory and read back.  Smaller images (their maps fit
-// the caches) run the two ops.
+// is never written to memory and read back.  Smaller images (7x7: their maps
+// fit the caches) run the two ops.
 
 // From this input width on, pointwise_dwconv walks rows with a ring of
-// expanded rows; below it, it expands the whole image first (measured on 2
-// cores: a row of 7 or 14 pixels fills few GEMM register rows, and two threads
-// would recompute a large share of halo rows).
-constexpr int64_t kRingMinWidth = 56;
+// expanded rows; below it, it expands the whole image first.  Measured on Zen
+// 4, 2 threads, whole frozen models, the threshold switched in one process (8
+// interleaved rounds each, time with / time without): 56 -> 28 made
+// MobileNetV2, MNASNet, LCNet, MobileNetV3-Large and -Small 0.90-0.98x at
+// batch 1 and 8 (faster in 6-8 of 8 rounds; with pwdwpw the ring also keeps the
+// 28x28 blocks' depthwise output in cache); 28 -> 14 0.92-0.98x (LCNet batch 1
+// level); 14 -> 7 1.02-1.12x slower (a 7-pixel row fills one short GEMM tile,
+// and the halo rows two threads recompute are a large share of a 7-row image).
+constexpr int64_t kRingMinWidth = 14;
 
 // Floats of expanded rows a thread writes before it runs their depthwise rows
 // (the small-image path): 256 KB, a quarter of a Zen 4/5 core's L2.
