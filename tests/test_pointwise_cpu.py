@@ -84,11 +84,12 @@ def test_pointwise_empty_inputs():
 DW_CASES = [((1, 16, 112, 112), 64, 3, 2, 1, 1), ((2, 24, 9, 7), 72, 5, 1, 2, 1), ((1, 40, 14, 14), 120, 5, 2, 2, 1),
             ((1, 7, 6, 5), 20, 3, 1, 2, 2), ((3, 8, 5, 9), 17, 3, 2, 0, 1), ((1, 8, 4, 4), 16, 1, 1, 0, 1),
             ((2, 3, 1, 1), 5, 3, 1, 1, 1),
-            # 5x5 at dilation 2 (the segmentation backbones' last stage): whole image and row walk
+            # 5x5 at dilation 2 (the segmentation backbones' last stage): whole image
+            # (width 14 below avx512) and row walk
             ((1, 16, 14, 14), 96, 5, 1, 4, 2), ((1, 8, 9, 60), 24, 5, 1, 4, 2),
-            # the row walk (width >= 14, kRingMinWidth) at 3x3 / 5x5, strides 1 and 2,
-            # with a last partial 8-pixel depthwise tile and a partial channel block;
-            # bands of rows across samples
+            # the row walk (width >= 28, >= 14 at avx512: ring_min_width) at 3x3 / 5x5,
+            # strides 1 and 2, with a last partial 8-pixel depthwise tile and a
+            # partial channel block; bands of rows across samples
             ((1, 8, 57, 61), 24, 5, 1, 2, 1), ((1, 6, 60, 58), 40, 5, 2, 2, 1), ((2, 6, 9, 59), 16, 3, 1, 1, 1),
             ((3, 8, 28, 27), 72, 3, 1, 1, 1), ((3, 8, 15, 14), 40, 5, 1, 2, 1),
             # the whole-image walk (width < 14) in sample groups (1 + 1 + 1 samples

@@ -249,11 +249,11 @@ def test_resize_refuses_bad_operands_as_the_interpreter_does():
         run_plan([torch.randn(2, 3)], [], plan.program)
 
 
-# (N, Cin, H, W, C, Cout, k, stride, dilation, residual): widths from 14 up
-# (kRingMinWidth) run the ring walk with the projection fused (OW 28 or 7: two
-# or seven output rows projected together; odd row counts split between
-# threads mid-group), narrower ones the two ops; channel counts off the
-# 16-channel panels.
+# (N, Cin, H, W, C, Cout, k, stride, dilation, residual): widths from 28 up (14
+# at avx512: ring_min_width) run the ring walk with the projection fused (OW 28
+# or 7: two or seven output rows projected together; odd row counts split
+# between threads mid-group), narrower ones the two ops; channel counts off
+# the 16-channel panels.
 PWDWPW_CASES = [
     (2, 8, 9, 56, 24, 8, 3, 1, 1, True),
     (1, 5, 11, 57, 40, 20, 5, 2, 1, False),

@@ -18,7 +18,7 @@ namespace mnv3 {
 // block's widest tensor: 3.2 MB at 112x112x64 in MobileNetV3-Large) never
 // goes to memory.  The expanded rows are zero-padded left and right and laid
 // out in 16-channel blocks, so the depthwise tiles (kernels/dw_rows.cpp) have no borders
-// and read their pixels at fixed offsets.  Images of width >= kRingMinWidth:
+// and read their pixels at fixed offsets.  Images of width >= ring_min_width:
 // a thread walks a band of output rows and keeps the expanded input rows it
 // needs in a ring of (K-1)*dilation+1 rows; a row is computed (pw_rows) once
 // per band, the first rows of a band again by the neighbouring band (the
@@ -33,14 +33,17 @@ namespace mnv3 {
 
 // From this input width on, pointwise_dwconv walks rows with a ring of
 // expanded rows; below it, it expands the whole image first.  Measured on Zen
-// 4, 2 threads, whole frozen models, the threshold switched in one process (8
-// interleaved rounds each, time with / time without): 56 -> 28 made
-// MobileNetV2, MNASNet, LCNet, MobileNetV3-Large and -Small 0.90-0.98x at
-// batch 1 and 8 (faster in 6-8 of 8 rounds; with pwdwpw the ring also keeps the
-// 28x28 blocks' depthwise output in cache); 28 -> 14 0.92-0.98x (LCNet batch 1
-// level); 14 -> 7 1.02-1.12x slower (a 7-pixel row fills one short GEMM tile,
-// and the halo rows two threads recompute are a large share of a 7-row image).
-constexpr int64_t kRingMinWidth = 14;
+// 4, 2 threads, whole frozen models with the threshold switched in one process
+// (6-8 interleaved rounds each, time with / time without): at avx512, 56 -> 28
+// made MobileNetV2, MNASNet, LCNet, MobileNetV3-Large and -Small 0.90-0.98x at
+// batch 1 and 8 (faster in 6-8 of 8 rounds; with pwdwpw the ring also keeps
+// the 28x28 blocks' depthwise output in cache), 28 -> 14 0.92-0.98x (LCNet
+// batch 1 level), 14 -> 7 1.02-1.12x (a 7-pixel row fills one short GEMM tile,
+// and the halo rows two threads recompute are a large share of a 7-row image);
+// at avx2, 56 -> 28 0.92-1.01x, but 56 -> 14 made batch 1 1.03-1.13x slower
+// (LCNet, Large, MNASNet; batch 8 0.91-0.99x); at baseline, 56 -> 28
+// 0.92-0.99x, 28 -> 14 level.
+inline int64_t ring_min_width(const CpuKernels& k) { return k.lanes >= 16 ? 14 : 28; }
 
 // Floats of expanded rows a thread writes before it runs their depthwise rows
 // (the small-image path): 256 KB, a quarter of a Zen 4/5 core's L2.
@@ -127,8 +130,8 @@ class PwdwSetup {
   PwdwSetup(const PwdwSetup&) = delete;
   PwdwSetup& operator=(const PwdwSetup&) = delete;
 
-  // Whether the image is wide enough for the ring walk (kRingMinWidth).
-  bool ring() const { return d.W >= kRingMinWidth; }
+  // Whether the image is wide enough for the ring walk (ring_min_width).
+  bool ring() const { return d.W >= ring_min_width(cpu_kernels()); }
   // Rows of the expanded image the ring holds; multiply-adds of one output row.
   int64_t ring_rows() const { return (d.K - 1) * d.dh + 1; }
   int64_t row_work() const { return d.OW * d.Cp * d.K * d.K + d.W * C * Cin; }
@@ -255,7 +258,7 @@ Tensor pointwise_dwconv_project_cpu(const Tensor& x, const Tensor& weight, const
   DwProblem& d = s.d;
   const int64_t Cout = check_pointwise_weights(x, s.C, proj_weight, proj_bias, "proj_weight", "proj_bias");
   const Activation act3 = parse_activation(proj_activation);
-  if (!s.ring() || s.C == 0) {  // small images: the two ops (see kRingMinWidth)
+  if (!s.ring() || s.C == 0) {  // small images: the two ops (see ring_min_width)
     Tensor mid = empty_4d(d.N, s.C, d.OH, d.OW, true, ScalarType::Float, x);
     if (d.N > 0 && s.C > 0) {
       d.y = static_cast<float*>(mid.mutable_data_ptr());
