@@ -151,8 +151,19 @@ def test_the_activation_pool_never_lends_inputs_or_outputs():
     assert {t.data_ptr() for t in (logits, features)}.isdisjoint(t.data_ptr() for t in again)
 
 
+def pwdwpw_plan() -> Plan:
+    """pwdwpw with a residual (fused on the ring walk at this width at every level)."""
+    return Plan(n_slots=3, n_inputs=2, outputs=[2]).step(
+        "pwdwpw", y=2, x=0, residual=1, weight=pack_pointwise_weight(w(24, 8)), bias=w(24), activation="relu6",
+        dw_weight=w(24, 1, 3, 3), dw_bias=w(24), stride=[1, 1], padding=[1, 1], dilation=[1, 1],
+        dw_activation="relu6", proj_weight=pack_pointwise_weight(w(8, 24)), proj_bias=w(8),
+        proj_activation="identity")
+
+
 def test_run_plan_passes_opcheck():
     torch.library.opcheck(run_plan, ([torch.randn(2, 3, 19, 17)], block_plan().tensors, block_plan().program))
+    plan = pwdwpw_plan()
+    torch.library.opcheck(run_plan, ([nhwc(2, 8, 7, 30), nhwc(2, 8, 7, 30)], plan.tensors, plan.program))
 
 
 def test_se_and_layout_conversions_match_the_interpreter():

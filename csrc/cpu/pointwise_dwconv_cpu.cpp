@@ -42,7 +42,9 @@ namespace mnv3 {
 // and the halo rows two threads recompute are a large share of a 7-row image);
 // at avx2, 56 -> 28 0.92-1.01x, but 56 -> 14 made batch 1 1.03-1.13x slower
 // (LCNet, Large, MNASNet; batch 8 0.91-0.99x); at baseline, 56 -> 28
-// 0.92-0.99x, 28 -> 14 level.
+// 0.92-0.99x, 28 -> 14 level.  All on 2 threads: with many threads a small
+// image's bands are a few rows each and the halo rows recomputed per band
+// grow in share (not measured).
 inline int64_t ring_min_width(const CpuKernels& k) { return k.lanes >= 16 ? 14 : 28; }
 
 // Floats of expanded rows a thread writes before it runs their depthwise rows

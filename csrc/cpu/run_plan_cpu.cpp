@@ -4,8 +4,9 @@
 // header, the steps and their operands), which this file reads through the
 // generated header (mnv3_generated.h: the step codes, kPlanStepInts); the
 // Python interpreter (mnv3_kernels/plan/interpreter.py) is its reference.
-// Each step calls its op's CPU kernel (cpu_ops.h) directly, or, for pool, add,
-// act and resize, computes here.  Per step this saves the Python step, the dispatcher
+// Each step calls its op's CPU kernel (cpu_ops.h) directly (pwdwpw: its two
+// ops in one pass, pointwise_dwconv_project_cpu), or, for pool, add, act and
+// resize, computes here.  Per step this saves the Python step, the dispatcher
 // and the boxing of a custom op call (~5 us each, measured for a tiny
 // pointwise_bias_act; MobileNetV3-Small runs ~45 steps).
 #include "cpu_isa.h"
