@@ -134,15 +134,24 @@ class PwdwSetup {
 
   // Whether the image is wide enough for the ring walk (ring_min_width).
   bool ring() const { return d.W >= ring_min_width(cpu_kernels()); }
-  // Rows of the expanded image the ring holds; multiply-adds of one output row.
-  int64_t ring_rows() const { return (d.K - 1) * d.dh + 1; }
-  int64_t row_work() const { return d.OW * d.Cp * d.K * d.K + d.W * C * Cin; }
-  // The expand problem of the ring walk (its outputs in the ring's blocks);
-  // sets d.block_stride to the ring's.
-  PwProblem ring_problem() {
-    PwProblem p = pw;
-    p.panel_stride = d.block_stride = ring_rows() * d.Wp * kDwBlock;
-    return p;
+  // The ring walk over all output rows (n, oh) in parallel bands: per band a
+  // zeroed ring of (K-1)*dilation+1 expanded rows, its tags and row addresses,
+  // then walk(ring_pw, ring, tags, out, begin, end) with ring_pw the expand
+  // problem writing into the ring's blocks (d.block_stride set to the ring's).
+  // extra_row_work: multiply-adds per output row beyond the expand and the
+  // depthwise conv (the projection), for the parallel grain.
+  template <typename Walk>
+  void ring_bands(int64_t extra_row_work, Walk&& walk) {
+    const int64_t R = (d.K - 1) * d.dh + 1;
+    PwProblem ring_pw = pw;
+    ring_pw.panel_stride = d.block_stride = R * d.Wp * kDwBlock;
+    const int64_t row_work = d.OW * d.Cp * d.K * d.K + d.W * C * Cin + extra_row_work;
+    torch::stable::parallel_for(0, d.N * d.OH, grain_for(row_work), [&](int64_t begin, int64_t end) {
+      const AlignedFloats ring(R * d.Wp * d.Cp, true);
+      std::vector<float*> out(static_cast<size_t>(d.W));
+      int64_t tags[kMaxDwSpan];
+      walk(ring_pw, ring.data(), tags, out.data(), begin, end);
+    });
   }
 
   DwProblem d;
@@ -159,16 +168,11 @@ class PwdwSetup {
 void run_pointwise_dwconv(PwdwSetup& s) {
   DwProblem& d = s.d;
   const PwProblem& pw = s.pw;
-  const int64_t C = s.C, Cin = s.Cin, R = s.ring_rows();
+  const int64_t C = s.C, Cin = s.Cin;
   const CpuKernels& k = cpu_kernels();
   if (s.ring()) {
-    const PwProblem ring_pw = s.ring_problem();
-    torch::stable::parallel_for(0, d.N * d.OH, grain_for(s.row_work()), [&](int64_t begin, int64_t end) {
-      const AlignedFloats ring(R * d.Wp * d.Cp, true);
-      std::vector<float*> out(static_cast<size_t>(d.W));
-      int64_t tags[kMaxDwSpan];
-      k.pointwise_dw_rows(ring_pw, d, s.act1, ring.data(), tags, out.data(), begin, end);
-    });
+    s.ring_bands(0, [&](const PwProblem& ring_pw, float* ring, int64_t* tags, float** out, int64_t begin,
+                        int64_t end) { k.pointwise_dw_rows(ring_pw, d, s.act1, ring, tags, out, begin, end); });
     return;
   }
   // Small images: the expand GEMM over every pixel at once (full register
@@ -284,23 +288,18 @@ Tensor pointwise_dwconv_project_cpu(const Tensor& x, const Tensor& weight, const
   proj.rows_per_sample = 1;
   proj.prefetch = weight_prefetch_steps(s.C, Cout);
 
-  const int64_t R = s.ring_rows();
-  const PwProblem ring_pw = s.ring_problem();
   // Output rows projected together: at least kProjectMinRows pixels (full
   // register tiles; a 28-pixel row alone is three 9-10 row tiles).
   const int64_t group = std::max<int64_t>(1, (kProjectMinRows + d.OW - 1) / d.OW);
   const CpuKernels& k = cpu_kernels();
-  torch::stable::parallel_for(0, d.N * d.OH, grain_for(s.row_work() + d.OW * s.C * Cout),
-                              [&](int64_t begin, int64_t end) {
-                                const AlignedFloats ring(R * d.Wp * d.Cp, true);
-                                const AlignedFloats mid(group * d.OW * s.C);
-                                std::vector<float*> out(static_cast<size_t>(d.W));
-                                int64_t tags[kMaxDwSpan];
-                                k.pointwise_dw_project_rows(ring_pw, d, s.act1, proj, act3, group, ring.data(), tags,
-                                                            out.data(), mid.data(), begin, end);
-                              });
+  s.ring_bands(d.OW * s.C * Cout, [&](const PwProblem& ring_pw, float* ring, int64_t* tags, float** out,
+                                      int64_t begin, int64_t end) {
+    const AlignedFloats mid(group * d.OW * s.C);
+    k.pointwise_dw_project_rows(ring_pw, d, s.act1, proj, act3, group, ring, tags, out, mid.data(), begin, end);
+  });
   return y;
 }
+
 }  // namespace mnv3
 
 STABLE_TORCH_LIBRARY_IMPL(mnv3, CPU, m) {

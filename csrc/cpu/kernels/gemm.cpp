@@ -461,9 +461,7 @@ void pointwise_dw_project_range(const PwProblem& pw, const DwProblem& d, const P
     part.M = (r + 1 - first) * pixels;
     part.y = proj.y + first * pixels * proj.ldy;
     part.res = proj.res == nullptr ? nullptr : proj.res + first * pixels * proj.Nc;
-    dispatch_activation(act3, [&](auto a) {
-      tiles_range<decltype(a)::value>(part, nullptr, 0, RowBlocks(part.M).count * panels);
-    });
+    pointwise_tiles(part, act3, nullptr, 0, RowBlocks(part.M).count * panels);
     first = r + 1;
   });
 }
